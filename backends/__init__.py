@@ -1,0 +1,1 @@
+"""Array backends (numpy, torch) so the core numerics are written once."""

@@ -1,0 +1,1 @@
+"""Data shipped with ltv-control (contrastive sentiment sentences, evaluation prompts)."""
