@@ -1,1 +1,37 @@
-"""PyTorch / transformers adapters: a language model as one LTV plant, and steering controllers."""
+"""PyTorch / transformers adapters: a language model as one LTV plant, and steering controllers.
+
+Everything here is imported lazily (module ``__getattr__``), so ``import ltv_control.adapters``
+does not import torch or transformers. To add an export, add one ``"Name": "module"`` line to
+``_LAZY_EXPORTS`` (the module is ``ltv_control.adapters.<module>``).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_LAZY_EXPORTS: dict[str, str] = {
+    # the plant (model loading, Jacobians, diagnostics)
+    "load_embedded_model": "model_loading",
+    "load_model": "model_loading",
+    "model_id_of": "model_loading",
+    "LLMPlant": "plant",
+    "find_decoder_layers": "_blocks",
+    "linearity_diagnostics": "diagnostics",
+    # steering (steerers, hooks, controller files)
+}
+
+__all__ = sorted(_LAZY_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY_EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY_EXPORTS))
