@@ -39,7 +39,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from ltv_control._exceptions import ArgumentError, DimensionError, PropertyError
+from ltv_control._exceptions import ArgumentError, DimensionError
+from ltv_control._validation import as_array, as_terminal_weight, as_weight, public_api, resolve_dtype
 
 __all__ = [
     "GainStep",
@@ -74,121 +75,14 @@ class StreamedFeedback(NamedTuple):
 
 
 # ----------------------------------------------------------------------------------------------
-# small backend helpers (numpy or torch, decided by the first A_k)
+# small helpers
 # ----------------------------------------------------------------------------------------------
-
-
-def _is_torch(x: Any) -> bool:
-    return type(x).__module__.split(".")[0] == "torch"
-
-
-def _resolve_dtype(dtype: Any, torch_backend: bool) -> Any:
-    """Map ``dtype`` (None, 'float32'/'float64', numpy or torch dtype) to the backend's dtype."""
-    if dtype is None:
-        name = "float64"
-    elif isinstance(dtype, str):
-        name = dtype
-    else:
-        name = str(dtype).replace("torch.", "")
-        if name.startswith("<class 'numpy."):
-            name = name[len("<class 'numpy.") : -2]
-    if name not in ("float32", "float64"):
-        raise ArgumentError(f"dtype: expected float32 or float64 (or None for float64), found {dtype!r}")
-    if torch_backend:
-        import torch
-
-        return getattr(torch, name)
-    return np.dtype(name)
-
-
-def _as_backend(x: Any, like_torch: bool, dtype: Any, device: Any, name: str) -> Any:
-    """Convert ``x`` (array, tensor or nested list) to the backend array with ``dtype``."""
-    if like_torch:
-        import torch
-
-        if _is_torch(x):
-            return x.to(device=device, dtype=dtype)
-        return torch.as_tensor(np.asarray(x), dtype=dtype, device=device)
-    if _is_torch(x):
-        x = x.detach().cpu().numpy()
-    try:
-        return np.asarray(x, dtype=dtype)
-    except (TypeError, ValueError) as exc:
-        raise ArgumentError(f"{name}: expected a numeric array, found {type(x).__name__}") from exc
-
-
-def _eye(n: int, like_torch: bool, dtype: Any, device: Any) -> Any:
-    if like_torch:
-        import torch
-
-        return torch.eye(n, dtype=dtype, device=device)
-    return np.eye(n, dtype=dtype)
-
-
-def _all_finite(x: Any) -> bool:
-    if _is_torch(x):
-        import torch
-
-        return bool(torch.isfinite(x).all())
-    return bool(np.isfinite(x).all())
 
 
 def _shape(x: Any) -> tuple[int, ...]:
+    if not hasattr(x, "shape"):
+        x = np.asarray(x)
     return tuple(int(s) for s in x.shape)
-
-
-# ----------------------------------------------------------------------------------------------
-# weights: scalar c (c·I), constant matrix, or per-step stack
-# ----------------------------------------------------------------------------------------------
-
-
-class _Weight:
-    """A cost weight given as a scalar, a constant (d, d) matrix or a per-step stack (T', d, d)."""
-
-    def __init__(self, value: Any, name: str, dim: int, steps: int | None) -> None:
-        self.name = name
-        self.dim = dim
-        self.scalar: float | None = None
-        self.matrix: Any = None
-        self.stack: Any = None
-        if isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool):
-            c = float(value)
-            if not np.isfinite(c):
-                raise PropertyError(f"{name}: expected a finite scalar, found {c}")
-            self.scalar = c
-            return
-        if value is None or isinstance(value, bool):
-            raise ArgumentError(f"{name}: expected a scalar, a ({dim}, {dim}) matrix or a stack, found {value!r}")
-        arr = value
-        if not _is_torch(arr):
-            arr = np.asarray(arr, dtype=float)
-        shape = _shape(arr)
-        if len(shape) == 0:
-            self.scalar = float(arr)
-            if not np.isfinite(self.scalar):
-                raise PropertyError(f"{name}: expected a finite scalar, found {self.scalar}")
-            return
-        if len(shape) == 2 and shape == (dim, dim):
-            self.matrix = arr
-        elif len(shape) == 3 and shape[1:] == (dim, dim) and (steps is None or shape[0] == steps):
-            self.stack = arr
-        else:
-            expected = f"({dim}, {dim})" + (f" or ({steps}, {dim}, {dim})" if steps else "")
-            raise DimensionError(f"{name}: expected a scalar or shape {expected}, found {shape}")
-        if not _all_finite(arr):
-            raise PropertyError(f"{name}: contains NaN or inf")
-
-    def at(self, k: int, like_torch: bool, dtype: Any, device: Any, cache: dict) -> Any:
-        """The weight at step ``k`` as a (dim, dim) backend matrix (constants built once)."""
-        if self.stack is not None:
-            return _as_backend(self.stack[k], like_torch, dtype, device, self.name)
-        key = self.name
-        if key not in cache:
-            if self.scalar is not None:
-                cache[key] = self.scalar * _eye(self.dim, like_torch, dtype, device)
-            else:
-                cache[key] = _as_backend(self.matrix, like_torch, dtype, device, self.name)
-        return cache[key]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -255,68 +149,63 @@ def _run(
     dtype: Any,
     final: dict,
 ) -> Iterator[tuple[int, Any, Any]]:
-    """Core generator: yields ``(k, A_k, K_k)``; stores ``S_0`` in ``final['S0']`` at the end."""
+    """Core generator: yields ``(k, A_k, K_k)``; stores ``S_0`` in ``final['S0']`` at the end.
+
+    Backend, device and compute dtype are fixed by the first ``A_k``; the weights are validated
+    once (symmetry, PSD ``Q``/``Qf``, PD ``R``) by the core's validation gatekeeper.
+    """
+    from ltv_control.backends import get_backend
     from ltv_control.riccati import riccati_step
 
     stream = _backward_matrices(provider, horizon)
     S_next = None
-    cache: dict = {}
-    weights: dict[str, _Weight] = {}
-    backend: tuple | None = None
-    n = m = steps = None
-    if B is not None and not _is_torch(B):
-        B = np.asarray(B, dtype=float)
     for k, A_k in stream:
-        if backend is None:
+        if S_next is None:
             # first stage: fix backend, dtype, device, sizes; validate the weights once
-            torch_backend = _is_torch(A_k)
-            dt = _resolve_dtype(dtype, torch_backend)
-            device = A_k.device if torch_backend else None
-            backend = (torch_backend, dt, device)
-            shape = _shape(A_k) if hasattr(A_k, "shape") else _shape(np.asarray(A_k))
+            bk = get_backend(A_k)
+            dt = resolve_dtype(dtype, bk, A_k)
+            device = bk.device_of(A_k) if bk.is_array(A_k) else None
+            shape = _shape(A_k)
             if len(shape) != 2 or shape[0] != shape[1]:
                 raise DimensionError(f"A[{k}]: expected a square (n, n) matrix, found {shape}")
             n = shape[0]
             steps = k + 1
-            if B is None:
-                m = n
-            else:
-                b_shape = _shape(B) if hasattr(B, "shape") else _shape(np.asarray(B))
+            if B is not None:
+                B = as_array(B, "B", bk, dtype=dt, device=device)
+                b_shape = _shape(B)
                 if len(b_shape) == 2 and b_shape[0] == n:
                     m = b_shape[1]
                 elif len(b_shape) == 3 and b_shape[0] == steps and b_shape[1] == n:
                     m = b_shape[2]
                 else:
-                    raise DimensionError(
-                        f"B: expected None, ({n}, m) or ({steps}, {n}, m), found {b_shape}"
-                    )
-            weights["Q"] = _Weight(Q, "Q", n, steps)
-            weights["R"] = _Weight(R, "R", m, steps)
-            weights["Qf"] = weights["Q"] if Qf is None else _Weight(Qf, "Qf", n, None)
-            if weights["Qf"].stack is not None and Qf is not None:
-                raise DimensionError(f"Qf: expected a scalar or a ({n}, {n}) matrix, found a stack")
-            qf = weights["Qf"].at(steps - 1, torch_backend, dt, device, {})
-            S_next = qf
-        torch_backend, dt, device = backend
-        A = _as_backend(A_k, torch_backend, dt, device, f"A[{k}]")
+                    raise DimensionError(f"B: expected None, ({n}, m) or ({steps}, {n}, m), found {b_shape}")
+            else:
+                m = n
+            common = dict(horizon=steps, backend=bk, dtype=dt, device=device)
+            Qw = as_weight(Q, "Q", rows=n, definiteness="psd", **common)
+            Rw = as_weight(R, "R", rows=m, definiteness="pd", **common)
+            if Qw.batch_shape or Rw.batch_shape:
+                raise DimensionError("Q, R: batched weights are not supported by the streamed path")
+            if Qf is None:
+                S_next = Qw.last()
+            else:
+                S_next = as_terminal_weight(Qf, "Qf", n=n, backend=bk, dtype=dt, device=device)
+                if S_next.ndim != 2:
+                    raise DimensionError(f"Qf: expected a scalar or a ({n}, {n}) matrix, found {_shape(S_next)}")
+        A = as_array(A_k, f"A[{k}]", bk, dtype=dt, device=device)
+        del A_k
         if _shape(A) != (n, n):
             raise DimensionError(f"A[{k}]: expected shape ({n}, {n}), found {_shape(A)}")
-        if not _all_finite(A):
-            raise PropertyError(f"A[{k}]: contains NaN or inf")
-        B_k = None
-        if B is not None:
-            b = B if len(_shape(B)) == 2 else B[k]
-            B_k = _as_backend(b, torch_backend, dt, device, "B")
-        Q_k = weights["Q"].at(k, torch_backend, dt, device, cache)
-        R_k = weights["R"].at(k, torch_backend, dt, device, cache)
-        K_k, S_k = riccati_step(S_next, A, B_k, Q_k, R_k)
-        del A_k
+        B_k = None if B is None else (B if B.ndim == 2 else B[k])
+        K_k, S_k = riccati_step(S_next, A, B_k, Qw.at(k), Rw.at(k))
         S_next = S_k  # the previous S_{k+1} is released here
+        del S_k
         yield k, A, K_k
         del A, K_k
     final["S0"] = S_next
 
 
+@public_api
 def iter_lqr_gains(
     provider: Any,
     Q: Any,
@@ -359,6 +248,7 @@ def iter_lqr_gains(
         yield GainStep(k, K_k)
 
 
+@public_api
 def streamed_feedback(
     provider: Any,
     directions: Any,
@@ -394,7 +284,9 @@ def streamed_feedback(
     StreamedFeedback
         ``w`` (T, m) and ``S0`` (n, n), in the provider's array type and ``dtype``.
     """
-    d_shape = _shape(directions) if hasattr(directions, "shape") else _shape(np.asarray(directions))
+    from ltv_control.backends import get_backend
+
+    d_shape = _shape(directions)
     if len(d_shape) != 2:
         raise DimensionError(f"directions: expected shape (T, n), found {d_shape}")
     T = d_shape[0]
@@ -412,25 +304,15 @@ def streamed_feedback(
         for k, A, K_k in gen:
             if d_shape[1] != _shape(A)[0]:
                 raise DimensionError(f"directions: expected shape ({T}, {_shape(A)[0]}), found {d_shape}")
-            v = directions[k]
-            if _is_torch(K_k):
-                import torch
-
-                v = torch.as_tensor(np.asarray(v) if not _is_torch(v) else v).to(device=K_k.device, dtype=K_k.dtype)
-            else:
-                v = np.asarray(v.detach().cpu().numpy() if _is_torch(v) else v, dtype=K_k.dtype)
+            bk = get_backend(K_k)
+            v = as_array(directions[k], f"directions[{k}]", bk, dtype=bk.dtype_of(K_k), device=bk.device_of(K_k))
             rows[k] = K_k @ v
             if bar is not None:
                 bar.update(1)
     finally:
         if bar is not None:
             bar.close()
-    if _is_torch(rows[0]):
-        import torch
-
-        w = torch.stack(rows)
-    else:
-        w = np.stack(rows)
+    w = get_backend(rows[0]).stack(rows)
     return StreamedFeedback(w, final["S0"])
 
 
