@@ -1,0 +1,330 @@
+"""Writing an evaluation report: ``report.json``, ``report.md``, PNG figures, a terminal table.
+
+Every file is written atomically (a temporary file in the same folder, then :func:`os.replace`),
+so a reader never sees a half-written report.  matplotlib (Agg backend) is imported lazily.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+import textwrap
+from pathlib import Path
+
+from ltv_control._exceptions import ArgumentError, DimensionError
+
+__all__ = ["REPORT_KEYS", "validate_report", "format_table", "write_report", "atomic_write_text"]
+
+REPORT_KEYS = ("version", "settings", "seed", "methods", "sweep")
+"""Top-level keys of ``report.json``."""
+
+_METRIC_KEYS = ("positive_rate", "vader_mean", "perplexity", "distinct2", "tokens_per_s")
+_LABELS = {"unsteered": "Unsteered", "actadd": "ActAdd", "pid": "S-PID", "alqr": "A-LQR",
+           "alqr_plus": "A-LQR+", "constrained": "Constrained"}
+
+
+def validate_report(report: dict) -> dict:
+    """Check ``report`` against the report.json schema; return it unchanged.
+
+    Raises
+    ------
+    DimensionError
+        A key is missing or extra, a metrics record lacks a metric, or a value has the wrong type.
+    """
+    if not isinstance(report, dict):
+        raise ArgumentError(f"report must be a dict, found {type(report).__name__}")
+    if set(report) != set(REPORT_KEYS):
+        raise DimensionError(f"report keys: expected {sorted(REPORT_KEYS)}, found {sorted(report)}")
+    if not isinstance(report["version"], str) or not isinstance(report["settings"], dict) \
+            or not isinstance(report["seed"], int) or not isinstance(report["sweep"], list):
+        raise DimensionError("report: version str, settings dict, seed int, sweep list expected")
+    if "unsteered" not in report["methods"]:
+        raise DimensionError("report['methods'] must hold 'unsteered'")
+    for name, record in report["methods"].items():
+        if set(record) != set(_METRIC_KEYS):
+            raise DimensionError(
+                f"report['methods'][{name!r}] keys: expected {sorted(_METRIC_KEYS)}, "
+                f"found {sorted(record)}")
+    for i, point in enumerate(report["sweep"]):
+        if set(point) != {"method", "lam", *_METRIC_KEYS}:
+            raise DimensionError(f"report['sweep'][{i}] keys: found {sorted(point)}")
+    return report
+
+
+def _json_default(value):
+    try:
+        import numpy as np
+
+        if isinstance(value, np.generic):
+            return value.item()
+        if isinstance(value, np.ndarray):
+            return value.tolist()
+    except ImportError:  # pragma: no cover
+        pass
+    if isinstance(value, (set, tuple)):
+        return list(value)
+    return str(value)
+
+
+def _clean(value):
+    """Replace non-finite floats by None so the JSON is standard."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    return value
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` to ``path`` through a temporary file in the same folder and ``os.replace``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def _save_figure(fig, path: Path) -> Path:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".png")
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=110, bbox_inches="tight")
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def _fmt(value, digits=3) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "n/a"
+    return f"{value:.{digits}f}" if abs(value) < 1000 else f"{value:.0f}"
+
+
+def format_table(report: dict, *, markdown: bool = False) -> str:
+    """The methods table (one row per method at its default λ) as plain or Markdown text."""
+    header = ["method", "λ", "positive rate", "VADER mean", "perplexity", "distinct-2", "tokens/s"]
+    rows = []
+    settings = report.get("settings", {})
+    for name, m in report["methods"].items():
+        lam = "—" if name == "unsteered" else _fmt(
+            settings.get("actadd_coeff") if name == "actadd" else settings.get("lam"), 2)
+        rows.append([_LABELS.get(name, name), lam, _fmt(m["positive_rate"], 2),
+                     _fmt(m["vader_mean"]), _fmt(m["perplexity"], 1), _fmt(m["distinct2"]),
+                     _fmt(m["tokens_per_s"], 1)])
+    if markdown:
+        lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        lines += ["| " + " | ".join(r) + " |" for r in rows]
+        return "\n".join(lines)
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
+    line = lambda cells: "  ".join(c.ljust(w) if i == 0 else c.rjust(w)  # noqa: E731
+                                   for i, (c, w) in enumerate(zip(cells, widths)))
+    return "\n".join([line(header), line(["-" * w for w in widths])] + [line(r) for r in rows])
+
+
+def _plot_beta(beta: dict, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    layers = range(len(beta["target"]))
+    ax.plot(layers, beta["target"], "k--", lw=2, label="target β*_k")
+    for name, values in beta.items():
+        if name != "target":
+            ax.plot(layers, values, marker="o", ms=3, label=_LABELS.get(name, name))
+    ax.set_xlabel("layer k")
+    ax.set_ylabel("feature strength β_k = v_kᵀ z_k")
+    ax.set_title("Per-layer feature strength at the last prompt token")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    try:
+        return _save_figure(fig, path)
+    finally:
+        plt.close(fig)
+
+
+def _plot_tradeoff(report: dict, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    base = report["methods"]["unsteered"]
+    ax.scatter([base["positive_rate"]], [base["perplexity"]], c="k", marker="*", s=120,
+               label="Unsteered", zorder=3)
+    methods = sorted({p["method"] for p in report["sweep"]}, key=list(_LABELS).index
+                     if all(m in _LABELS for p in report["sweep"] for m in [p["method"]]) else str)
+    for method in methods:
+        pts = sorted((p for p in report["sweep"] if p["method"] == method), key=lambda p: p["lam"])
+        ax.plot([p["positive_rate"] for p in pts], [p["perplexity"] for p in pts], marker="o",
+                label=_LABELS.get(method, method) + (" (coeff)" if method == "actadd" else " (λ)"))
+        for p in pts:
+            ax.annotate(f"{p['lam']:g}", (p["positive_rate"], p["perplexity"]), fontsize=7,
+                        textcoords="offset points", xytext=(3, 3))
+    ax.set_xlabel("positive rate (VADER compound ≥ 0.05)")
+    ax.set_ylabel("perplexity under the unsteered model")
+    ax.set_yscale("log")
+    ax.set_title("Sentiment / fluency trade-off (λ sweep)")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3, which="both")
+    try:
+        return _save_figure(fig, path)
+    finally:
+        plt.close(fig)
+
+
+def _plot_examples(examples: dict, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    prompts = examples["prompts"]
+    methods = [m for m in examples if m != "prompts"]
+    fig, axes = plt.subplots(len(prompts), 1, figsize=(11, 2.1 * len(prompts) + 0.3))
+    axes = [axes] if len(prompts) == 1 else list(axes)
+    for ax, (i, prompt) in zip(axes, enumerate(prompts)):
+        ax.axis("off")
+        lines = [f"Prompt: {prompt} …"]
+        for m in methods:
+            text = " ".join(examples[m][i].split())
+            lines.append(textwrap.shorten(f"{_LABELS.get(m, m):>11}: {text}", 150,
+                                          placeholder=" …"))
+        ax.text(0, 1, "\n".join(lines), va="top", family="monospace", fontsize=8)
+    fig.suptitle("Example continuations (same prompt, same decoding)")
+    try:
+        return _save_figure(fig, path)
+    finally:
+        plt.close(fig)
+
+
+def write_report(out_dir: str | os.PathLike, report: dict, details: dict | None = None, *,
+                 bound_figure=None) -> dict[str, Path]:
+    """Write ``report.json``, ``report.md`` and the figures into ``out_dir``.
+
+    Parameters
+    ----------
+    out_dir : path
+        Created if missing.
+    report : dict
+        A report as returned by :func:`ltv_control.experiment.run_experiment` (validated).
+    details : dict, optional
+        The details returned with ``return_details=True``: ``beta`` (β_k profiles),
+        ``examples``, ``claim``, ``timings``, ``notes``, optional ``bound`` (a summary dict).
+        Figures whose data are missing are skipped.
+    bound_figure : matplotlib Figure, optional
+        The tracking-error bound figure, saved as ``bound.png``.
+
+    Returns
+    -------
+    dict of str to Path
+        Every file written, by short name.
+    """
+    validate_report(report)
+    details = details or {}
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"--out {str(out)!r} exists and is not a directory")
+    out.mkdir(parents=True, exist_ok=True)
+    files: dict[str, Path] = {}
+    files["report.json"] = atomic_write_text(
+        out / "report.json", json.dumps(_clean(report), indent=2, default=_json_default) + "\n")
+    if "beta" in details:
+        files["beta.png"] = _plot_beta(details["beta"], out / "beta.png")
+    if report["sweep"]:
+        files["tradeoff.png"] = _plot_tradeoff(report, out / "tradeoff.png")
+    if bound_figure is not None:
+        import matplotlib.pyplot as plt
+
+        files["bound.png"] = _save_figure(bound_figure, out / "bound.png")
+        plt.close(bound_figure)
+    if "examples" in details:
+        files["examples.png"] = _plot_examples(details["examples"], out / "examples.png")
+    files["report.md"] = atomic_write_text(out / "report.md", _markdown(report, details, files))
+    return files
+
+
+def _markdown(report: dict, details: dict, files: dict) -> str:
+    s = report["settings"]
+    dec = s.get("decoding", {})
+    parts = [
+        "# ltv-control steering report",
+        "",
+        f"ltv-control {report['version']}, model `{s.get('model', '?')}`, seed {report['seed']}. "
+        f"{s.get('n_fit_used', '?')} contrastive pairs, {s.get('n_eval_used', '?')} evaluation "
+        f"prompts, {s.get('n_jacobian_used', '?')} Jacobian prompts; "
+        f"{'sampling' if dec.get('do_sample') else 'greedy'} decoding, "
+        f"{dec.get('max_new_tokens', '?')} new tokens, KV cache "
+        f"{'on' if dec.get('use_cache', True) else 'off'}.",
+        "",
+        "Positive rate: fraction of continuations with VADER compound ≥ 0.05. Perplexity: of the "
+        "continuation under the unsteered model (prompt tokens masked).",
+        "",
+        "## Methods (default λ)",
+        "",
+        format_table(report, markdown=True),
+        "",
+    ]
+    claim = details.get("claim", {})
+    if claim.get("available"):
+        verdict = "holds" if claim["holds"] else "does NOT hold"
+        parts += [
+            "## Claim check",
+            "",
+            f"A-LQR (λ={claim['lam']:g}) reaches positive rate {claim['positive_rate']:.2f} at "
+            f"perplexity {claim['perplexity']:.1f}; ActAdd interpolated to the same positive rate "
+            f"has perplexity {claim['baseline_perplexity']:.1f}"
+            f"{' (extrapolated: outside ActAdd sweep range)' if claim['extrapolated'] else ''}. "
+            f"The claim (A-LQR no worse than ActAdd at equal positive rate) {verdict} here.",
+            "",
+        ]
+    parts += ["## λ sweep", "", "| method | λ | positive rate | VADER mean | perplexity | "
+              "distinct-2 | tokens/s |", "|---|---|---|---|---|---|---|"]
+    for p in report["sweep"]:
+        parts.append(f"| {_LABELS.get(p['method'], p['method'])} | {p['lam']:g} | "
+                     f"{_fmt(p['positive_rate'], 2)} | {_fmt(p['vader_mean'])} | "
+                     f"{_fmt(p['perplexity'], 1)} | {_fmt(p['distinct2'])} | "
+                     f"{_fmt(p['tokens_per_s'], 1)} |")
+    parts.append("")
+    captions = {"beta.png": "Per-layer feature strength β_k against the target β*_k",
+                "tradeoff.png": "Positive rate against perplexity along each method's λ sweep",
+                "bound.png": "Tracking-error bound against the realized deviations",
+                "examples.png": "Example continuations side by side"}
+    figs = [n for n in captions if n in files]
+    if figs:
+        parts += ["## Figures", ""]
+        parts += [f"![{captions[n]}]({n})\n\n*{captions[n]}.*\n" for n in figs]
+    if "examples" in details:
+        ex = details["examples"]
+        parts += ["## Examples", ""]
+        for i, prompt in enumerate(ex["prompts"]):
+            parts.append(f"**{prompt} …**\n")
+            for m in ex:
+                if m != "prompts":
+                    parts.append(f"- *{_LABELS.get(m, m)}*: {' '.join(ex[m][i].split())}")
+            parts.append("")
+    if details.get("bound"):
+        parts += ["## Bound", "", "```", json.dumps(_clean(details["bound"]), indent=2,
+                                                      default=_json_default), "```", ""]
+    if details.get("notes"):
+        parts += ["## Notes", ""] + [f"- {n}" for n in details["notes"]] + [""]
+    if details.get("timings"):
+        parts += ["## Timings (s)", ""] + [f"- {k}: {v:.1f}" for k, v in details["timings"].items()]
+        parts.append("")
+    return "\n".join(parts)
