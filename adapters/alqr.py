@@ -1,0 +1,249 @@
+"""A-LQR steering: finite-horizon LQR over the layers of a language model.
+
+Fit (:meth:`ALQRSteerer.fit`)
+    1. LFS setpoint from the last-token block inputs of desired/undesired prompts:
+       ``e_k = mean(desired) - mean(undesired)``, ``v_k = e_k/‖e_k‖``,
+       ``β*_k = λ‖e_k‖`` (:func:`ltv_control.setpoint.linear_feature_setpoint`).
+    2. The plant ``z_{k+1} = A_k z_k + u_k`` from :meth:`LLMPlant.linearize` (B = I).
+    3. Gains ``K_k`` from :func:`ltv_control.finite_horizon_lqr` with ``Q = q·I``,
+       ``R = r·I``, ``Q_f = qf·I``; only ``w_k = K_k v_k`` is kept
+       (:func:`ltv_control.setpoint.feedback_directions`).
+
+Runtime law (one dot product and one axpy per steered position and layer)
+
+.. math::
+
+    u_k = (\\beta^*_k - v_k^\\top z_k)\\, w_k ,
+
+added to block ``k``'s output, ``z_k`` being block ``k``'s input.  This is the LQR
+feedback ``u_k = -K_k x_k`` on the error ``x_k = (v_kᵀz_k - β*_k) v_k``.  Positive
+``λ`` pushes ``v_kᵀz`` towards the desired side.  Memory at run time is ``T·n``
+floats per tensor (no ``n × n`` array is kept).
+
+A-LQR+ is the same steerer attached with ``positions="all"``.
+
+Restricting ``layers`` at fit time solves the LQR with ``B_k = I`` on the
+controlled layers and ``B_k = 0`` elsewhere, so the gains account for the
+layers that cannot act; restricting ``layers`` at attach time only masks the
+fitted gains.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from ltv_control.adapters.steering_base import (
+    SteeringHandle,
+    Steerer,
+    check_layer_indices,
+    check_positions,
+    check_prompts,
+    check_scalar,
+    reject_unknown,
+)
+
+__all__ = ["ALQRSteerer"]
+
+
+class ALQRSteerer(Steerer):
+    """A-LQR steerer: ``u_k = (β*_k - v_kᵀ z_k) w_k`` with ``w_k = K_k v_k``.
+
+    Build it with :meth:`fit` (or :meth:`load`).
+
+    Attributes
+    ----------
+    w : torch.Tensor, shape (T, n), float32
+        Feedback directions ``w_k = K_k v_k``.
+    v : torch.Tensor, shape (T, n), float32
+        Unit feature directions (zero rows where ``‖e_k‖ ≈ 0``).
+    e_norm : torch.Tensor, shape (T,), float32
+        ``‖e_k‖`` (zero where no direction).
+    beta_star : torch.Tensor, shape (T,), float32
+        Targets ``β*_k = lam·e_norm_k`` at the fitted ``lam``.
+    q, r, qf, lam : float
+        Fit hyper-parameters.
+    layers : list of int or None
+        Controlled layers (``None``: all with a direction).
+    positions : {"last", "all"}
+        Default positions of :meth:`attach`.
+    """
+
+    kind = "alqr"
+    tensor_names = ("w", "v", "e_norm", "beta_star")
+    hyperparameter_names = ("q", "r", "qf", "lam")
+    attach_options = ("lam",)
+    default_positions = "last"
+
+    @classmethod
+    def fit(
+        cls,
+        plant: Any,
+        desired: Sequence[str],
+        undesired: Sequence[str],
+        *,
+        q: float = 0.1,
+        r: float = 1.0,
+        qf: float = 0.1,
+        lam: float = 1.0,
+        jacobian_prompts: Sequence[str] | None = None,
+        layers: Sequence[int] | None = None,
+        positions: str = "last",
+        max_tokens: int = 24,
+        batch_size: int = 8,
+        progress: bool = True,
+        **unknown: Any,
+    ) -> ALQRSteerer:
+        """Fit an A-LQR steerer on ``plant`` from contrastive prompts.
+
+        Parameters
+        ----------
+        plant : LLMPlant
+            The language model as an LTV plant.
+        desired, undesired : list of str
+            Prompts showing / not showing the behaviour to steer towards.
+        q, r, qf : float, defaults 0.1, 1.0, 0.1
+            LQR weights ``Q = q·I`` (q >= 0), ``R = r·I`` (r > 0), ``Q_f = qf·I`` (qf >= 0).
+        lam : float, default 1.0
+            Setpoint scale ``β*_k = lam·‖e_k‖`` (changeable at :meth:`attach`).
+        jacobian_prompts : list of str or None, default None
+            Prompts whose Jacobians are averaged into ``A_k``; ``None``: the first 50
+            desired prompts.
+        layers : list of int or None, default None
+            Controlled layers (``None``: every layer with ``‖e_k‖`` above the threshold).
+        positions : {"last", "all"}, default "last"
+            Default positions of :meth:`attach` (``"all"`` is A-LQR+).
+        max_tokens, batch_size, progress
+            Passed to :meth:`LLMPlant.linearize` (``batch_size`` also to
+            :meth:`LLMPlant.last_token_states`).
+
+        Returns
+        -------
+        ALQRSteerer
+
+        Raises
+        ------
+        ArgumentError
+            Unknown keyword, bad types or ``positions``.
+        PropertyError
+            Non-finite or out-of-range weights.
+        """
+        from ltv_control import LTVSystem, finite_horizon_lqr
+        from ltv_control.setpoint import feedback_directions
+
+        reject_unknown(unknown, "ALQRSteerer.fit")
+        q = check_scalar(q, "q", nonnegative=True)
+        r = check_scalar(r, "r", positive=True)
+        qf = check_scalar(qf, "qf", nonnegative=True)
+        lam = check_scalar(lam, "lam")
+        positions = check_positions(positions)
+        T, n = plant.horizon, plant.state_dim
+        layers = check_layer_indices(layers, T)
+
+        setpoint, desired = cls._plant_setpoint(plant, desired, undesired, lam=lam, batch_size=batch_size)
+        prompts = desired[:50] if jacobian_prompts is None else check_prompts(jacobian_prompts, "jacobian_prompts")
+        system = plant.linearize(prompts, max_tokens=max_tokens, batch_size=batch_size, progress=progress)
+        if layers is not None:
+            system = _restrict_inputs(system, layers, LTVSystem)
+        K, _ = finite_horizon_lqr(system, q, r, Qf=qf)
+        w = _as_numpy(feedback_directions(K, _match(setpoint.v, K)))
+        del K, system
+        v = np.asarray(setpoint.v)
+        if layers is not None:
+            off = np.ones(T, dtype=bool)
+            off[layers] = False
+            w[off] = 0.0
+        tensors = {
+            "w": w.astype(np.float32),
+            "v": v.astype(np.float32),
+            "e_norm": np.asarray(setpoint.e_norm, dtype=np.float32),
+            "beta_star": np.asarray(setpoint.beta_star, dtype=np.float32),
+        }
+        return cls(
+            tensors,
+            hidden_size=n,
+            num_layers=T,
+            hyperparameters={"q": q, "r": r, "qf": qf, "lam": lam},
+            layers=layers,
+            positions=positions,
+            layer_path=getattr(plant, "layer_path", None),
+            model_id=getattr(plant, "model_id", None),
+        )
+
+    # ------------------------------------------------------------------ runtime
+
+    def attach(
+        self,
+        model: Any,
+        *,
+        positions: str | None = None,
+        lam: float | None = None,
+        layers: Sequence[int] | None = None,
+        **unknown: Any,
+    ) -> SteeringHandle:
+        """Steer ``model`` with ``u_k = (β*_k - v_kᵀz_k) w_k`` (see :meth:`Steerer.attach`).
+
+        Parameters
+        ----------
+        model : torch.nn.Module
+        positions : {"last", "all"} or None, default None
+            ``None``: the fitted default (``"all"`` is A-LQR+).
+        lam : float or None, default None
+            ``β*_k = lam·e_norm_k``; ``None``: the fitted ``lam``.
+        layers : list of int or None, default None
+            Restrict control to these layers.
+        """
+        reject_unknown(unknown, "ALQRSteerer.attach")
+        if lam is not None:
+            lam = check_scalar(lam, "lam")
+        return super().attach(model, positions=positions, layers=layers, lam=lam)
+
+    def _layer_parameters(self, options: dict) -> dict:
+        lam = options.get("lam")
+        beta = self.beta_star if lam is None else lam * self.e_norm
+        return {"v": self.v, "w": self.w, "beta": beta}
+
+    def _active_layers(self, options: dict) -> list[int]:
+        return [k for k in range(self.num_layers) if float(self.e_norm[k]) > 0.0]
+
+    def _control(self, k: int, z: Any, params: dict, state: dict) -> Any:
+        alpha = params["beta"] - z @ params["v"]
+        return alpha.unsqueeze(-1) * params["w"]
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _as_numpy(x: Any) -> np.ndarray:
+    if type(x).__module__.split(".")[0] == "torch":
+        return x.detach().to("cpu").double().numpy()
+    return np.asarray(x, dtype=np.float64)
+
+
+def _match(v: np.ndarray, like: Any) -> Any:
+    """``v`` in the array type of ``like`` (torch tensors: same dtype and device)."""
+    if type(like).__module__.split(".")[0] == "torch":
+        import torch
+
+        return torch.as_tensor(np.asarray(v), dtype=like.dtype, device=like.device)
+    return np.asarray(v)
+
+
+def _restrict_inputs(system: Any, layers: list[int], ltv_cls: Any) -> Any:
+    """Same plant with ``B_k = I`` on ``layers`` and ``B_k = 0`` elsewhere."""
+    A = system.A
+    T, n = A.shape[-3], A.shape[-1]
+    if type(A).__module__.split(".")[0] == "torch":
+        import torch
+
+        B = torch.zeros_like(A)
+        idx = torch.arange(n, device=A.device)
+        for k in layers:
+            B[..., k, idx, idx] = 1.0
+    else:
+        B = np.zeros_like(A)
+        for k in layers:
+            B[..., k, :, :] = np.eye(n, dtype=A.dtype)
+    return ltv_cls(A, B, getattr(system, "c", None))

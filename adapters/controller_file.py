@@ -1,0 +1,259 @@
+"""Controller files: one ``.safetensors`` file holding a steerer's tensors and metadata.
+
+Layout
+------
+* Tensors: float32, C-contiguous, named by the steerer (e.g. ``w``, ``v``, ``e_norm``,
+  ``beta_star`` for A-LQR).
+* Header metadata (``__metadata__``, every value a string):
+
+  ============== ===========================================================
+  key            value
+  ============== ===========================================================
+  format         ``"ltv-control/steerer"``
+  format_version ``"1"``
+  kind           the steerer kind (``"alqr"``, ``"actadd"``, ``"pid"``, ...)
+  version        the ltv-control version that wrote the file
+  model_id       the model's name or path (informative)
+  hidden_size    ``n`` (decimal integer)
+  num_layers     ``T`` (decimal integer)
+  layers         JSON: the dotted override path of the decoder blocks, or null
+  hyperparameters JSON object of the fit's hyper-parameters
+  ============== ===========================================================
+
+  Further keys may be added by a steerer; structured values are JSON.
+
+Files are written atomically (a temporary file in the same folder, then
+:func:`os.replace`), so a crash never leaves a half-written controller.  Loading
+parses and validates the header itself before handing the bytes to
+``safetensors`` and never unpickles anything.  A truncated, corrupt or foreign
+file raises :class:`ltv_control.ControllerFileError` saying what is wrong.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ltv_control._exceptions import ArgumentError, ControllerFileError
+
+__all__ = [
+    "FORMAT",
+    "FORMAT_VERSION",
+    "save_controller_file",
+    "load_controller_file",
+]
+
+FORMAT = "ltv-control/steerer"
+FORMAT_VERSION = "1"
+_REQUIRED_KEYS = ("format", "kind", "version", "hidden_size", "num_layers")
+_MAX_HEADER = 100_000_000  # bytes; the safetensors limit
+
+
+def _as_float32_numpy(name: str, value: Any) -> np.ndarray:
+    if type(value).__module__.split(".")[0] == "torch":
+        value = value.detach().to("cpu").float().numpy()
+    arr = np.ascontiguousarray(np.asarray(value, dtype=np.float32))
+    return arr
+
+
+def _stringify(key: str, value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    try:
+        return json.dumps(value, sort_keys=True, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise ArgumentError(
+            f"metadata[{key!r}]: expected a string or a JSON-serialisable value, found "
+            f"{type(value).__name__}"
+        ) from exc
+
+
+def save_controller_file(
+    path: str | os.PathLike, tensors: Mapping[str, Any], metadata: Mapping[str, Any]
+) -> Path:
+    """Write a controller file atomically.
+
+    Parameters
+    ----------
+    path : str or PathLike
+        Destination (conventionally ending in ``.safetensors``); its folder must exist.
+    tensors : mapping of str to array
+        numpy arrays or torch tensors; stored as float32.
+    metadata : mapping of str to str or JSON-serialisable
+        Must contain ``kind``, ``hidden_size``, ``num_layers``; ``format``,
+        ``format_version`` and ``version`` are filled in.  Non-string values are
+        stored as JSON.
+
+    Returns
+    -------
+    pathlib.Path
+        The written path.
+    """
+    from safetensors.numpy import save
+
+    import ltv_control
+
+    path = Path(path)
+    if not tensors:
+        raise ArgumentError("tensors: expected at least one tensor to save")
+    arrays = {str(k): _as_float32_numpy(str(k), v) for k, v in tensors.items()}
+    meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "version": ltv_control.__version__}
+    for key, value in metadata.items():
+        if key in ("format", "format_version"):
+            continue
+        meta[str(key)] = _stringify(str(key), value)
+    for key in _REQUIRED_KEYS:
+        if key not in meta:
+            raise ArgumentError(f"metadata: missing required key {key!r}")
+    payload = save(arrays, metadata=meta)
+
+    folder = path.parent if str(path.parent) else Path(".")
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(payload)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        try:
+            os.unlink(tmp_name)
+        except FileNotFoundError:
+            pass
+        raise
+    return path
+
+
+def _parse_header(data: bytes, where: str) -> dict:
+    """Validate the safetensors framing of ``data`` and return its JSON header."""
+    if len(data) < 8:
+        raise ControllerFileError(
+            f"{where}: truncated or not a safetensors file ({len(data)} bytes, the 8-byte "
+            "header length is missing)"
+        )
+    (header_len,) = struct.unpack("<Q", data[:8])
+    if header_len == 0 or header_len > _MAX_HEADER:
+        raise ControllerFileError(
+            f"{where}: not a safetensors file (header length field reads {header_len})"
+        )
+    if 8 + header_len > len(data):
+        raise ControllerFileError(
+            f"{where}: truncated file: the header announces {header_len} bytes but only "
+            f"{len(data) - 8} follow"
+        )
+    try:
+        header = json.loads(data[8 : 8 + header_len].decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ControllerFileError(f"{where}: corrupt header (not valid UTF-8 JSON: {exc})") from exc
+    if not isinstance(header, dict):
+        raise ControllerFileError(f"{where}: corrupt header (expected a JSON object)")
+
+    body = len(data) - 8 - header_len
+    end_max = 0
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        if not (isinstance(info, dict) and {"dtype", "shape", "data_offsets"} <= set(info)):
+            raise ControllerFileError(f"{where}: corrupt header entry for tensor {name!r}")
+        offsets = info["data_offsets"]
+        if not (
+            isinstance(offsets, list)
+            and len(offsets) == 2
+            and all(isinstance(o, int) and o >= 0 for o in offsets)
+            and offsets[0] <= offsets[1]
+        ):
+            raise ControllerFileError(f"{where}: corrupt data offsets for tensor {name!r}")
+        end_max = max(end_max, offsets[1])
+    if end_max > body:
+        raise ControllerFileError(
+            f"{where}: truncated file: tensor data needs {end_max} bytes, only {body} present"
+        )
+    if end_max < body:
+        raise ControllerFileError(
+            f"{where}: corrupt file: {body - end_max} trailing bytes after the tensor data"
+        )
+    return header
+
+
+def load_controller_file(
+    path: str | os.PathLike, *, kind: str | None = None
+) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """Read and validate a controller file.
+
+    Parameters
+    ----------
+    path : str or PathLike
+        A file written by :func:`save_controller_file`.
+    kind : str or None, default None
+        When given, the file's ``kind`` must equal it.
+
+    Returns
+    -------
+    tensors : dict of str to numpy.ndarray
+        float32 arrays.
+    metadata : dict of str to str
+        The raw header metadata (parse structured values with ``json.loads``).
+
+    Raises
+    ------
+    ControllerFileError
+        Missing/unreadable file, truncated or corrupt bytes, a file that is not a
+        ltv-control steerer, a missing metadata key, a non-float32 or non-finite tensor,
+        or a different ``kind``.
+    """
+    from safetensors.numpy import load
+
+    where = str(path)
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read()
+    except FileNotFoundError as exc:
+        raise ControllerFileError(f"{where}: no such controller file") from exc
+    except OSError as exc:
+        raise ControllerFileError(f"{where}: cannot read the controller file ({exc})") from exc
+
+    header = _parse_header(data, where)
+    meta = header.get("__metadata__")
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        found = meta.get("format") if isinstance(meta, dict) else None
+        raise ControllerFileError(
+            f"{where}: not a ltv-control controller file (metadata 'format' is {found!r}, "
+            f"expected {FORMAT!r})"
+        )
+    if not all(isinstance(v, str) for v in meta.values()):
+        raise ControllerFileError(f"{where}: corrupt metadata (every value must be a string)")
+    missing = [key for key in _REQUIRED_KEYS if key not in meta]
+    if missing:
+        raise ControllerFileError(f"{where}: metadata lacks the required keys {missing}")
+    if meta.get("format_version", FORMAT_VERSION) != FORMAT_VERSION:
+        raise ControllerFileError(
+            f"{where}: unsupported format_version {meta.get('format_version')!r} "
+            f"(this ltv-control reads {FORMAT_VERSION!r})"
+        )
+    if kind is not None and meta["kind"] != kind:
+        raise ControllerFileError(
+            f"{where}: holds a {meta['kind']!r} steerer, expected a {kind!r} steerer"
+        )
+    for key in ("hidden_size", "num_layers"):
+        if not meta[key].isdigit():
+            raise ControllerFileError(f"{where}: metadata {key!r} is {meta[key]!r}, not an integer")
+    for name, info in header.items():
+        if name != "__metadata__" and info["dtype"] != "F32":
+            raise ControllerFileError(
+                f"{where}: tensor {name!r} has dtype {info['dtype']}, expected F32"
+            )
+    try:
+        tensors = load(data)
+    except Exception as exc:  # safetensors raises its own SafetensorError
+        raise ControllerFileError(f"{where}: corrupt tensor data ({exc})") from exc
+    for name, arr in tensors.items():
+        if not np.all(np.isfinite(arr)):
+            raise ControllerFileError(f"{where}: tensor {name!r} holds NaN or inf values")
+    return dict(tensors), dict(meta)

@@ -1,0 +1,313 @@
+"""Linear-feature setpoint (LFS) for activation steering, and the steering law it defines.
+
+A contrastive pair of prompt sets (desired / undesired behaviour) gives, at every
+step ``k`` of the plant (the input of decoder block ``k`` at the last token),
+
+.. math::
+
+    e_k = \\bar z_k^{\\mathrm{desired}} - \\bar z_k^{\\mathrm{undesired}}, \\qquad
+    v_k = e_k / \\lVert e_k \\rVert, \\qquad
+    \\beta^*_k = \\lambda \\lVert e_k \\rVert .
+
+The feature ``v_kᵀ z_k`` is the scalar output of the plant at step ``k``; the
+setpoint asks it to reach ``β*_k``.  With LQR gains ``K_k`` (``u_k = -K_k x_k``)
+the A-LQR steering input is
+
+.. math::
+
+    u_k = (\\beta^*_k - v_k^\\top z_k)\\, w_k, \\qquad w_k = K_k v_k ,
+
+i.e. the LQR feedback applied to the state error ``x_k = (v_kᵀ z_k - β*_k) v_k``
+along the feature direction: ``-K_k x_k = (β*_k - v_kᵀ z_k) K_k v_k``.
+
+Steps where ``‖e_k‖ <= rel_tol · max_j ‖e_j‖`` (default ``rel_tol = 1e-6``) carry no
+usable direction: they get ``v_k = 0`` and ``β*_k = 0`` (hence ``w_k = 0`` and no
+control), never NaN.
+
+Everything here is a pure function over arrays.  numpy arrays give numpy arrays;
+torch tensors give torch tensors on the same device (computed in float64 and cast
+back to the input's floating dtype).  torch is only imported when a torch tensor is
+passed.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from ltv_control._exceptions import DimensionError, PropertyError
+
+__all__ = [
+    "DEFAULT_REL_TOL",
+    "LinearFeatureSetpoint",
+    "linear_feature_setpoint",
+    "setpoint_from_difference",
+    "feedback_directions",
+    "feature_error",
+    "steering_input",
+]
+
+DEFAULT_REL_TOL = 1e-6
+"""Relative threshold below which a step's mean difference counts as zero."""
+
+
+class LinearFeatureSetpoint(NamedTuple):
+    """Result of :func:`linear_feature_setpoint`.
+
+    Attributes
+    ----------
+    v : array, shape (T, n)
+        Unit feature directions ``v_k = e_k/‖e_k‖`` (zero rows at uncontrolled steps).
+    beta_star : array, shape (T,)
+        Targets ``β*_k = lam·‖e_k‖`` (zero at uncontrolled steps).
+    e_norm : array, shape (T,)
+        ``‖e_k‖`` (zero at uncontrolled steps, so ``β*_k = lam·e_norm_k`` always holds).
+    e : array, shape (T, n)
+        Mean differences ``e_k`` (as computed, not zeroed).
+    """
+
+    v: Any
+    beta_star: Any
+    e_norm: Any
+    e: Any
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _is_torch(x: Any) -> bool:
+    return type(x).__module__.split(".")[0] == "torch"
+
+
+def _to_numpy64(x: Any, name: str) -> np.ndarray:
+    """``x`` as a float64 numpy array (torch tensors are detached and moved to the CPU)."""
+    if _is_torch(x):
+        x = x.detach().to("cpu").double().numpy()
+    try:
+        arr = np.asarray(x, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise DimensionError(f"{name}: expected a real numeric array, found {type(x).__name__}") from exc
+    return arr
+
+
+def _like(result: np.ndarray, reference: Any) -> Any:
+    """``result`` converted to the array type of ``reference`` (torch: same device, float dtype)."""
+    if _is_torch(reference):
+        import torch
+
+        dtype = reference.dtype if reference.is_floating_point() else torch.float64
+        return torch.as_tensor(result, dtype=dtype, device=reference.device)
+    return result
+
+
+def _check_finite(arr: np.ndarray, name: str) -> None:
+    if not np.all(np.isfinite(arr)):
+        raise PropertyError(f"{name}: expected finite values, found NaN or inf")
+
+
+def _check_lam(lam: float) -> float:
+    try:
+        lam = float(lam)
+    except (TypeError, ValueError) as exc:
+        raise PropertyError(f"lam: expected a real scalar, found {type(lam).__name__}") from exc
+    if not np.isfinite(lam):
+        raise PropertyError(f"lam: expected a finite scalar, found {lam}")
+    return lam
+
+
+# --------------------------------------------------------------------------- setpoint
+
+
+def setpoint_from_difference(
+    e: Any, *, lam: float = 1.0, rel_tol: float = DEFAULT_REL_TOL
+) -> LinearFeatureSetpoint:
+    """Linear-feature setpoint from per-step mean differences.
+
+    Implements ``v_k = e_k/‖e_k‖``, ``β*_k = lam·‖e_k‖``, with ``v_k = 0``,
+    ``β*_k = 0``, ``‖e_k‖ := 0`` wherever ``‖e_k‖ <= rel_tol · max_j ‖e_j‖``
+    (all steps when every ``e_k`` is zero).
+
+    Parameters
+    ----------
+    e : array, shape (T, n)
+        Mean differences ``e_k = mean(desired_k) - mean(undesired_k)``.
+    lam : float, default 1.0
+        Setpoint scale ``λ``; negative values push towards the undesired side.
+    rel_tol : float, default 1e-6
+        Relative threshold for a step to count as having no direction.
+
+    Returns
+    -------
+    LinearFeatureSetpoint
+        ``(v (T, n), beta_star (T,), e_norm (T,), e (T, n))``, same array type as ``e``.
+
+    Raises
+    ------
+    DimensionError
+        ``e`` is not two-dimensional.
+    PropertyError
+        ``e`` or ``lam`` is not finite, or ``rel_tol`` is negative.
+    """
+    arr = _to_numpy64(e, "e")
+    if arr.ndim != 2:
+        raise DimensionError(f"e: expected shape (T, n), found {arr.shape}")
+    _check_finite(arr, "e")
+    lam = _check_lam(lam)
+    if not (rel_tol >= 0 and np.isfinite(rel_tol)):
+        raise PropertyError(f"rel_tol: expected a finite non-negative scalar, found {rel_tol}")
+
+    norms = np.linalg.norm(arr, axis=1)
+    top = norms.max(initial=0.0)
+    active = norms > rel_tol * top if top > 0 else np.zeros_like(norms, dtype=bool)
+    safe = np.where(active, norms, 1.0)
+    v = np.where(active[:, None], arr / safe[:, None], 0.0)
+    e_norm = np.where(active, norms, 0.0)
+    beta_star = lam * e_norm
+    return LinearFeatureSetpoint(
+        v=_like(v, e), beta_star=_like(beta_star, e), e_norm=_like(e_norm, e), e=_like(arr, e)
+    )
+
+
+def linear_feature_setpoint(
+    desired_states: Any,
+    undesired_states: Any,
+    *,
+    lam: float = 1.0,
+    rel_tol: float = DEFAULT_REL_TOL,
+) -> LinearFeatureSetpoint:
+    """Linear-feature setpoint from desired and undesired last-token states.
+
+    ``e_k = mean_p desired_states[p, k] - mean_p undesired_states[p, k]`` (means in
+    float64), then :func:`setpoint_from_difference`.
+
+    Parameters
+    ----------
+    desired_states : array, shape (P_d, T, n)
+        States (block inputs ``z_k`` at the last token) of the desired prompts.
+    undesired_states : array, shape (P_u, T, n)
+        Same for the undesired prompts; ``T`` and ``n`` must match.
+    lam : float, default 1.0
+        Setpoint scale ``λ`` (``β*_k = λ‖e_k‖``).
+    rel_tol : float, default 1e-6
+        Steps with ``‖e_k‖ <= rel_tol·max_j‖e_j‖`` get ``v_k = 0``, ``β*_k = 0``.
+
+    Returns
+    -------
+    LinearFeatureSetpoint
+        ``v (T, n)``, ``beta_star (T,)``, ``e_norm (T,)``, ``e (T, n)``; same array type as
+        ``desired_states``.
+
+    Raises
+    ------
+    DimensionError
+        Not three-dimensional, no prompts, or mismatched ``(T, n)``.
+    PropertyError
+        Non-finite states or ``lam``.
+    """
+    d = _to_numpy64(desired_states, "desired_states")
+    u = _to_numpy64(undesired_states, "undesired_states")
+    for name, arr in (("desired_states", d), ("undesired_states", u)):
+        if arr.ndim != 3:
+            raise DimensionError(f"{name}: expected shape (P, T, n), found {arr.shape}")
+        if arr.shape[0] == 0:
+            raise DimensionError(f"{name}: expected at least one prompt, found shape {arr.shape}")
+        _check_finite(arr, name)
+    if d.shape[1:] != u.shape[1:]:
+        raise DimensionError(
+            f"undesired_states: expected shape (P_u, {d.shape[1]}, {d.shape[2]}) to match "
+            f"desired_states, found {u.shape}"
+        )
+    e = d.mean(axis=0) - u.mean(axis=0)
+    result = setpoint_from_difference(e, lam=lam, rel_tol=rel_tol)
+    if _is_torch(desired_states):
+        return LinearFeatureSetpoint(*(_like(np.asarray(x), desired_states) for x in result))
+    return result
+
+
+# --------------------------------------------------------------------------- law
+
+
+def feedback_directions(K: Any, v: Any) -> Any:
+    """Feedback directions ``w_k = K_k v_k``.
+
+    Parameters
+    ----------
+    K : array, shape (T, m, n)
+        LQR gains (``u_k = -K_k x_k``).
+    v : array, shape (T, n)
+        Feature directions.
+
+    Returns
+    -------
+    w : array, shape (T, m)
+        Same array type as ``K`` (torch: computed in ``K``'s dtype on its device).
+
+    Raises
+    ------
+    DimensionError
+        ``K`` is not ``(T, m, n)`` or ``v`` is not ``(T, n)`` with matching ``T`` and ``n``.
+    """
+    k_shape = tuple(K.shape) if hasattr(K, "shape") else np.shape(K)
+    v_shape = tuple(v.shape) if hasattr(v, "shape") else np.shape(v)
+    if len(k_shape) != 3:
+        raise DimensionError(f"K: expected shape (T, m, n), found {k_shape}")
+    if len(v_shape) != 2 or v_shape[0] != k_shape[0] or v_shape[1] != k_shape[2]:
+        raise DimensionError(
+            f"v: expected shape ({k_shape[0]}, {k_shape[2]}) to match K {k_shape}, found {v_shape}"
+        )
+    if _is_torch(K):
+        import torch
+
+        v_t = torch.as_tensor(v, device=K.device).to(K.dtype)
+        return torch.einsum("tmn,tn->tm", K, v_t)
+    K_np = np.asarray(K, dtype=np.result_type(K, np.float64))
+    return np.einsum("tmn,tn->tm", K_np, _to_numpy64(v, "v"))
+
+
+def feature_error(z: Any, v: Any, beta_star: Any) -> Any:
+    """Scalar setpoint error ``α_k = β*_k - v_kᵀ z_k`` (reference implementation, float64).
+
+    Parameters
+    ----------
+    z : array, shape (..., T, n)
+        States (block inputs); leading dimensions are batch dimensions.
+    v : array, shape (T, n)
+    beta_star : array, shape (T,)
+
+    Returns
+    -------
+    alpha : array, shape (..., T)
+        Same array type as ``z``.
+    """
+    z64, v64, b64 = _to_numpy64(z, "z"), _to_numpy64(v, "v"), _to_numpy64(beta_star, "beta_star")
+    if z64.ndim < 2 or v64.shape != z64.shape[-2:] or b64.shape != z64.shape[-2:-1]:
+        raise DimensionError(
+            f"z, v, beta_star: expected shapes (..., T, n), (T, n), (T,); found "
+            f"{z64.shape}, {v64.shape}, {b64.shape}"
+        )
+    return _like(b64 - np.einsum("...tn,tn->...t", z64, v64), z)
+
+
+def steering_input(z: Any, v: Any, beta_star: Any, w: Any) -> Any:
+    """A-LQR steering input ``u_k = (β*_k - v_kᵀ z_k) w_k`` (reference implementation, float64).
+
+    Parameters
+    ----------
+    z : array, shape (..., T, n)
+        States (block inputs).
+    v : array, shape (T, n)
+    beta_star : array, shape (T,)
+    w : array, shape (T, n)
+        Feedback directions from :func:`feedback_directions`.
+
+    Returns
+    -------
+    u : array, shape (..., T, n)
+        Same array type as ``z``.
+    """
+    alpha = _to_numpy64(feature_error(z, v, beta_star), "alpha")
+    w64 = _to_numpy64(w, "w")
+    if w64.shape != _to_numpy64(v, "v").shape:
+        raise DimensionError(f"w: expected shape {np.shape(v)} (same as v), found {w64.shape}")
+    return _like(alpha[..., None] * w64, z)
