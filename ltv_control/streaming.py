@@ -170,17 +170,22 @@ def _run(
                 raise DimensionError(f"A[{k}]: expected a square (n, n) matrix, found {shape}")
             n = shape[0]
             steps = k + 1
-            if B is not None:
-                B = as_array(B, "B", bk, dtype=dt, device=device)
-                b_shape = _shape(B)
-                if len(b_shape) == 2 and b_shape[0] == n:
-                    m = b_shape[1]
-                elif len(b_shape) == 3 and b_shape[0] == steps and b_shape[1] == n:
-                    m = b_shape[2]
+            if callable(B):
+                B_fn = B
+            elif B is not None:
+                B_arr = as_array(B, "B", bk, dtype=dt, device=device)
+                if B_arr.ndim == 2:
+                    B_fn = lambda _k, _B=B_arr: _B  # noqa: E731
                 else:
-                    raise DimensionError(f"B: expected None, ({n}, m) or ({steps}, {n}, m), found {b_shape}")
+                    B_fn = lambda _k, _B=B_arr: _B[_k]  # noqa: E731
+                    if B_arr.ndim != 3 or _shape(B_arr)[0] != steps:
+                        raise DimensionError(
+                            f"B: expected None, ({n}, m), ({steps}, {n}, m) or a callable, found {_shape(B_arr)}"
+                        )
             else:
-                m = n
+                B_fn = lambda _k: None  # noqa: E731
+            B_first = B_fn(k)
+            m = n if B_first is None else _shape(B_first)[-1]
             common = dict(horizon=steps, backend=bk, dtype=dt, device=device)
             Qw = as_weight(Q, "Q", rows=n, definiteness="psd", **common)
             Rw = as_weight(R, "R", rows=m, definiteness="pd", **common)
@@ -196,7 +201,11 @@ def _run(
         del A_k
         if _shape(A) != (n, n):
             raise DimensionError(f"A[{k}]: expected shape ({n}, {n}), found {_shape(A)}")
-        B_k = None if B is None else (B if B.ndim == 2 else B[k])
+        B_k = B_fn(k)
+        if B_k is not None:
+            B_k = as_array(B_k, f"B[{k}]", bk, dtype=dt, device=device)
+            if _shape(B_k) != (n, m):
+                raise DimensionError(f"B[{k}]: expected shape ({n}, {m}), found {_shape(B_k)}")
         K_k, S_k = riccati_step(S_next, A, B_k, Qw.at(k), Rw.at(k))
         S_next = S_k  # the previous S_{k+1} is released here
         del S_k
@@ -231,8 +240,10 @@ def iter_lqr_gains(
         Stage weights; a scalar c means c·I.
     Qf : scalar or (n, n), optional
         Terminal weight; ``None`` means ``Q`` at the last stage (``Q_{T-1}``).
-    B : None, (n, m) or (T, n, m), optional
+    B : None, (n, m), (T, n, m) or callable k -> B_k, optional
         Input matrices; ``None`` means ``B_k = I`` (m = n, the activation-steering plant).
+        A callable may return ``None`` (identity) at some steps and an (n, n) matrix (e.g.
+        zeros: no input at that step) at others, without storing a (T, n, m) stack.
     horizon : int, optional
         T; required for a callable provider, checked otherwise.
     dtype : {'float64', 'float32'} or a numpy / torch dtype, optional
