@@ -1,0 +1,254 @@
+"""NumPy array backend: the handful of array operations the LTV core needs.
+
+Every operation accepts arrays with optional leading batch dimensions and works
+on the last one or two axes, so the Riccati code is written once for numpy and
+torch. Batched linear algebra is vectorised by NumPy's gufuncs (Cholesky) and
+SciPy's batched triangular solves; no Python loop runs over batch members,
+except on the error path, which locates the failing member.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+import scipy.linalg
+
+__all__ = ["NumpyBackend", "numpy_backend"]
+
+
+class NumpyBackend:
+    """Array operations on :class:`numpy.ndarray`.
+
+    The namespace is stateless; use the module-level singleton
+    :data:`numpy_backend`.
+    """
+
+    name = "numpy"
+    default_dtype = np.dtype(np.float64)
+
+    # ------------------------------------------------------------------ types
+    @staticmethod
+    def is_array(x: Any) -> bool:
+        """Whether ``x`` is a numpy array (not a torch tensor)."""
+        return isinstance(x, np.ndarray)
+
+    def resolve_dtype(self, dtype: Any = None, like: Any = None) -> np.dtype:
+        """The compute dtype: ``dtype`` if given (numpy, string or torch dtype), else float64.
+
+        Parameters
+        ----------
+        dtype : numpy dtype, str, torch.dtype or None
+            Requested dtype; ``None`` selects float64.
+        like : array or None
+            Unused for numpy (kept so both backends share one signature).
+        """
+        if dtype is None:
+            return self.default_dtype
+        if type(dtype).__module__ == "torch":  # a torch.dtype given to a numpy system
+            dtype = str(dtype).replace("torch.", "")
+        return np.dtype(dtype)
+
+    def asarray(self, x: Any, dtype: Any = None, device: Any = None) -> np.ndarray:
+        """Convert ``x`` (array, tensor, list, scalar) to a numpy array of ``dtype``.
+
+        Torch tensors are detached and copied to host memory. ``device`` must be
+        None or ``"cpu"``.
+        """
+        if device not in (None, "cpu"):
+            raise ValueError(f"numpy arrays live on the CPU; device={device!r} is not available")
+        if type(x).__module__.startswith("torch"):
+            import torch
+
+            x = x.detach().cpu()
+            if x.dtype in (torch.bfloat16, torch.float16) and dtype is None:
+                x = x.to(torch.float32)
+            x = x.numpy()
+        if dtype is None:
+            return np.asarray(x)
+        return np.asarray(x, dtype=self.resolve_dtype(dtype))
+
+    @staticmethod
+    def dtype_of(x: np.ndarray) -> np.dtype:
+        """The dtype of ``x``."""
+        return x.dtype
+
+    @staticmethod
+    def device_of(x: np.ndarray) -> str:
+        """Always ``"cpu"``."""
+        return "cpu"
+
+    @staticmethod
+    def is_floating(x: np.ndarray) -> bool:
+        """Whether ``x`` has a real floating dtype."""
+        return np.issubdtype(x.dtype, np.floating)
+
+    @staticmethod
+    def to_numpy(x: np.ndarray) -> np.ndarray:
+        """Identity (the array is already numpy)."""
+        return x
+
+    @staticmethod
+    def result_dtype(*arrays: Any) -> np.dtype:
+        """The promoted floating dtype of ``arrays`` (at least float32)."""
+        dt = np.result_type(*[a.dtype if hasattr(a, "dtype") else a for a in arrays])
+        if not np.issubdtype(dt, np.floating):
+            dt = np.dtype(np.float64)
+        return dt
+
+    # ------------------------------------------------------------ creation
+    def zeros(self, shape: Sequence[int], dtype: Any = None, device: Any = None) -> np.ndarray:
+        """A zero array of ``shape``."""
+        return np.zeros(tuple(shape), dtype=self.resolve_dtype(dtype))
+
+    def eye(self, n: int, dtype: Any = None, device: Any = None) -> np.ndarray:
+        """The ``n x n`` identity."""
+        return np.eye(n, dtype=self.resolve_dtype(dtype))
+
+    @staticmethod
+    def stack(arrays: Sequence[np.ndarray], axis: int = 0) -> np.ndarray:
+        """Stack along a new axis."""
+        return np.stack(arrays, axis=axis)
+
+    @staticmethod
+    def concatenate(arrays: Sequence[np.ndarray], axis: int = 0) -> np.ndarray:
+        """Join along an existing axis."""
+        return np.concatenate(arrays, axis=axis)
+
+    @staticmethod
+    def broadcast_to(x: np.ndarray, shape: Sequence[int]) -> np.ndarray:
+        """A read-only broadcast view of ``x`` with ``shape``."""
+        return np.broadcast_to(x, tuple(shape))
+
+    @staticmethod
+    def broadcast_shapes(*shapes: Sequence[int]) -> tuple[int, ...]:
+        """The broadcast of ``shapes`` (raises ValueError when incompatible)."""
+        return tuple(np.broadcast_shapes(*[tuple(s) for s in shapes]))
+
+    @staticmethod
+    def copy(x: np.ndarray) -> np.ndarray:
+        """A writable copy."""
+        return np.array(x, copy=True)
+
+    @staticmethod
+    def astype(x: np.ndarray, dtype: Any) -> np.ndarray:
+        """``x`` in ``dtype`` (no copy when it already is)."""
+        return x.astype(dtype, copy=False)
+
+    # ------------------------------------------------------------ algebra
+    @staticmethod
+    def matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """Batched matrix product ``a @ b``."""
+        return np.matmul(a, b)
+
+    @staticmethod
+    def einsum(spec: str, *operands: np.ndarray) -> np.ndarray:
+        """Einstein summation (optimised contraction order)."""
+        return np.einsum(spec, *operands, optimize=True)
+
+    @staticmethod
+    def mT(x: np.ndarray) -> np.ndarray:
+        """Transpose of the last two axes."""
+        return np.swapaxes(x, -1, -2)
+
+    @staticmethod
+    def symmetrize(x: np.ndarray) -> np.ndarray:
+        """``(x + xᵀ)/2`` over the last two axes."""
+        return 0.5 * (x + np.swapaxes(x, -1, -2))
+
+    @staticmethod
+    def matvec(a: np.ndarray, v: np.ndarray) -> np.ndarray:
+        """Batched ``a @ v`` with ``v`` of shape (..., n)."""
+        return np.matmul(a, v[..., None])[..., 0]
+
+    @staticmethod
+    def cholesky(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Lower Cholesky factor of each matrix and a failure flag per batch member.
+
+        Returns
+        -------
+        L : ndarray (..., n, n)
+            Lower-triangular factors (undefined where ``info`` is nonzero).
+        info : ndarray of int (...)
+            0 where the factorisation succeeded, 1 where the matrix is not
+            (numerically) positive definite or not finite.
+        """
+        batch = x.shape[:-2]
+        try:
+            L = np.linalg.cholesky(x)
+        except np.linalg.LinAlgError:
+            # Error path only: factor member by member to find the culprits.
+            flat = x.reshape((-1,) + x.shape[-2:])
+            L = np.zeros_like(flat)
+            info = np.zeros(flat.shape[0], dtype=np.int64)
+            for i, member in enumerate(flat):
+                try:
+                    L[i] = np.linalg.cholesky(member)
+                except np.linalg.LinAlgError:
+                    info[i] = 1
+            L = L.reshape(x.shape)
+            info = info.reshape(batch)
+        else:
+            info = np.zeros(batch, dtype=np.int64)
+        bad = ~np.isfinite(L).all(axis=(-1, -2))
+        if np.any(bad):
+            info = np.where(bad, 1, info)
+        return L, info
+
+    @staticmethod
+    def solve_triangular(L: np.ndarray, b: np.ndarray, *, lower: bool = True,
+                         trans: bool = False) -> np.ndarray:
+        """Solve ``L X = b`` (or ``Lᵀ X = b`` with ``trans=True``) for triangular ``L``."""
+        return scipy.linalg.solve_triangular(L, b, lower=lower, trans=1 if trans else 0,
+                                             check_finite=False)
+
+    def cholesky_solve(self, L: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """Solve ``(L Lᵀ) X = b`` given the lower Cholesky factor ``L``."""
+        w = self.solve_triangular(L, b, lower=True)
+        return self.solve_triangular(L, w, lower=True, trans=True)
+
+    @staticmethod
+    def eigvalsh(x: np.ndarray) -> np.ndarray:
+        """Eigenvalues (ascending) of symmetric matrices."""
+        return np.linalg.eigvalsh(x)
+
+    # ------------------------------------------------------------ reductions
+    @staticmethod
+    def isfinite(x: np.ndarray) -> np.ndarray:
+        """Element-wise finiteness."""
+        return np.isfinite(x)
+
+    @staticmethod
+    def all_finite(x: np.ndarray) -> bool:
+        """Whether every element is finite."""
+        return bool(np.isfinite(x).all())
+
+    @staticmethod
+    def norm(x: np.ndarray, axis: Any = None) -> np.ndarray:
+        """Euclidean / Frobenius norm over ``axis`` (all axes when None)."""
+        if axis is None:
+            return np.sqrt(np.sum(x * x))
+        return np.sqrt(np.sum(x * x, axis=axis))
+
+    @staticmethod
+    def frobenius(x: np.ndarray) -> np.ndarray:
+        """Frobenius norm of each matrix (over the last two axes)."""
+        return np.sqrt(np.sum(x * x, axis=(-1, -2)))
+
+    @staticmethod
+    def sum(x: np.ndarray, axis: Any = None) -> np.ndarray:
+        """Sum over ``axis``."""
+        return np.sum(x, axis=axis)
+
+    @staticmethod
+    def sqrt(x: Any) -> Any:
+        """Element-wise square root."""
+        return np.sqrt(x)
+
+    @staticmethod
+    def to_host(x: np.ndarray) -> np.ndarray:
+        """A numpy view of ``x`` (for messages and checks)."""
+        return np.asarray(x)
+
+
+numpy_backend = NumpyBackend()

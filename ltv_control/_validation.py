@@ -1,0 +1,545 @@
+"""The single validation gatekeeper of ltv-control.
+
+Every public function sends its inputs through these helpers, so that shapes,
+types and properties are checked once, in one way, with one style of message:
+the message names the argument, what was expected and what was found.
+
+Conventions (see ``shared/design/API.md``):
+
+* A weight (``Q``, ``R``, ``N``, ``Qf``) is a Python scalar ``c`` (meaning
+  ``c·I``), a constant matrix ``(d, e)``, a per-step stack ``(T, d, e)`` or a
+  batched per-step stack ``(*batch, T, d, e)``. The number of dimensions decides,
+  never the sizes: a 2-D array is always a constant matrix and a 3-D array is
+  always a stack, so ``T == n`` is never ambiguous. A terminal weight has no time
+  axis: ``(n, n)`` or ``(*batch, n, n)``.
+* Symmetry is relative: ``‖M − Mᵀ‖_F ≤ 1e-8·‖M‖_F`` passes (and ``M`` is then
+  symmetrised), a larger asymmetry raises :class:`PropertyError`.
+* ``Q``/``Qf`` must be positive semidefinite (eigenvalues ≥ −tol·‖M‖_F, tested by
+  a shifted Cholesky factorisation), ``R`` positive definite.
+* Unknown keywords raise :class:`ArgumentError` (use :func:`public_api`).
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import numbers
+from typing import Any, Callable, NamedTuple, Sequence, TypeVar
+
+import numpy as np
+
+from ltv_control._exceptions import ArgumentError, DimensionError, PropertyError
+from ltv_control.backends import get_backend, is_torch_tensor, numpy_backend
+
+__all__ = [
+    "SYMMETRY_RTOL",
+    "public_api",
+    "reject_unknown_kwargs",
+    "require_system",
+    "resolve_dtype",
+    "as_array",
+    "check_finite",
+    "format_shape",
+    "Weight",
+    "as_weight",
+    "as_terminal_weight",
+    "as_vector_stack",
+    "as_initial_state",
+    "check_symmetric",
+    "check_psd",
+    "check_pd",
+    "batch_member",
+]
+
+SYMMETRY_RTOL = 1e-8
+"""Relative symmetry tolerance: ``‖M − Mᵀ‖_F ≤ SYMMETRY_RTOL·‖M‖_F``."""
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+# --------------------------------------------------------------------------- keywords
+def public_api(func: F) -> F:
+    """Decorator: a call that does not fit ``func``'s signature raises :class:`ArgumentError`.
+
+    Unknown keywords, missing required arguments and surplus positional
+    arguments are reported with the function's name and its accepted keywords,
+    before the function body runs. The wrapped function keeps its signature
+    and docstring (``inspect.signature`` follows ``__wrapped__``).
+    """
+    signature = inspect.signature(func)
+    names = [p.name for p in signature.parameters.values()
+             if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+    qualname = func.__qualname__
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            signature.bind(*args, **kwargs)
+        except TypeError as exc:
+            unknown = sorted(set(kwargs) - set(names))
+            if unknown:
+                raise ArgumentError(
+                    f"{qualname}() got unknown keyword argument(s) {', '.join(map(repr, unknown))}; "
+                    f"accepted: {', '.join(n for n in names if n not in ('self', 'cls'))}"
+                ) from None
+            raise ArgumentError(f"{qualname}(): {exc}") from None
+        return func(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def reject_unknown_kwargs(func_name: str, kwargs: dict, allowed: Sequence[str] = ()) -> None:
+    """Raise :class:`ArgumentError` if ``kwargs`` holds a key outside ``allowed``.
+
+    For functions that take ``**kwargs`` and forward only some of them.
+    """
+    unknown = sorted(set(kwargs) - set(allowed))
+    if unknown:
+        raise ArgumentError(
+            f"{func_name}() got unknown keyword argument(s) {', '.join(map(repr, unknown))}; "
+            f"accepted: {', '.join(allowed) if allowed else 'none'}"
+        )
+
+
+def require_system(system: Any, name: str = "system"):
+    """Return ``system`` if it is an :class:`~ltv_control.LTVSystem`, else raise ArgumentError."""
+    from ltv_control.system import LTVSystem
+
+    if not isinstance(system, LTVSystem):
+        raise ArgumentError(
+            f"{name}: expected an ltv_control.LTVSystem, found {type(system).__name__}; "
+            "build one with LTVSystem(A, B, c) or LTVSystem.constant(A, B, horizon)"
+        )
+    return system
+
+
+# --------------------------------------------------------------------------- arrays
+def format_shape(shape: Sequence[Any]) -> str:
+    """``(3, 4)``-style rendering of a shape (symbols allowed)."""
+    items = [str(s) for s in shape]
+    return "(" + ", ".join(items) + ("," if len(items) == 1 else "") + ")"
+
+
+def batch_member(index: Sequence[int]) -> str:
+    """Human rendering of a batch index (``""`` for an unbatched problem)."""
+    index = tuple(int(i) for i in index)
+    if not index:
+        return "the (unbatched) problem"
+    return f"batch member {index if len(index) > 1 else index[0]}"
+
+
+def resolve_dtype(dtype: Any, backend: Any, like: Any = None) -> Any:
+    """The compute dtype for ``backend``: float64 unless ``dtype`` says otherwise.
+
+    Raises :class:`ArgumentError` for a dtype that is not a real floating type.
+    Torch tensors on devices without float64 (MPS) default to their own dtype.
+    """
+    try:
+        resolved = backend.resolve_dtype(dtype, like)
+    except (TypeError, ValueError) as exc:
+        raise ArgumentError(f"dtype: expected a floating dtype, found {dtype!r} ({exc})") from None
+    ok = resolved.is_floating_point if backend.name == "torch" else np.issubdtype(resolved, np.floating)
+    if not ok or (backend.name == "torch" and resolved.is_complex):
+        raise ArgumentError(f"dtype: expected a real floating dtype, found {dtype!r}")
+    return resolved
+
+
+def _is_scalar(x: Any) -> bool:
+    if isinstance(x, bool):
+        return False
+    if isinstance(x, numbers.Real):
+        return True
+    if isinstance(x, np.ndarray) or is_torch_tensor(x):
+        return x.ndim == 0
+    return False
+
+
+def as_array(x: Any, name: str, backend: Any, *, dtype: Any = None, device: Any = None,
+             finite: bool = True) -> Any:
+    """Convert ``x`` to ``backend``'s array type, checking type and (optionally) finiteness.
+
+    Parameters
+    ----------
+    x : array-like
+        numpy array, torch tensor, nested list or scalar.
+    name : str
+        Argument name used in messages.
+    backend : backend namespace
+        Target backend (see :func:`ltv_control.backends.get_backend`).
+    dtype : dtype, optional
+        Target dtype; ``None`` keeps floating inputs as they are and converts
+        integer/bool input to the backend's default float dtype.
+    device : device, optional
+        Target device (torch backend only).
+    finite : bool
+        Reject NaN/inf with :class:`PropertyError`.
+    """
+    if isinstance(x, (str, bytes, dict, set)) or x is None or isinstance(x, bool):
+        raise ArgumentError(f"{name}: expected an array or a real number, found {type(x).__name__}")
+    if not (isinstance(x, np.ndarray) or is_torch_tensor(x)):
+        try:
+            arr = np.asarray(x)
+        except Exception as exc:  # ragged lists etc.
+            raise ArgumentError(f"{name}: cannot be converted to an array ({exc})") from None
+        if arr.dtype == object or arr.dtype.kind in "USV":
+            raise ArgumentError(f"{name}: expected a numeric array, found {type(x).__name__} "
+                                f"of dtype {arr.dtype}")
+        x = arr
+    if np.iscomplexobj(x) if isinstance(x, np.ndarray) else (is_torch_tensor(x) and x.is_complex()):
+        raise ArgumentError(f"{name}: complex values are not supported")
+    if dtype is None and not (backend.is_array(x) and backend.is_floating(x)):
+        floating = (isinstance(x, np.ndarray) and np.issubdtype(x.dtype, np.floating)) or (
+            is_torch_tensor(x) and x.is_floating_point())
+        if not floating:
+            dtype = backend.resolve_dtype(None, device)
+    out = backend.asarray(x, dtype=dtype, device=device)
+    if finite and not backend.all_finite(out):
+        raise PropertyError(f"{name}: contains NaN or inf values")
+    return out
+
+
+def check_finite(x: Any, name: str, backend: Any = None) -> None:
+    """Raise :class:`PropertyError` if ``x`` holds NaN or inf."""
+    backend = backend or get_backend(x)
+    if not backend.all_finite(x):
+        raise PropertyError(f"{name}: contains NaN or inf values")
+
+
+# --------------------------------------------------------------------------- properties
+def _first_bad(mask: np.ndarray) -> tuple[int, ...]:
+    return tuple(int(i) for i in np.argwhere(mask)[0])
+
+
+def _where(index: tuple[int, ...], per_step: bool, step_offset: int = 0) -> str:
+    """Render the location of a failing matrix in a (*batch[, T]) stack."""
+    if per_step and index:
+        step = index[-1] + step_offset
+        batch = index[:-1]
+        return f" at step {step}" + (f", {batch_member(batch)}" if batch else "")
+    if index:
+        return f" at {batch_member(index)}"
+    return ""
+
+
+def _is_repeated_view(M: Any, backend: Any) -> bool:
+    """Whether ``M`` (…, T, d, e) is a broadcast view with stride 0 along T (check one slice)."""
+    if M.ndim < 3:
+        return False
+    if backend.name == "numpy":
+        return M.strides[-3] == 0 and M.ndim == 3
+    return M.stride(-3) == 0 and M.ndim == 3
+
+
+def check_symmetric(M: Any, name: str, backend: Any, *, per_step: bool = False) -> Any:
+    """Check ``‖M − Mᵀ‖_F ≤ 1e-8·‖M‖_F`` for every matrix in ``M``; return ``(M + Mᵀ)/2``.
+
+    Raises
+    ------
+    PropertyError
+        Naming the argument, the relative asymmetry found and where (step, batch member).
+    """
+    if M.shape[-1] != M.shape[-2]:
+        raise DimensionError(f"{name}: expected square matrices, found shape {format_shape(M.shape)}")
+    MT = backend.mT(M)
+    asym = backend.to_host(backend.frobenius(M - MT))
+    scale = backend.to_host(backend.frobenius(M))
+    bad = asym > SYMMETRY_RTOL * scale
+    if np.any(bad):
+        idx = _first_bad(np.atleast_1d(bad)) if bad.ndim else ()
+        rel = float(np.atleast_1d(asym / np.where(scale > 0, scale, 1.0))[idx if idx else 0])
+        raise PropertyError(
+            f"{name}: expected a symmetric matrix (‖M − Mᵀ‖_F ≤ {SYMMETRY_RTOL:g}·‖M‖_F), "
+            f"found relative asymmetry {rel:.3g}{_where(idx, per_step)}"
+        )
+    return 0.5 * (M + MT)
+
+
+def _eps(M: Any, backend: Any) -> float:
+    dt = backend.dtype_of(M)
+    if backend.name == "torch":
+        import torch
+
+        return float(torch.finfo(dt).eps)
+    return float(np.finfo(dt).eps)
+
+
+def check_psd(M: Any, name: str, backend: Any, *, per_step: bool = False) -> None:
+    """Check that every (symmetric) matrix in ``M`` is positive semidefinite.
+
+    Test: the Cholesky factorisation of ``M + δ·I`` with
+    ``δ = tol·‖M‖_F``, ``tol = max(1e-10, 10·n·eps)``, succeeds, i.e.
+    ``λ_min(M) ≳ −tol·‖M‖_F``. Zero matrices pass.
+    """
+    if _is_repeated_view(M, backend):
+        return check_psd(M[..., :1, :, :], name, backend, per_step=per_step)
+    n = M.shape[-1]
+    tol = max(1e-10, 10.0 * n * _eps(M, backend))
+    scale = backend.frobenius(M)
+    shift = tol * scale + 1e-300 if backend.name == "numpy" else tol * scale + 1e-30
+    eye = backend.eye(n, dtype=backend.dtype_of(M), device=backend.device_of(M))
+    shifted = M + shift[..., None, None] * eye
+    _, info = backend.cholesky(shifted)
+    info = np.asarray(info)
+    if np.any(info):
+        idx = _first_bad(np.atleast_1d(info != 0)) if info.ndim else ()
+        member = M[idx] if idx else M
+        lam = float(np.min(np.linalg.eigvalsh(backend.to_host(member).astype(np.float64))))
+        raise PropertyError(
+            f"{name}: expected a positive semidefinite matrix, found smallest eigenvalue "
+            f"{lam:.3g}{_where(idx, per_step)}"
+        )
+
+
+def check_pd(M: Any, name: str, backend: Any, *, per_step: bool = False) -> None:
+    """Check that every (symmetric) matrix in ``M`` is positive definite (Cholesky succeeds)."""
+    if _is_repeated_view(M, backend):
+        return check_pd(M[..., :1, :, :], name, backend, per_step=per_step)
+    _, info = backend.cholesky(M)
+    info = np.asarray(info)
+    if np.any(info):
+        idx = _first_bad(np.atleast_1d(info != 0)) if info.ndim else ()
+        member = M[idx] if idx else M
+        lam = float(np.min(np.linalg.eigvalsh(backend.to_host(member).astype(np.float64))))
+        raise PropertyError(
+            f"{name}: expected a positive definite matrix, found smallest eigenvalue "
+            f"{lam:.3g}{_where(idx, per_step)}"
+        )
+
+
+# --------------------------------------------------------------------------- weights
+class Weight(NamedTuple):
+    """A validated stage weight.
+
+    Attributes
+    ----------
+    value : array
+        ``(*wbatch, d, e)`` when constant, ``(*wbatch, T, d, e)`` when per step.
+    per_step : bool
+        Whether ``value`` has a time axis.
+    batch_shape : tuple
+        The weight's own batch dimensions (broadcast against the system's).
+    """
+
+    value: Any
+    per_step: bool
+    batch_shape: tuple
+
+    def at(self, k: int) -> Any:
+        """The weight of step ``k`` (shape ``(*wbatch, d, e)``)."""
+        return self.value[..., k, :, :] if self.per_step else self.value
+
+    def last(self) -> Any:
+        """The weight of the last step (``Qf=None`` default for Q)."""
+        return self.value[..., -1, :, :] if self.per_step else self.value
+
+
+def _scalar_value(x: Any) -> float:
+    v = float(x.item()) if hasattr(x, "item") else float(x)
+    return v
+
+
+def as_weight(value: Any, name: str, *, rows: int, cols: int | None = None, horizon: int,
+              backend: Any, dtype: Any, device: Any = None, definiteness: str | None = "psd",
+              batch_shape: Sequence[int] = ()) -> Weight:
+    """Normalise a stage weight to a :class:`Weight`.
+
+    Parameters
+    ----------
+    value : float, array (d, e), array (T, d, e) or array (*batch, T, d, e)
+        A Python/0-d scalar ``c`` means ``c·I`` (requires ``d == e``).
+    name : str
+        Argument name for messages (``"Q"``, ``"R"``, ``"N"``, ...).
+    rows, cols : int
+        Expected matrix size ``(d, e)``; ``cols=None`` means square.
+    horizon : int
+        Expected stack length ``T``.
+    backend, dtype, device
+        Target array backend, compute dtype and device.
+    definiteness : {"psd", "pd", None}
+        Property required of every matrix; symmetric weights are symmetrised.
+        ``None`` (for the cross term ``N``) skips symmetry and definiteness.
+    batch_shape : tuple
+        The system's batch shape; the weight's batch dimensions must broadcast with it.
+
+    Returns
+    -------
+    Weight
+    """
+    square = cols is None
+    cols = rows if cols is None else cols
+    if _is_scalar(value):
+        c = _scalar_value(value)
+        if not np.isfinite(c):
+            raise PropertyError(f"{name}: contains NaN or inf values (scalar {c})")
+        if not square and rows != cols:
+            raise DimensionError(
+                f"{name}: a scalar means c·I and needs a square ({rows}, {cols}) weight; "
+                f"pass a ({rows}, {cols}) matrix instead")
+        if definiteness == "psd" and c < 0:
+            raise PropertyError(f"{name}: expected a positive semidefinite weight, found scalar {c:g} < 0")
+        if definiteness == "pd" and c <= 0:
+            raise PropertyError(f"{name}: expected a positive definite weight, found scalar {c:g} <= 0")
+        M = c * backend.eye(rows, dtype=dtype, device=device)
+        return Weight(M, False, ())
+    M = as_array(value, name, backend, dtype=dtype, device=device)
+    expected = (f"a scalar, a constant matrix {format_shape((rows, cols))}, a per-step stack "
+                f"{format_shape((horizon, rows, cols))} or a batched stack "
+                f"{format_shape(('*batch', horizon, rows, cols))}")
+    if M.ndim < 2 or tuple(M.shape[-2:]) != (rows, cols):
+        raise DimensionError(f"{name}: expected {expected}; found shape {format_shape(M.shape)}")
+    per_step = M.ndim >= 3
+    wbatch: tuple = ()
+    if per_step:
+        if M.shape[-3] != horizon:
+            raise DimensionError(
+                f"{name}: expected {expected}; found shape {format_shape(M.shape)} "
+                f"(a 3-D weight is a per-step stack, and its length {M.shape[-3]} != T = {horizon})")
+        wbatch = tuple(M.shape[:-3])
+        try:
+            backend.broadcast_shapes(wbatch, tuple(batch_shape))
+        except (ValueError, RuntimeError):
+            raise DimensionError(
+                f"{name}: batch dimensions {format_shape(wbatch)} do not broadcast with the "
+                f"system's batch shape {format_shape(tuple(batch_shape))}") from None
+    if definiteness is not None:
+        M = check_symmetric(M, name, backend, per_step=per_step)
+        if definiteness == "psd":
+            check_psd(M, name, backend, per_step=per_step)
+        elif definiteness == "pd":
+            check_pd(M, name, backend, per_step=per_step)
+    return Weight(M, per_step, wbatch)
+
+
+def as_terminal_weight(value: Any, name: str, *, n: int, backend: Any, dtype: Any,
+                       device: Any = None, batch_shape: Sequence[int] = ()) -> Any:
+    """Normalise a terminal weight: scalar ``c`` (``c·I``), ``(n, n)`` or ``(*batch, n, n)``.
+
+    Symmetrised and checked positive semidefinite. Returns the array.
+    """
+    if _is_scalar(value):
+        return as_weight(value, name, rows=n, horizon=1, backend=backend, dtype=dtype,
+                         device=device, definiteness="psd").value
+    M = as_array(value, name, backend, dtype=dtype, device=device)
+    if M.ndim < 2 or tuple(M.shape[-2:]) != (n, n):
+        raise DimensionError(f"{name}: expected a scalar, a matrix ({n}, {n}) or a batched "
+                             f"(*batch, {n}, {n}); found shape {format_shape(M.shape)}")
+    try:
+        backend.broadcast_shapes(tuple(M.shape[:-2]), tuple(batch_shape))
+    except (ValueError, RuntimeError):
+        raise DimensionError(f"{name}: batch dimensions {format_shape(M.shape[:-2])} do not "
+                             f"broadcast with the system's batch shape "
+                             f"{format_shape(tuple(batch_shape))}") from None
+    M = check_symmetric(M, name, backend)
+    check_psd(M, name, backend)
+    return M
+
+
+# --------------------------------------------------------------------------- vectors
+def as_vector_stack(value: Any, name: str, *, length: int, dim: int, backend: Any, dtype: Any,
+                    device: Any = None, allow_constant: bool = True,
+                    batch_shape: Sequence[int] | None = None, length_name: str = "T") -> Any:
+    """Normalise a trajectory-like argument to ``(*batch, length, dim)``.
+
+    ``(dim,)`` is a constant broadcast over time when ``allow_constant`` (a 1-D array
+    is never read as a trajectory); ``(length, dim)`` and ``(*batch, length, dim)``
+    are taken as given.
+    """
+    V = as_array(value, name, backend, dtype=dtype, device=device)
+    forms = f"({length_name}={length}, {dim}) or (*batch, {length}, {dim})"
+    if allow_constant:
+        forms = f"a constant ({dim},), " + forms
+    if V.ndim == 1 and allow_constant:
+        if V.shape[0] != dim:
+            raise DimensionError(f"{name}: expected {forms}; found shape {format_shape(V.shape)}")
+        return backend.broadcast_to(V, (length, dim))
+    if V.ndim < 2 or tuple(V.shape[-2:]) != (length, dim):
+        raise DimensionError(f"{name}: expected {forms}; found shape {format_shape(V.shape)}")
+    if batch_shape is not None:
+        try:
+            backend.broadcast_shapes(tuple(V.shape[:-2]), tuple(batch_shape))
+        except (ValueError, RuntimeError):
+            raise DimensionError(f"{name}: batch dimensions {format_shape(V.shape[:-2])} do not "
+                                 f"broadcast with the system's batch shape "
+                                 f"{format_shape(tuple(batch_shape))}") from None
+    return V
+
+
+def as_initial_state(value: Any, name: str, *, n: int, backend: Any, dtype: Any,
+                     device: Any = None, batch_shape: Sequence[int] = ()) -> Any:
+    """Normalise an initial state to ``(*batch, n)`` (batch broadcast with the system's)."""
+    x0 = as_array(value, name, backend, dtype=dtype, device=device)
+    if x0.ndim < 1 or x0.shape[-1] != n:
+        raise DimensionError(f"{name}: expected ({n},) or (*batch, {n}); found shape "
+                             f"{format_shape(x0.shape)}")
+    try:
+        backend.broadcast_shapes(tuple(x0.shape[:-1]), tuple(batch_shape))
+    except (ValueError, RuntimeError):
+        raise DimensionError(f"{name}: batch dimensions {format_shape(x0.shape[:-1])} do not "
+                             f"broadcast with the system's batch shape "
+                             f"{format_shape(tuple(batch_shape))}") from None
+    return x0
+
+
+# --------------------------------------------------------------------------- systems
+def as_system_arrays(A: Any, B: Any = None, c: Any = None) -> tuple:
+    """Validate the matrices of an LTV system ``x_{k+1} = A_k x_k + B_k u_k + c_k``.
+
+    Parameters
+    ----------
+    A : array (*batch, T, n, n)
+        A per-step stack; a single ``(n, n)`` matrix is refused (use
+        ``LTVSystem.constant``), so ``T == n`` is never guessed.
+    B : array (*batch, T, n, m) or None
+        ``None`` means ``B_k = I``.
+    c : array (*batch, T, n) or None
+        Affine drift; ``None`` means none.
+
+    Returns
+    -------
+    (A, B, c, backend, batch_shape)
+        Arrays in one backend (torch when any input is a tensor; numpy inputs then
+        follow ``A``'s device), floating dtypes kept, integers converted to float64.
+    """
+    backend = get_backend(A, B, c)
+    device = None
+    for x in (A, B, c):
+        if backend.is_array(x) and backend.name == "torch":
+            device = x.device
+            break
+    A = as_array(A, "A", backend, device=device)
+    if A.ndim < 3:
+        raise DimensionError(
+            f"A: expected a per-step stack (*batch, T, n, n); found shape {format_shape(A.shape)}. "
+            "For a time-invariant model use LTVSystem.constant(A, B, horizon)")
+    if A.shape[-1] != A.shape[-2]:
+        raise DimensionError(f"A: expected square matrices (*batch, T, n, n); found shape "
+                             f"{format_shape(A.shape)}")
+    T, n = A.shape[-3], A.shape[-1]
+    if T < 1 or n < 1:
+        raise DimensionError(f"A: expected T >= 1 and n >= 1; found shape {format_shape(A.shape)}")
+    batch = tuple(A.shape[:-3])
+    if B is not None:
+        B = as_array(B, "B", backend, device=device)
+        if B.ndim < 3 or B.shape[-3] != T or B.shape[-2] != n:
+            hint = (". For a time-invariant model use LTVSystem.constant(A, B, horizon)"
+                    if B.ndim == 2 else "")
+            raise DimensionError(f"B: expected a per-step stack (*batch, T={T}, n={n}, m); found "
+                                 f"shape {format_shape(B.shape)}{hint}")
+        if B.shape[-1] < 1:
+            raise DimensionError(f"B: expected m >= 1 inputs; found shape {format_shape(B.shape)}")
+        try:
+            batch = backend.broadcast_shapes(batch, tuple(B.shape[:-3]))
+        except (ValueError, RuntimeError):
+            raise DimensionError(f"B: batch dimensions {format_shape(B.shape[:-3])} do not "
+                                 f"broadcast with A's {format_shape(A.shape[:-3])}") from None
+    if c is not None:
+        c = as_array(c, "c", backend, device=device)
+        if c.ndim < 2 or tuple(c.shape[-2:]) != (T, n):
+            raise DimensionError(f"c: expected a per-step drift (*batch, T={T}, n={n}); found "
+                                 f"shape {format_shape(c.shape)}")
+        try:
+            batch = backend.broadcast_shapes(batch, tuple(c.shape[:-2]))
+        except (ValueError, RuntimeError):
+            raise DimensionError(f"c: batch dimensions {format_shape(c.shape[:-2])} do not "
+                                 f"broadcast with the system's {format_shape(batch)}") from None
+    return A, B, c, backend, tuple(batch)

@@ -1,0 +1,174 @@
+"""One step of the discrete Riccati recursion, written once for numpy and torch.
+
+The finite-horizon LQR problem with cost ``Σ xᵀQx + uᵀRu + 2xᵀNu`` has the
+backward recursion (``S = S_{k+1}``)
+
+.. math::
+
+    G_k &= R_k + B_kᵀ S B_k, \\qquad H_k = B_kᵀ S A_k + N_kᵀ,\\\\
+    K_k &= G_k^{-1} H_k,\\\\
+    S_k &= Q_k + A_kᵀ S A_k − H_kᵀ G_k^{-1} H_k .
+
+With the Cholesky factor ``G = L Lᵀ`` and ``W = L⁻¹H`` (one triangular solve),
+``K = L⁻ᵀW`` (a second one) and ``H ᵀG⁻¹H = WᵀW``; ``S_k`` is symmetrised. No
+inverse is formed. For ``B = I`` (``B=None``) the products with the identity are
+skipped: ``G = R + S`` and ``H = S A + Nᵀ``.
+
+These are small pure functions: arrays in, arrays out, with optional leading
+batch dimensions that broadcast. The streaming / scale helpers call
+:func:`riccati_step` one layer at a time; its signature is stable.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from ltv_control._exceptions import DimensionError, NumericalError
+from ltv_control._validation import batch_member, format_shape, public_api
+from ltv_control.backends import get_backend
+
+__all__ = ["riccati_step", "StageFactor", "factor_stage"]
+
+
+class StageFactor(NamedTuple):
+    """Intermediate terms of one Riccati step (shared by LQR and tracking LQR).
+
+    Attributes
+    ----------
+    L : array (*batch, m, m)
+        Lower Cholesky factor of ``G = R + BᵀSB``.
+    W : array (*batch, m, n)
+        ``L⁻¹ H`` with ``H = BᵀSA + Nᵀ``.
+    SA : array (*batch, n, n)
+        ``S_{k+1} A_k``.
+    """
+
+    L: Any
+    W: Any
+    SA: Any
+
+
+def _check_shapes(S_next: Any, A: Any, B: Any, Q: Any, R: Any, N: Any) -> tuple[int, int]:
+    n = A.shape[-1]
+    if A.ndim < 2 or A.shape[-2] != n:
+        raise DimensionError(f"A: expected (*batch, n, n); found shape {format_shape(A.shape)}")
+    m = n if B is None else B.shape[-1]
+    checks = [("S_next", S_next, (n, n)), ("Q", Q, (n, n)), ("R", R, (m, m))]
+    if B is not None:
+        checks.append(("B", B, (n, m)))
+    if N is not None:
+        checks.append(("N", N, (n, m)))
+    for name, x, shape in checks:
+        if x.ndim < 2 or tuple(x.shape[-2:]) != shape:
+            raise DimensionError(f"{name}: expected (*batch, {shape[0]}, {shape[1]}); found shape "
+                                 f"{format_shape(x.shape)}")
+    return n, m
+
+
+def factor_stage(S_next: Any, A: Any, B: Any, R: Any, N: Any = None, *, step: Any = None,
+                 backend: Any = None) -> StageFactor:
+    """Factor ``G = R + BᵀS_{k+1}B`` and form ``W = L⁻¹(BᵀS_{k+1}A + Nᵀ)``.
+
+    Parameters
+    ----------
+    S_next : array (*batch, n, n)
+        Symmetric cost-to-go matrix of step ``k+1``.
+    A : array (*batch, n, n)
+    B : array (*batch, n, m) or None
+        ``None`` means the identity (``m = n``).
+    R : array (*batch, m, m)
+    N : array (*batch, n, m) or None
+    step : int, optional
+        Step index used in the error message.
+    backend : backend namespace, optional
+        Defaults to ``get_backend(S_next, A, B, R, N)``.
+
+    Returns
+    -------
+    StageFactor
+
+    Raises
+    ------
+    NumericalError
+        If ``G`` is not numerically positive definite, naming the step and the
+        first failing batch member.
+    """
+    be = backend or get_backend(S_next, A, B, R, N)
+    SA = be.matmul(S_next, A)
+    if B is None:
+        G = R + S_next
+        H = SA
+    else:
+        SB = be.matmul(S_next, B)
+        G = R + be.matmul(be.mT(B), SB)
+        H = be.matmul(be.mT(B), SA)
+    if N is not None:
+        H = H + be.mT(N)
+    G = be.symmetrize(G)
+    L, info = be.cholesky(G)
+    info = np.asarray(info)
+    if np.any(info):
+        where = "" if step is None else f" at step {step}"
+        idx = tuple(int(i) for i in np.argwhere(np.atleast_1d(info))[0]) if info.ndim else ()
+        raise NumericalError(
+            f"Riccati recursion{where}: R + BᵀSB is not positive definite for "
+            f"{batch_member(idx)} (Cholesky factorisation failed); check that R is positive "
+            "definite and the data are finite and well scaled")
+    W = be.solve_triangular(L, H, lower=True)
+    return StageFactor(L, W, SA)
+
+
+@public_api
+def riccati_step(S_next: Any, A: Any, B: Any, Q: Any, R: Any, N: Any = None, *,
+                 step: Any = None) -> tuple[Any, Any]:
+    """One backward Riccati step: ``(S_{k+1}, A_k, B_k, Q_k, R_k, N_k) -> (K_k, S_k)``.
+
+    .. math::
+
+        K_k = (R_k + B_kᵀS_{k+1}B_k)^{-1}(B_kᵀS_{k+1}A_k + N_kᵀ),\\qquad
+        S_k = Q_k + A_kᵀS_{k+1}A_k − (B_kᵀS_{k+1}A_k + N_kᵀ)ᵀ K_k,
+
+    computed with a Cholesky factorisation and two triangular solves; ``S_k`` is
+    symmetrised. The optimal input is ``u_k = −K_k x_k``.
+
+    Parameters
+    ----------
+    S_next : array (*batch, n, n)
+        Symmetric cost-to-go matrix of step ``k+1``.
+    A : array (*batch, n, n)
+        State matrix of step ``k``.
+    B : array (*batch, n, m) or None
+        Input matrix; ``None`` means the identity (``m = n``) and skips the
+        products with it.
+    Q : array (*batch, n, n)
+        Symmetric state weight.
+    R : array (*batch, m, m)
+        Symmetric positive definite input weight.
+    N : array (*batch, n, m), optional
+        Cross weight of the term ``2 xᵀN u``.
+    step : int, optional
+        Index ``k`` used in error messages.
+
+    Returns
+    -------
+    K : array (*batch, m, n)
+    S : array (*batch, n, n)
+        numpy in, numpy out; torch in, torch out on the same device. Batch
+        dimensions broadcast. All inputs should share one dtype (no conversion
+        is done here; :func:`ltv_control.finite_horizon_lqr` converts).
+
+    Raises
+    ------
+    NumericalError
+        When ``R + BᵀS B`` is not positive definite (names the step and batch member).
+    DimensionError
+        When the trailing matrix shapes do not fit together.
+    """
+    be = get_backend(S_next, A, B, Q, R, N)
+    _check_shapes(S_next, A, B, Q, R, N)
+    L, W, SA = factor_stage(S_next, A, B, R, N, step=step, backend=be)
+    K = be.solve_triangular(L, W, lower=True, trans=True)
+    S = Q + be.matmul(be.mT(A), SA) - be.matmul(be.mT(W), W)
+    return K, be.symmetrize(S)
