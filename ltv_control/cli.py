@@ -1,0 +1,648 @@
+"""The ``ltv-control`` command line: a thin layer over the library.
+
+Subcommands: ``demo``, ``eval``, ``fit``, ``generate``, ``linearize``, ``bound``.  Every one of
+them calls library functions (:mod:`ltv_control.experiment`, :mod:`ltv_control.report`,
+:mod:`ltv_control.adapters`); this module only parses arguments, loads the model and prints.
+Errors a user can cause (bad paths, bad values, mismatched controller files) end the program
+with exit status 2 and a one-line message on stderr, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+from pathlib import Path
+
+from ltv_control._exceptions import ControlError
+
+__all__ = ["main", "build_parser", "demo_settings"]
+
+_DTYPES = ("float32", "float16", "bfloat16", "float64")
+_METHOD_KINDS = ("alqr", "actadd", "pid", "constrained")
+
+
+class CLIError(Exception):
+    """A user error reported as one line with a non-zero exit status."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, no usage dump
+        raise CLIError(f"{self.prog}: {message} (see --help)")
+
+
+# ---------------------------------------------------------------- argument types
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, found {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, found {text!r}")
+    return value
+
+
+def _float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, found {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, found {text!r}")
+    return value
+
+
+def _nonneg_float(text: str) -> float:
+    value = _float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, found {text!r}")
+    return value
+
+
+def _pos_float(text: str) -> float:
+    value = _float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, found {text!r}")
+    return value
+
+
+def _float_list(text: str) -> list[float]:
+    return [_float(t) for t in text.split(",") if t.strip()]
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers, found {text!r}") from None
+
+
+def _existing_file(text: str) -> Path:
+    path = Path(text).expanduser()
+    if not path.is_file():
+        raise argparse.ArgumentTypeError(f"no such file: {text!r}")
+    return path
+
+
+def _existing_dir(text: str) -> Path:
+    path = Path(text).expanduser()
+    if not path.is_dir():
+        raise argparse.ArgumentTypeError(f"no such model directory: {text!r}")
+    return path
+
+
+# ---------------------------------------------------------------- parser
+
+def _common(p: argparse.ArgumentParser, *, model: bool = True) -> None:
+    if model:
+        p.add_argument("--model", type=_existing_dir, metavar="PATH",
+                       help="local transformers model directory (default: the embedded "
+                            "SmolLM2-135M-Instruct)")
+        p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+        p.add_argument("--dtype", default="float32", choices=_DTYPES,
+                       help="model dtype (default: float32)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars or log lines")
+    p.add_argument("--json", action="store_true", help="print machine-readable JSON on stdout")
+
+
+def _eval_options(p: argparse.ArgumentParser, *, quick: bool) -> None:
+    if quick:
+        p.add_argument("--quick", action="store_true",
+                       help="smaller run (fewer prompts, shorter continuations, short sweep)")
+    p.add_argument("--out", type=Path, default=Path("ltv-control-report"), metavar="DIR",
+                   help="report folder (default: ./ltv-control-report)")
+    p.add_argument("--methods", default=None,
+                   help="comma-separated subset of unsteered,actadd,pid,alqr,alqr_plus,"
+                        "constrained (default: all available)")
+    p.add_argument("--n-eval", type=_positive_int, help="number of evaluation prompts")
+    p.add_argument("--n-fit", type=_positive_int, help="number of contrastive pairs used to fit")
+    p.add_argument("--n-jacobian", type=_positive_int, help="number of Jacobian prompts")
+    p.add_argument("--max-new-tokens", type=_positive_int, help="continuation length")
+    p.add_argument("--batch-size", type=_positive_int, help="generation batch size")
+    p.add_argument("--sample", action="store_true",
+                   help="seeded sampling instead of greedy decoding")
+    p.add_argument("--no-cache", action="store_true",
+                   help="generate with use_cache=False (history recomputed unsteered)")
+    p.add_argument("--lam", type=_float, help="A-LQR / S-PID setpoint scale λ")
+    p.add_argument("--q", type=_nonneg_float, help="A-LQR state weight q")
+    p.add_argument("--r", type=_pos_float, help="A-LQR input weight r")
+    p.add_argument("--qf", type=_nonneg_float, help="A-LQR terminal weight qf")
+    p.add_argument("--coeff", type=_float, help="ActAdd coefficient")
+    p.add_argument("--actadd-layers", type=_int_list, help="ActAdd layers, e.g. 10")
+    p.add_argument("--sweep-alqr", type=_float_list, help="λ grid of A-LQR and A-LQR+, e.g. 1,2,4")
+    p.add_argument("--sweep-actadd", type=_float_list, help="coeff grid of ActAdd, e.g. 2,4,8")
+    p.add_argument("--sweep-pid", type=_float_list, help="λ grid of S-PID")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``ltv-control`` (all subcommands)."""
+    import ltv_control
+
+    parser = _Parser(prog="ltv-control",
+                     description="Finite-horizon optimal control of LTV systems, and activation "
+                                 "steering of language models by LQR over the layers (A-LQR).")
+    parser.add_argument("--version", action="version", version=f"ltv-control {ltv_control.__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    p = sub.add_parser("demo", help="steer the embedded model from negative to positive sentiment "
+                                    "and compare with baselines",
+                       description="Fit ActAdd, S-PID, A-LQR, A-LQR+ (and the constrained steerer "
+                                   "when available) on the packaged sentiment data, generate on "
+                                   "held-out prompts, and write report.json, report.md and PNGs.")
+    _common(p)
+    _eval_options(p, quick=True)
+    p.set_defaults(handler=_cmd_demo)
+
+    p = sub.add_parser("eval", help="the demo's evaluation on your own data files",
+                       description="Like demo, with your contrastive and prompt files.")
+    _common(p)
+    p.add_argument("--desired", type=_existing_file, required=True, metavar="FILE",
+                   help="sentences showing the behaviour (one per line)")
+    p.add_argument("--undesired", type=_existing_file, required=True, metavar="FILE",
+                   help="sentences not showing it (one per line)")
+    p.add_argument("--prompts", type=_existing_file, required=True, metavar="FILE",
+                   help="evaluation prompts (one per line)")
+    p.add_argument("--jacobian-prompts", type=_existing_file, metavar="FILE",
+                   help="linearization prompts (default: the packaged neutral prompts)")
+    _eval_options(p, quick=False)
+    p.set_defaults(handler=_cmd_eval)
+
+    p = sub.add_parser("fit", help="fit a steering controller from contrastive files",
+                       description="Fit a steerer and save it as one .safetensors controller file.")
+    _common(p)
+    p.add_argument("--desired", type=_existing_file, metavar="FILE",
+                   help="desired sentences (default: packaged positive sentences)")
+    p.add_argument("--undesired", type=_existing_file, metavar="FILE",
+                   help="undesired sentences (default: packaged negative sentences)")
+    p.add_argument("--jacobian-prompts", type=_existing_file, metavar="FILE",
+                   help="linearization prompts (A-LQR; default: packaged neutral prompts)")
+    p.add_argument("--method", choices=_METHOD_KINDS, default="alqr", help="default: alqr")
+    p.add_argument("--out", type=Path, required=True, metavar="FILE",
+                   help="controller file to write (.safetensors)")
+    p.add_argument("--n-fit", type=_positive_int, help="use only the first N pairs")
+    p.add_argument("--n-jacobian", type=_positive_int, default=8,
+                   help="number of Jacobian prompts (default: 8)")
+    p.add_argument("--max-tokens", type=_positive_int, default=16,
+                   help="Jacobian prompts are cut to this many tokens (default: 16)")
+    p.add_argument("--q", type=_nonneg_float, default=0.1, help="state weight (default: 0.1)")
+    p.add_argument("--r", type=_pos_float, default=1.0, help="input weight (default: 1.0)")
+    p.add_argument("--qf", type=_nonneg_float, default=0.1, help="terminal weight (default: 0.1)")
+    p.add_argument("--lam", type=_float, default=1.0, help="setpoint scale λ (default: 1.0)")
+    p.add_argument("--coeff", type=_float, default=4.0, help="ActAdd coefficient (default: 4)")
+    p.add_argument("--layers", type=_int_list,
+                   help="controlled layers (ActAdd default: one third of the depth)")
+    p.add_argument("--positions", choices=("last", "all"),
+                   help="default positions stored in the file")
+    p.set_defaults(handler=_cmd_fit)
+
+    p = sub.add_parser("generate", help="generate text, optionally steered by a controller file",
+                       description="Generate continuations of prompts, with a controller file "
+                                   "attached (or unsteered without --controller).")
+    _common(p)
+    p.add_argument("--controller", type=_existing_file, metavar="FILE",
+                   help="controller file written by `ltv-control fit`")
+    p.add_argument("--prompt", action="append", default=[], metavar="TEXT",
+                   help="a prompt (repeatable)")
+    p.add_argument("--prompts", type=_existing_file, metavar="FILE", help="prompts, one per line")
+    p.add_argument("--positions", choices=("last", "all"),
+                   help="steered positions (default: the controller's)")
+    p.add_argument("--lam", type=_float, help="override λ (A-LQR, S-PID, constrained)")
+    p.add_argument("--coeff", type=_float, help="override coeff (ActAdd)")
+    p.add_argument("--max-new-tokens", type=_positive_int, default=32, help="default: 32")
+    p.add_argument("--sample", action="store_true", help="seeded sampling instead of greedy")
+    p.add_argument("--no-cache", action="store_true", help="generate with use_cache=False")
+    p.set_defaults(handler=_cmd_generate)
+
+    p = sub.add_parser("linearize", help="linearize the model into an LTV system file",
+                       description="Average block Jacobians at the last token over prompts; write "
+                                   "system.safetensors + system.json and linearity diagnostics.")
+    _common(p)
+    p.add_argument("--prompts", type=_existing_file, metavar="FILE",
+                   help="prompts (default: the packaged Jacobian prompts)")
+    p.add_argument("--n-prompts", type=_positive_int, default=4, help="default: 4")
+    p.add_argument("--max-tokens", type=_positive_int, default=16, help="default: 16")
+    p.add_argument("--out", type=Path, default=Path("ltv-control-system"), metavar="DIR",
+                   help="output folder (default: ./ltv-control-system)")
+    p.add_argument("--no-diagnostics", action="store_true", help="skip the linearity diagnostics")
+    p.set_defaults(handler=_cmd_linearize)
+
+    p = sub.add_parser("bound", help="tracking-error bound experiment and figure",
+                       description="Run the tracking-error bound experiment on the model and "
+                                   "write bound.json and bound.png.")
+    _common(p)
+    p.add_argument("--prompts", type=_existing_file, metavar="FILE",
+                   help="prompts (default: packaged evaluation prompts)")
+    p.add_argument("--n-prompts", type=_positive_int, default=4, help="default: 4")
+    p.add_argument("--lam", type=_float, default=1.0, help="setpoint scale λ (default: 1.0)")
+    p.add_argument("--out", type=Path, default=Path("ltv-control-bound"), metavar="DIR",
+                   help="output folder (default: ./ltv-control-bound)")
+    p.set_defaults(handler=_cmd_bound)
+    return parser
+
+
+# ---------------------------------------------------------------- helpers
+
+def _log(args, message: str) -> None:
+    if not args.quiet:
+        print(message, file=sys.stderr, flush=True)
+
+
+def _load(args):
+    import torch
+
+    from ltv_control.adapters import load_embedded_model, load_model
+
+    dtype = getattr(torch, args.dtype)
+    try:
+        torch.device(args.device)
+    except (RuntimeError, TypeError):
+        raise CLIError(f"--device: not a torch device: {args.device!r}") from None
+    torch.manual_seed(args.seed)
+    if args.model is not None:
+        _log(args, f"loading {args.model} ({args.dtype}, {args.device})")
+        try:
+            return load_model(args.model, dtype=dtype, device=args.device)
+        except (OSError, ValueError, KeyError) as exc:
+            raise CLIError(f"--model {str(args.model)!r}: cannot load a transformers model "
+                           f"({_first_line(exc)})") from None
+    _log(args, f"loading the embedded SmolLM2-135M-Instruct ({args.dtype}, {args.device})")
+    return load_embedded_model(dtype=dtype, device=args.device)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def _emit(args, payload: dict, text: str) -> None:
+    if args.json:
+        from ltv_control.report import _clean, _json_default
+
+        print(json.dumps(_clean(payload), indent=2, default=_json_default))
+    elif not args.quiet:
+        print(text)
+    elif text and args.command in ("generate",):
+        print(text)
+
+
+def demo_settings(args, *, quick: bool = False):
+    """ExperimentSettings for ``demo`` / ``eval`` from parsed options (``quick``: --quick sizes)."""
+    from ltv_control.experiment import METHODS, ExperimentSettings
+    from ltv_control.generation import Decoding
+
+    base = ExperimentSettings()
+    if quick:
+        base = ExperimentSettings(n_fit=32, n_eval=16, n_jacobian=2, max_jacobian_tokens=12,
+                                  decoding=Decoding(max_new_tokens=16, batch_size=16),
+                                  sweep={"actadd": [2.0, 4.0, 8.0], "pid": [1.0],
+                                         "alqr": [1.0, 2.0], "alqr_plus": [1.0],
+                                         "constrained": [1.0]})
+    updates = {}
+    if args.methods is not None:
+        names = tuple(m.strip() for m in args.methods.split(",") if m.strip())
+        unknown = [m for m in names if m not in METHODS]
+        if unknown:
+            raise CLIError(f"--methods: unknown {unknown}; choose from {','.join(METHODS)}")
+        updates["methods"] = names
+    for option, field in (("n_eval", "n_eval"), ("n_fit", "n_fit"), ("n_jacobian", "n_jacobian"),
+                          ("lam", "lam"), ("q", "q"), ("r", "r"), ("qf", "qf"),
+                          ("coeff", "actadd_coeff")):
+        if getattr(args, option) is not None:
+            updates[field] = getattr(args, option)
+    if args.actadd_layers is not None:
+        updates["actadd_layers"] = tuple(args.actadd_layers)
+    sweep = dict(base.sweep)
+    for option, keys in (("sweep_alqr", ("alqr", "alqr_plus")), ("sweep_actadd", ("actadd",)),
+                         ("sweep_pid", ("pid",))):
+        if getattr(args, option):
+            for key in keys:
+                sweep[key] = getattr(args, option)
+    updates["sweep"] = sweep
+    dec = base.decoding.as_dict()
+    if args.max_new_tokens is not None:
+        dec["max_new_tokens"] = args.max_new_tokens
+    if args.batch_size is not None:
+        dec["batch_size"] = args.batch_size
+    dec["do_sample"] = bool(args.sample)
+    dec["use_cache"] = not args.no_cache
+    dec["seed"] = args.seed
+    updates["decoding"] = Decoding(**dec)
+    fields = {k: getattr(base, k) for k in base.__dataclass_fields__}
+    fields.update(updates)
+    return ExperimentSettings(**fields)
+
+
+def _run_evaluation(args, task, *, quick: bool) -> int:
+    from ltv_control.experiment import run_experiment
+    from ltv_control.report import format_table, write_report
+
+    if args.out.exists() and not args.out.is_dir():
+        raise CLIError(f"--out {str(args.out)!r} exists and is not a directory")
+    settings = demo_settings(args, quick=quick)
+    model, tokenizer = _load(args)
+    report, details = run_experiment(model, tokenizer, task, settings, seed=args.seed,
+                                     progress=not args.quiet, quiet=args.quiet,
+                                     return_details=True)
+    figure = None
+    try:
+        figure, summary = _bound_for_report(details, model, tokenizer, task, args)
+        details["bound"] = summary
+    except Exception as exc:  # the bound figure is optional in the report
+        details.setdefault("notes", []).append(
+            f"bound figure skipped ({type(exc).__name__}: {_first_line(exc)})")
+    files = write_report(args.out, report, details, bound_figure=figure)
+    claim = details.get("claim", {})
+    text = [format_table(report), ""]
+    if claim.get("available"):
+        text.append(
+            f"A-LQR λ={claim['lam']:g}: positive rate {claim['positive_rate']:.2f} at perplexity "
+            f"{claim['perplexity']:.1f}; ActAdd at the same positive rate: "
+            f"{claim['baseline_perplexity']:.1f}"
+            f"{' (extrapolated)' if claim['extrapolated'] else ''} -> claim "
+            f"{'holds' if claim['holds'] else 'does not hold'}")
+    for note in details.get("notes", []):
+        text.append(f"note: {note}")
+    text.append(f"report: {args.out / 'report.md'} ({len(files)} files in {args.out})")
+    _emit(args, report, "\n".join(text))
+    return 0
+
+
+def _bound_for_report(details, model, tokenizer, task, args):
+    """The tracking-error bound figure of the fitted A-LQR steerer, via the bounds adapters."""
+    steerer = details.get("steerers", {}).get("alqr")
+    if steerer is None:
+        return None, None
+    from ltv_control.adapters import bound_experiment as experiment_module
+
+    run = getattr(experiment_module, "run_bound_experiment")
+    result = run(details["plant"], steerer, list(task.eval_prompts[:4]),
+                 **_accepted(run, progress=not args.quiet))
+    from ltv_control.bound_plots import plot_tracking_bound
+
+    figure = plot_tracking_bound(result)
+    return figure, _summary(result)
+
+
+def _accepted(function, **candidates):
+    from ltv_control.experiment import _maybe
+
+    return _maybe(function, **candidates)
+
+
+def _summary(result) -> dict:
+    if isinstance(result, dict):
+        return {k: v for k, v in result.items() if isinstance(v, (int, float, str, bool))}
+    fields = getattr(result, "_asdict", None)
+    if fields is not None:
+        return {k: v for k, v in fields().items() if isinstance(v, (int, float, str, bool))}
+    return {}
+
+
+# ---------------------------------------------------------------- subcommands
+
+def _cmd_demo(args) -> int:
+    from ltv_control.datasets import load_sentiment_task
+
+    return _run_evaluation(args, load_sentiment_task(), quick=args.quick)
+
+
+def _cmd_eval(args) -> int:
+    from ltv_control.datasets import SentimentTask, load_sentiment_task, read_lines
+
+    jac = read_lines(args.jacobian_prompts) if args.jacobian_prompts else \
+        load_sentiment_task().jacobian_prompts
+    desired, undesired = read_lines(args.desired), read_lines(args.undesired)
+    task = SentimentTask(desired=desired, undesired=undesired,
+                         eval_prompts=read_lines(args.prompts), jacobian_prompts=jac)
+    return _run_evaluation(args, task, quick=False)
+
+
+def _steerer_class(kind: str):
+    import ltv_control.adapters as adapters
+
+    name = {"alqr": "ALQRSteerer", "actadd": "ActAddSteerer", "pid": "PIDSteerer",
+            "constrained": "ConstrainedSteerer"}[kind]
+    try:
+        return getattr(adapters, name)
+    except (AttributeError, ImportError):
+        raise CLIError(f"--method {kind}: {name} is not available in this installation") from None
+
+
+def _cmd_fit(args) -> int:
+    from ltv_control.adapters import LLMPlant
+    from ltv_control.datasets import load_sentiment_task, read_lines
+
+    task = load_sentiment_task()
+    desired = read_lines(args.desired) if args.desired else task.desired
+    undesired = read_lines(args.undesired) if args.undesired else task.undesired
+    if args.n_fit:
+        desired, undesired = desired[:args.n_fit], undesired[:args.n_fit]
+    jac = read_lines(args.jacobian_prompts) if args.jacobian_prompts else task.jacobian_prompts
+    jac = list(jac[:args.n_jacobian])
+    if args.out.exists() and args.out.is_dir():
+        raise CLIError(f"--out {str(args.out)!r} is a directory; give a .safetensors file path")
+    if not args.out.parent.exists():
+        raise CLIError(f"--out: folder {str(args.out.parent)!r} does not exist")
+    cls = _steerer_class(args.method)
+    model, tokenizer = _load(args)
+    plant = LLMPlant(model, tokenizer)
+    common = {} if args.positions is None else {"positions": args.positions}
+    _log(args, f"fitting {args.method} on {len(desired)} desired / {len(undesired)} undesired")
+    if args.method == "alqr":
+        steerer = cls.fit(plant, list(desired), list(undesired), q=args.q, r=args.r, qf=args.qf,
+                          lam=args.lam, jacobian_prompts=jac, layers=args.layers,
+                          **_accepted(cls.fit, max_tokens=args.max_tokens,
+                                      progress=not args.quiet), **common)
+    elif args.method == "actadd":
+        layers = args.layers or [plant.horizon // 3]
+        steerer = cls.fit(plant, list(desired), list(undesired), layers=layers, coeff=args.coeff,
+                          **common)
+    elif args.method == "pid":
+        steerer = cls.fit(plant, list(desired), list(undesired), lam=args.lam, **common)
+    else:
+        steerer = cls.fit(plant, list(desired), list(undesired), q=args.q, r=args.r, qf=args.qf,
+                          lam=args.lam, **common)
+    steerer.save(args.out)
+    payload = {"path": str(args.out), "method": args.method, "num_layers": plant.horizon,
+               "hidden_size": plant.state_dim, "n_desired": len(desired),
+               "n_undesired": len(undesired)}
+    _emit(args, payload, f"wrote {args.method} controller to {args.out}")
+    return 0
+
+
+def _cmd_generate(args) -> int:
+    from ltv_control.datasets import read_lines
+    from ltv_control.generation import Decoding, generate_continuations
+
+    prompts = list(args.prompt) + (list(read_lines(args.prompts)) if args.prompts else [])
+    if not prompts:
+        raise CLIError("generate: give at least one --prompt TEXT or --prompts FILE")
+    steerer = None
+    if args.controller is not None:
+        from ltv_control.adapters.steering_base import Steerer
+
+        model, tokenizer = _load(args)
+        steerer = Steerer.load(args.controller, model=model)
+    else:
+        model, tokenizer = _load(args)
+    steering = None
+    if steerer is not None:
+        options = {}
+        if args.positions is not None:
+            options["positions"] = args.positions
+        accepted = getattr(type(steerer), "attach_options", ())
+        if args.lam is not None:
+            if "lam" not in accepted:
+                raise CLIError(f"--lam does not apply to a {type(steerer).__name__}")
+            options["lam"] = args.lam
+        if args.coeff is not None:
+            if "coeff" not in accepted:
+                raise CLIError(f"--coeff does not apply to a {type(steerer).__name__}")
+            options["coeff"] = args.coeff
+        steering = lambda: steerer.attach(model, **options)  # noqa: E731
+    decoding = Decoding(max_new_tokens=args.max_new_tokens, do_sample=args.sample,
+                        seed=args.seed, use_cache=not args.no_cache, batch_size=8)
+    gen = generate_continuations(model, tokenizer, prompts, decoding=decoding, steering=steering,
+                                 progress=not args.quiet)
+    payload = {"prompts": prompts, "continuations": gen.texts,
+               "controller": None if args.controller is None else str(args.controller),
+               "tokens_per_s": gen.tokens_per_s}
+    text = "\n".join(f"{p} {c}" for p, c in zip(prompts, gen.texts))
+    _emit(args, payload, text)
+    return 0
+
+
+def _cmd_linearize(args) -> int:
+    from ltv_control.adapters import LLMPlant
+    from ltv_control.datasets import load_sentiment_task, read_lines
+    from ltv_control.system_file import save_system
+
+    prompts = read_lines(args.prompts) if args.prompts else load_sentiment_task().jacobian_prompts
+    prompts = list(prompts[:args.n_prompts])
+    if args.out.exists() and not args.out.is_dir():
+        raise CLIError(f"--out {str(args.out)!r} exists and is not a directory")
+    model, tokenizer = _load(args)
+    plant = LLMPlant(model, tokenizer)
+    _log(args, f"linearizing {plant.horizon} layers on {len(prompts)} prompts")
+    system = plant.linearize(prompts, max_tokens=args.max_tokens, progress=not args.quiet)
+    args.out.mkdir(parents=True, exist_ok=True)
+    from ltv_control.adapters import model_id_of
+
+    meta = {"model": model_id_of(model), "prompts": prompts, "max_tokens": args.max_tokens,
+            "seed": args.seed}
+    path = save_system(args.out / "system.safetensors", system, metadata=meta)
+    payload = {"system": str(path), "metadata": str(path.with_suffix(".json")),
+               "horizon": system.horizon, "n_states": system.n_states}
+    if not args.no_diagnostics:
+        payload["diagnostics"] = _diagnostics(plant, system, prompts, args)
+    _emit(args, payload, "\n".join(f"{k}: {v}" for k, v in payload.items()
+                                   if not isinstance(v, dict)))
+    return 0
+
+
+def _diagnostics(plant, system, prompts, args) -> dict:
+    from ltv_control.adapters import diagnostics as diag_module
+    from ltv_control.report import atomic_write_text
+
+    run = getattr(diag_module, "linearity_diagnostics")
+    result = run(plant, prompts, **_accepted(run, system=system, progress=not args.quiet))
+    summary = _summary(result)
+    plot = getattr(diag_module, "plot_linearity_diagnostics", None)
+    if plot is not None:
+        import matplotlib
+
+        matplotlib.use("Agg", force=False)
+        from ltv_control.report import _save_figure
+
+        figure = plot(result)
+        _save_figure(figure, args.out / "diagnostics.png")
+        summary["figure"] = str(args.out / "diagnostics.png")
+    from ltv_control.report import _clean, _json_default
+
+    atomic_write_text(args.out / "diagnostics.json",
+                      json.dumps(_clean(_plain(result)), indent=2, default=_json_default))
+    return summary
+
+
+def _plain(result):
+    if hasattr(result, "_asdict"):
+        result = result._asdict()
+    if isinstance(result, dict):
+        return {k: _plain(v) for k, v in result.items()}
+    if hasattr(result, "detach"):
+        result = result.detach().cpu().numpy()
+    if hasattr(result, "tolist"):
+        return result.tolist()
+    return result
+
+
+def _cmd_bound(args) -> int:
+    from ltv_control.adapters import LLMPlant
+    from ltv_control.datasets import load_sentiment_task, read_lines
+    from ltv_control.report import _clean, _json_default, _save_figure, atomic_write_text
+
+    if args.out.exists() and not args.out.is_dir():
+        raise CLIError(f"--out {str(args.out)!r} exists and is not a directory")
+    task = load_sentiment_task()
+    prompts = list((read_lines(args.prompts) if args.prompts else task.eval_prompts)[:args.n_prompts])
+    model, tokenizer = _load(args)
+    plant = LLMPlant(model, tokenizer)
+    from ltv_control.adapters import bound_experiment as experiment_module
+
+    run = getattr(experiment_module, "run_bound_experiment")
+    result = run(plant, None, prompts, **_accepted(run, lam=args.lam, progress=not args.quiet,
+                                                   desired=list(task.desired[:32]),
+                                                   undesired=list(task.undesired[:32])))
+    from ltv_control.bound_plots import plot_tracking_bound
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    figure = plot_tracking_bound(result)
+    _save_figure(figure, args.out / "bound.png")
+    atomic_write_text(args.out / "bound.json",
+                      json.dumps(_clean(_plain(result)), indent=2, default=_json_default))
+    payload = {**_summary(result), "figure": str(args.out / "bound.png"),
+               "data": str(args.out / "bound.json")}
+    _emit(args, payload, "\n".join(f"{k}: {v}" for k, v in payload.items()))
+    return 0
+
+
+# ---------------------------------------------------------------- entry point
+
+def main(argv: list[str] | None = None) -> int:
+    """Run ``ltv-control`` with ``argv`` (default ``sys.argv[1:]``); return the exit status.
+
+    0 on success, 2 on a user error (one line on stderr: bad path, bad value, mismatched or
+    corrupt controller file), 130 on Ctrl-C.
+    """
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        if getattr(args, "handler", None) is None:
+            parser.print_help()
+            return 2
+        if args.quiet:
+            os.environ.setdefault("TQDM_DISABLE", "1")
+        return int(args.handler(args) or 0)
+    except CLIError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    except (ControlError, FileNotFoundError, NotADirectoryError, PermissionError) as exc:
+        print(f"error: {type(exc).__name__}: {_first_line(exc)}", file=sys.stderr)
+        return 2
+    except SystemExit as exc:  # --help / --version
+        return int(exc.code or 0) if not isinstance(exc.code, str) else 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
