@@ -520,7 +520,7 @@ def _cmd_generate(args) -> int:
 def _cmd_linearize(args) -> int:
     from ltv_control.adapters import LLMPlant
     from ltv_control.datasets import load_sentiment_task, read_lines
-    from ltv_control.system_file import save_system
+    from ltv_control.system_io import save_system
 
     prompts = read_lines(args.prompts) if args.prompts else load_sentiment_task().jacobian_prompts
     prompts = list(prompts[:args.n_prompts])
