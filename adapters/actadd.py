@@ -1,0 +1,120 @@
+"""ActAdd baseline: add a scaled mean-difference vector at chosen layers.
+
+Fit: ``e_k = mean(desired) - mean(undesired)`` over the last-token block inputs
+(the same contrast as the LFS setpoint, unnormalised).  Runtime: block ``k``'s
+output gets ``u_k = coeff · e_k`` at the steered positions of the chosen layers,
+independently of the state (an open-loop, proportional-only controller).
+The default positions are ``"all"`` (every non-pad position), as in activation
+addition; ``"last"`` steers only the newest position of each forward pass.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from ltv_control._exceptions import ArgumentError
+from ltv_control.adapters.steering_base import (
+    SteeringHandle,
+    Steerer,
+    check_layer_indices,
+    check_positions,
+    check_scalar,
+    reject_unknown,
+)
+
+__all__ = ["ActAddSteerer"]
+
+_REQUIRED = object()
+
+
+class ActAddSteerer(Steerer):
+    """Activation addition: ``u_k = coeff · e_k`` at the chosen layers.
+
+    Attributes
+    ----------
+    e : torch.Tensor, shape (T, n), float32
+        Mean differences ``e_k = mean(desired) - mean(undesired)`` at every layer.
+    coeff : float
+        Fitted coefficient (changeable at :meth:`attach`).
+    layers : list of int
+        The layers that receive the vector.
+    """
+
+    kind = "actadd"
+    tensor_names = ("e",)
+    hyperparameter_names = ("coeff",)
+    attach_options = ("coeff",)
+    default_positions = "all"
+
+    @classmethod
+    def fit(
+        cls,
+        plant: Any,
+        desired: Sequence[str],
+        undesired: Sequence[str],
+        *,
+        layers: Sequence[int] = _REQUIRED,  # type: ignore[assignment]
+        coeff: float = 1.0,
+        positions: str = "all",
+        batch_size: int = 8,
+        **unknown: Any,
+    ) -> ActAddSteerer:
+        """Fit the mean-difference vectors on ``plant``.
+
+        Parameters
+        ----------
+        plant : LLMPlant
+        desired, undesired : list of str
+        layers : list of int
+            Required: the layers whose output receives ``coeff · e_k``.
+        coeff : float, default 1.0
+            Scale of the added vector (negative values push away from ``desired``).
+        positions : {"last", "all"}, default "all"
+        batch_size : int, default 8
+            Batch size of :meth:`LLMPlant.last_token_states`.
+        """
+        reject_unknown(unknown, "ActAddSteerer.fit")
+        if layers is _REQUIRED or layers is None:
+            raise ArgumentError("ActAddSteerer.fit: layers is required (a list of layer indices)")
+        coeff = check_scalar(coeff, "coeff")
+        positions = check_positions(positions)
+        layers = check_layer_indices(layers, plant.horizon)
+        setpoint, _ = cls._plant_setpoint(plant, desired, undesired, lam=1.0, batch_size=batch_size)
+        return cls(
+            {"e": np.asarray(setpoint.e, dtype=np.float32)},
+            hidden_size=plant.state_dim,
+            num_layers=plant.horizon,
+            hyperparameters={"coeff": coeff},
+            layers=layers,
+            positions=positions,
+            layer_path=getattr(plant, "layer_path", None),
+            model_id=getattr(plant, "model_id", None),
+        )
+
+    def attach(
+        self,
+        model: Any,
+        *,
+        positions: str | None = None,
+        coeff: float | None = None,
+        layers: Sequence[int] | None = None,
+        **unknown: Any,
+    ) -> SteeringHandle:
+        """Add ``coeff · e_k`` to block ``k``'s output (see :meth:`Steerer.attach`).
+
+        ``coeff=None`` uses the fitted value; ``layers`` restricts the fitted layers.
+        """
+        reject_unknown(unknown, "ActAddSteerer.attach")
+        if coeff is not None:
+            coeff = check_scalar(coeff, "coeff")
+        return super().attach(model, positions=positions, layers=layers, coeff=coeff)
+
+    def _layer_parameters(self, options: dict) -> dict:
+        coeff = self.coeff if options.get("coeff") is None else options["coeff"]
+        return {"u": coeff * self.e}
+
+    def _control(self, k: int, z: Any, params: dict, state: dict) -> Any:
+        return params["u"].expand_as(z)

@@ -1,0 +1,164 @@
+"""S-PID baseline: a PID controller over the layer index on the LFS error.
+
+With the linear-feature setpoint ``(v_k, β*_k)`` (:mod:`ltv_control.setpoint`),
+the scalar error at block ``k``'s input is ``ε_k = β*_k - v_kᵀ z_k``.  Treating the
+layer index as time, S-PID applies along ``v_k``
+
+.. math::
+
+    u_k = \\bigl(k_p\\,ε_k + k_i\\,I_k + k_d\\,(ε_k - ε_{k^-})\\bigr)\\, v_k, \\qquad
+    I_k = \\sum_{j \\in S(k),\\, j \\le k} ε_j ,
+
+where ``S(k)`` are the controlled layers of ``k``'s reset window
+``[⌊k/R⌋·R, ⌊k/R⌋·R + R)`` with ``R = reset_every`` (the integral is reset every
+``R`` layers, ``R = 10`` as in arXiv 2604.19018), and ``k⁻`` is the previous
+controlled layer in the same window (the derivative term is zero at the first
+controlled layer of a window).  Errors are computed independently for every
+steered position and batch row, within one forward pass (the integrator never
+carries over from one forward pass or token to the next).  ``u_k`` is added to
+block ``k``'s output.
+
+This document's definition: the error, integral and derivative are scalars
+along the setpoint direction, so the input stays in ``span(v_k)``; with
+``ki = kd = 0`` it is a proportional controller ``u_k = k_p ε_k v_k``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from ltv_control._exceptions import PropertyError
+from ltv_control.adapters.steering_base import (
+    SteeringHandle,
+    Steerer,
+    check_layer_indices,
+    check_positions,
+    check_scalar,
+    reject_unknown,
+)
+
+__all__ = ["PIDSteerer"]
+
+
+class PIDSteerer(Steerer):
+    """S-PID steerer on the LFS error ``ε_k = β*_k - v_kᵀ z_k`` (see the module docstring).
+
+    Attributes
+    ----------
+    v : torch.Tensor, shape (T, n), float32
+    e_norm : torch.Tensor, shape (T,), float32
+    beta_star : torch.Tensor, shape (T,), float32
+    kp, ki, kd, lam : float
+    reset_every : int
+    """
+
+    kind = "pid"
+    tensor_names = ("v", "e_norm", "beta_star")
+    hyperparameter_names = ("kp", "ki", "kd", "lam", "reset_every")
+    attach_options = ("lam",)
+    default_positions = "last"
+
+    @classmethod
+    def fit(
+        cls,
+        plant: Any,
+        desired: Sequence[str],
+        undesired: Sequence[str],
+        *,
+        kp: float = 0.5,
+        ki: float = 0.5,
+        kd: float = 0.0,
+        lam: float = 1.0,
+        reset_every: int = 10,
+        positions: str = "last",
+        layers: Sequence[int] | None = None,
+        batch_size: int = 8,
+        **unknown: Any,
+    ) -> PIDSteerer:
+        """Fit the LFS setpoint used by the PID law.
+
+        Parameters
+        ----------
+        plant : LLMPlant
+        desired, undesired : list of str
+        kp, ki, kd : float, defaults 0.5, 0.5, 0.0
+            Proportional, integral and derivative gains.
+        lam : float, default 1.0
+            ``β*_k = lam·‖e_k‖`` (changeable at :meth:`attach`).
+        reset_every : int, default 10
+            The integral restarts at every layer ``k`` with ``k % reset_every == 0``.
+        positions : {"last", "all"}, default "last"
+        layers : list of int or None, default None
+            Controlled layers (``None``: all with a direction).
+        batch_size : int, default 8
+        """
+        reject_unknown(unknown, "PIDSteerer.fit")
+        kp = check_scalar(kp, "kp")
+        ki = check_scalar(ki, "ki")
+        kd = check_scalar(kd, "kd")
+        lam = check_scalar(lam, "lam")
+        if isinstance(reset_every, bool) or not isinstance(reset_every, int | np.integer) or reset_every < 1:
+            raise PropertyError(f"reset_every: expected a positive integer, found {reset_every!r}")
+        positions = check_positions(positions)
+        layers = check_layer_indices(layers, plant.horizon)
+        setpoint, _ = cls._plant_setpoint(plant, desired, undesired, lam=lam, batch_size=batch_size)
+        return cls(
+            {
+                "v": np.asarray(setpoint.v, dtype=np.float32),
+                "e_norm": np.asarray(setpoint.e_norm, dtype=np.float32),
+                "beta_star": np.asarray(setpoint.beta_star, dtype=np.float32),
+            },
+            hidden_size=plant.state_dim,
+            num_layers=plant.horizon,
+            hyperparameters={"kp": kp, "ki": ki, "kd": kd, "lam": lam, "reset_every": int(reset_every)},
+            layers=layers,
+            positions=positions,
+            layer_path=getattr(plant, "layer_path", None),
+            model_id=getattr(plant, "model_id", None),
+        )
+
+    def attach(
+        self,
+        model: Any,
+        *,
+        positions: str | None = None,
+        lam: float | None = None,
+        layers: Sequence[int] | None = None,
+        **unknown: Any,
+    ) -> SteeringHandle:
+        """Steer ``model`` with the S-PID law (see :meth:`Steerer.attach`); ``lam=None``: fitted."""
+        reject_unknown(unknown, "PIDSteerer.attach")
+        if lam is not None:
+            lam = check_scalar(lam, "lam")
+        return super().attach(model, positions=positions, layers=layers, lam=lam)
+
+    def _layer_parameters(self, options: dict) -> dict:
+        lam = options.get("lam")
+        beta = self.beta_star if lam is None else lam * self.e_norm
+        return {"v": self.v, "beta": beta}
+
+    def _active_layers(self, options: dict) -> list[int]:
+        return [k for k in range(self.num_layers) if float(self.e_norm[k]) > 0.0]
+
+    def _begin_forward(self, state: dict) -> None:
+        state["window"] = None
+
+    def _control(self, k: int, z: Any, params: dict, state: dict) -> Any:
+        error = params["beta"] - z @ params["v"]
+        window = k // int(self.reset_every)
+        if state.get("window") != window or state.get("integral") is None or state["integral"].shape != error.shape:
+            state["window"] = window
+            integral = error
+            derivative = None
+        else:
+            integral = state["integral"] + error
+            derivative = error - state["previous"]
+        state["integral"] = integral
+        state["previous"] = error
+        gain = self.kp * error + self.ki * integral
+        if derivative is not None and self.kd != 0.0:
+            gain = gain + self.kd * derivative
+        return gain.unsqueeze(-1) * params["v"]
