@@ -19,6 +19,13 @@ _LAZY_EXPORTS: dict[str, str] = {
     "find_decoder_layers": "_blocks",
     "linearity_diagnostics": "diagnostics",
     # steering (steerers, hooks, controller files)
+    "Steerer": "steering_base",
+    "SteeringHandle": "steering_base",
+    "ALQRSteerer": "alqr",
+    "ActAddSteerer": "actadd",
+    "PIDSteerer": "pid",
+    "save_controller_file": "controller_file",
+    "load_controller_file": "controller_file",
 }
 
 __all__ = sorted(_LAZY_EXPORTS)
