@@ -206,7 +206,7 @@ def _run(
             B_k = as_array(B_k, f"B[{k}]", bk, dtype=dt, device=device)
             if _shape(B_k) != (n, m):
                 raise DimensionError(f"B[{k}]: expected shape ({n}, {m}), found {_shape(B_k)}")
-        K_k, S_k = riccati_step(S_next, A, B_k, Qw.at(k), Rw.at(k))
+        K_k, S_k = riccati_step(S_next, A, B_k, Qw.at(k), Rw.at(k), step=k)
         S_next = S_k  # the previous S_{k+1} is released here
         del S_k
         yield k, A, K_k
