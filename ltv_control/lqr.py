@@ -11,7 +11,7 @@ from ltv_control._validation import (
     require_system,
     resolve_dtype,
 )
-from ltv_control.riccati import factor_stage
+from ltv_control.riccati import check_finite_step, factor_stage
 
 __all__ = ["LQRResult", "finite_horizon_lqr", "prepare_problem"]
 
@@ -160,5 +160,6 @@ def finite_horizon_lqr(system: Any, Q: Any, R: Any, *, Qf: Any = None, N: Any = 
         K_out[..., k, :, :] = be.solve_triangular(L, W, lower=True, trans=True)
         S = p.Q.at(k) + be.matmul(be.mT(A_k), SA) - be.matmul(be.mT(W), W)
         S = be.symmetrize(S)
+        check_finite_step(S, "S", k, be)
         S_out[..., k, :, :] = S
     return LQRResult(K_out, S_out)

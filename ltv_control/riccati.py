@@ -29,7 +29,7 @@ from ltv_control._exceptions import DimensionError, NumericalError
 from ltv_control._validation import batch_member, format_shape, public_api
 from ltv_control.backends import get_backend
 
-__all__ = ["riccati_step", "StageFactor", "factor_stage"]
+__all__ = ["riccati_step", "StageFactor", "factor_stage", "check_finite_step"]
 
 
 class StageFactor(NamedTuple):
@@ -65,6 +65,22 @@ def _check_shapes(S_next: Any, A: Any, B: Any, Q: Any, R: Any, N: Any) -> tuple[
             raise DimensionError(f"{name}: expected (*batch, {shape[0]}, {shape[1]}); found shape "
                                  f"{format_shape(x.shape)}")
     return n, m
+
+
+def check_finite_step(value: Any, name: str, step: Any, backend: Any) -> None:
+    """Raise :class:`NumericalError` if ``value`` (*batch, …) overflowed to inf/NaN.
+
+    ``value`` has two trailing matrix axes; the message names the step and the first
+    non-finite batch member.
+    """
+    finite = backend.isfinite(value)
+    if bool(finite.all()):
+        return
+    bad = ~np.asarray(backend.to_host(finite.all(-1).all(-1)))
+    idx = tuple(int(i) for i in np.argwhere(np.atleast_1d(bad))[0]) if bad.ndim else ()
+    where = "" if step is None else f" at step {step}"
+    raise NumericalError(f"Riccati recursion{where}: {name} is not finite for "
+                         f"{batch_member(idx)} (overflow; rescale the problem or use float64)")
 
 
 def factor_stage(S_next: Any, A: Any, B: Any, R: Any, N: Any = None, *, step: Any = None,
@@ -170,5 +186,6 @@ def riccati_step(S_next: Any, A: Any, B: Any, Q: Any, R: Any, N: Any = None, *,
     _check_shapes(S_next, A, B, Q, R, N)
     L, W, SA = factor_stage(S_next, A, B, R, N, step=step, backend=be)
     K = be.solve_triangular(L, W, lower=True, trans=True)
-    S = Q + be.matmul(be.mT(A), SA) - be.matmul(be.mT(W), W)
-    return K, be.symmetrize(S)
+    S = be.symmetrize(Q + be.matmul(be.mT(A), SA) - be.matmul(be.mT(W), W))
+    check_finite_step(S, "S", step, be)
+    return K, S

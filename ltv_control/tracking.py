@@ -6,7 +6,7 @@ from typing import Any, NamedTuple
 
 from ltv_control._validation import as_vector_stack, public_api
 from ltv_control.lqr import prepare_problem
-from ltv_control.riccati import factor_stage
+from ltv_control.riccati import check_finite_step, factor_stage
 
 __all__ = ["TrackingLQRResult", "tracking_lqr"]
 
@@ -133,6 +133,7 @@ def tracking_lqr(system: Any, Q: Any, R: Any, x_ref: Any, *, Qf: Any = None, u_r
             s0_new = s0_new + be.sum(c_j * (Scs + s), axis=-1)
         s_new = -be.matvec(Q_j, r_j) + be.matvec(be.mT(A_j), Scs) - be.matvec(be.mT(W), w)
         S = be.symmetrize(Q_j + be.matmul(be.mT(A_j), SA) - be.matmul(be.mT(W), W))
+        check_finite_step(S, "S", j, be)
         s, s0 = s_new, s0_new
         K_out[..., j, :, :] = K_j
         k_out[..., j, :] = k_j
