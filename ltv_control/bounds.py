@@ -41,11 +41,14 @@ loop ``A_cl`` was a torch tensor.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, NamedTuple
 
 import numpy as np
 import scipy.linalg as sla
 
+from ltv_control._validation import check_symmetric, public_api
+from ltv_control.backends import numpy_backend
 from ltv_control._exceptions import (
     ArgumentError,
     DimensionError,
@@ -163,21 +166,8 @@ def _check_weights(P: Any, T: int, n: int, name: str = "P") -> np.ndarray:
 
 
 def _check_symmetric(M: np.ndarray, name: str) -> None:
-    diff = np.linalg.norm(M - np.swapaxes(M, -1, -2), axis=(-2, -1))
-    scale = np.linalg.norm(M, axis=(-2, -1))
-    bad = diff > 1e-8 * np.maximum(scale, np.finfo(float).tiny)
-    if np.any(bad):
-        idx = np.argwhere(np.atleast_1d(bad))[0]
-        where = f" at step {int(idx[0])}" if M.ndim == 3 else ""
-        raise PropertyError(
-            f"{name} must be symmetric (‖M − Mᵀ‖_F <= 1e-8·‖M‖_F){where}; "
-            f"found relative asymmetry {float(np.max(diff / np.maximum(scale, 1e-300))):.3g}"
-        )
-
-
-def _reject_kwargs(func: str, kwargs: dict) -> None:
-    if kwargs:
-        raise ArgumentError(f"{func}() got unexpected keyword argument(s): {', '.join(sorted(kwargs))}")
+    """Relative symmetry test of the gatekeeper (``‖M − Mᵀ‖_F <= 1e-8·‖M‖_F``)."""
+    check_symmetric(M, name, numpy_backend, per_step=M.ndim == 3)
 
 
 def _matrix_or_identity(M: Any, n: int, name: str) -> np.ndarray:
@@ -255,7 +245,8 @@ def _whitened_factors(A: np.ndarray, C: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------- public functions
 
 
-def lyapunov_weights(A_cl: Any, *, W: Any = None, P_terminal: Any = None, **kwargs: Any):
+@public_api
+def lyapunov_weights(A_cl: Any, *, W: Any = None, P_terminal: Any = None):
     r"""Time-varying Lyapunov weights of a closed loop.
 
     Implements the backward recursion ``P_T = P_terminal``, ``P_k = Â_kᵀ P_{k+1} Â_k + W``
@@ -285,7 +276,6 @@ def lyapunov_weights(A_cl: Any, *, W: Any = None, P_terminal: Any = None, **kwar
     ArgumentError
         Unknown keyword.
     """
-    _reject_kwargs("lyapunov_weights", kwargs)
     A = _closed_loop(A_cl)
     T, n, _ = A.shape
     Wm = _matrix_or_identity(W, n, "W")
@@ -300,7 +290,8 @@ def lyapunov_weights(A_cl: Any, *, W: Any = None, P_terminal: Any = None, **kwar
     return _wrap_like(A_cl, P)
 
 
-def induced_norm(M: Any, P_from: Any, P_to: Any, **kwargs: Any) -> float:
+@public_api
+def induced_norm(M: Any, P_from: Any, P_to: Any) -> float:
     r"""Induced weighted norm ``sup_x ‖M x‖_{P_to} / ‖x‖_{P_from}``.
 
     Symmetric form: with Cholesky factors ``P_from = C_f C_fᵀ`` and ``P_to = C_t C_tᵀ``,
@@ -321,7 +312,6 @@ def induced_norm(M: Any, P_from: Any, P_to: Any, **kwargs: Any) -> float:
     ------
     DimensionError, PropertyError, NumericalError (a weight is not positive definite), ArgumentError
     """
-    _reject_kwargs("induced_norm", kwargs)
     Mm = _as_float64(M, "M")
     if Mm.ndim != 2:
         raise DimensionError(f"M must have shape (n_to, n_from), found {Mm.shape}")
@@ -354,7 +344,8 @@ def _transition_norms_from_factors(At: np.ndarray) -> np.ndarray:
     return G
 
 
-def transition_norms(A_cl: Any, P: Any, **kwargs: Any):
+@public_api
+def transition_norms(A_cl: Any, P: Any):
     r"""Weighted norms of every closed-loop transition matrix.
 
     ``G[k, i] = ‖Φ(k,i)‖_{P_i→P_k}`` with ``Φ(k,i) = Â_{k−1} ⋯ Â_i`` (exactly ``k − i`` factors),
@@ -377,7 +368,6 @@ def transition_norms(A_cl: Any, P: Any, **kwargs: Any):
     Cost: ``T+1`` Cholesky factorizations and, per pair ``i < k``, one n×n×n product, one Gram
     product and one largest-eigenvalue solve (about 7 s single-threaded at n = 576, T = 30).
     """
-    _reject_kwargs("transition_norms", kwargs)
     A = _closed_loop(A_cl)
     T, n, _ = A.shape
     Pm = _check_weights(P, T, n)
@@ -398,7 +388,8 @@ def _weighted_norms(D: np.ndarray, C: np.ndarray) -> np.ndarray:
     return np.linalg.norm(np.einsum("kab,...ka->...kb", C, D), axis=-1)
 
 
-def weighted_norms(deviations: Any, P: Any, **kwargs: Any):
+@public_api
+def weighted_norms(deviations: Any, P: Any):
     r"""Per-step weighted norms ``‖δz_k‖_{P_k} = sqrt(δz_kᵀ P_k δz_k)``.
 
     Parameters
@@ -410,7 +401,6 @@ def weighted_norms(deviations: Any, P: Any, **kwargs: Any):
     -------
     array (*R, T+1)
     """
-    _reject_kwargs("weighted_norms", kwargs)
     Pm = _as_float64(P, "P")
     if Pm.ndim != 3 or Pm.shape[1] != Pm.shape[2]:
         raise DimensionError(f"P must have shape (T+1, n, n), found {Pm.shape}")
@@ -419,7 +409,8 @@ def weighted_norms(deviations: Any, P: Any, **kwargs: Any):
     return _wrap_like(deviations, _weighted_norms(D, _cholesky_stack(Pm)))
 
 
-def remainder_constants(A_cl: Any, P: Any, deviations: Any, **kwargs: Any):
+@public_api
+def remainder_constants(A_cl: Any, P: Any, deviations: Any):
     r"""Empirical remainder constants of realised rollouts.
 
     ``L_hat[r, i] = 2 ‖δz_{i+1} − Â_i δz_i‖_{P_{i+1}} / ‖δz_i‖²_{P_i}`` — the remainder
@@ -442,7 +433,6 @@ def remainder_constants(A_cl: Any, P: Any, deviations: Any, **kwargs: Any):
     A maximum over sampled rollouts is an estimate, not a certificate: use
     :func:`bound_coverage` to check it on held-out rollouts.
     """
-    _reject_kwargs("remainder_constants", kwargs)
     A = _closed_loop(A_cl)
     T, n, _ = A.shape
     Pm = _check_weights(P, T, n)
@@ -473,6 +463,7 @@ def _check_L(L: Any, T: int) -> np.ndarray:
     return Lm
 
 
+@public_api
 def tracking_error_bound(
     A_cl: Any,
     L: Any,
@@ -480,7 +471,6 @@ def tracking_error_bound(
     *,
     P: Any = None,
     deviations: Any = None,
-    **kwargs: Any,
 ) -> TrackingBound:
     r"""Tracking-error bound of a closed loop with a quadratic remainder.
 
@@ -521,7 +511,6 @@ def tracking_error_bound(
     ------
     DimensionError, PropertyError, NumericalError, ArgumentError
     """
-    _reject_kwargs("tracking_error_bound", kwargs)
     A = _closed_loop(A_cl)
     T, n, _ = A.shape
     Lm = _check_L(L, T)
@@ -577,7 +566,8 @@ def tracking_error_bound(
     return TrackingBound(b, e, Pw, Gw, mode)
 
 
-def worst_case_initial_deviation(A_cl: Any, k: int, *, P: Any = None, **kwargs: Any):
+@public_api
+def worst_case_initial_deviation(A_cl: Any, k: int, *, P: Any = None):
     r"""Unit initial deviation that maximises the linear part of the error at step ``k``.
 
     Returns ``x`` with ``‖x‖_{P_0} = 1`` and ``‖Φ(k,0) x‖_{P_k} = G[k,0]``: ``x = C_0^{-T} v``
@@ -594,7 +584,6 @@ def worst_case_initial_deviation(A_cl: Any, k: int, *, P: Any = None, **kwargs: 
     -------
     array (n,)
     """
-    _reject_kwargs("worst_case_initial_deviation", kwargs)
     A = _closed_loop(A_cl)
     T, n, _ = A.shape
     if not isinstance(k, (int, np.integer)) or isinstance(k, bool):
@@ -614,6 +603,7 @@ def worst_case_initial_deviation(A_cl: Any, k: int, *, P: Any = None, **kwargs: 
     return _wrap_like(A_cl, x)
 
 
+@public_api
 def bound_coverage(
     A_cl: Any,
     deviations_calib: Any,
@@ -623,13 +613,13 @@ def bound_coverage(
     safety: float = 1.0,
     quantile: float = 1.0,
     mode: str = "a_posteriori",
+    min_norm: float = 0.0,
     rtol: float = 1e-9,
-    **kwargs: Any,
 ) -> CoverageResult:
     r"""Calibrate the remainder constants on some rollouts and measure coverage on others.
 
     ``L_k = safety · quantile_r L_hat[r, k]`` over the calibration rollouts (``quantile=1`` is the
-    maximum), with ``L_hat`` from :func:`remainder_constants`; then the bound
+    maximum; the quantile is taken with ``method="higher"``, an observed ratio), with ``L_hat`` from :func:`remainder_constants`; then the bound
     (:func:`tracking_error_bound`, a posteriori or a priori from each held-out ``δz_0``) is
     evaluated on every held-out rollout and the fraction of steps ``k = 1 … T`` with
     ``‖δz_k‖_{P_k} <= b_k (1 + rtol)`` is reported.  A sampled maximum is an estimate, not a
@@ -649,6 +639,12 @@ def bound_coverage(
     quantile : float in (0, 1], default 1.0
         Quantile of the calibration ratios taken per step (1.0 = max).
     mode : {"a_posteriori", "a_priori"}, default "a_posteriori"
+        Bound evaluated on the held-out rollouts.
+    min_norm : float, default 0.0
+        Calibration ratios at steps with ``‖δz_i‖_{P_i} <= min_norm`` are ignored.  Deviations are
+        differences of absolute states, so below about ``sqrt(eps·‖z̄‖)`` the ratio measures
+        rounding, not the remainder; a step left without any ratio gets the largest estimate of
+        the other steps.
     rtol : float, default 1e-9
         Relative slack for rounding when counting violations.
 
@@ -656,7 +652,6 @@ def bound_coverage(
     -------
     CoverageResult
     """
-    _reject_kwargs("bound_coverage", kwargs)
     if mode not in _MODES:
         raise ArgumentError(f"mode must be one of {_MODES}, found {mode!r}")
     if not np.isfinite(safety) or safety <= 0:
@@ -668,11 +663,17 @@ def bound_coverage(
     Pm = lyapunov_weights(A) if P is None else _check_weights(P, T, n)
     Dc = _check_deviations(deviations_calib, T, n, "deviations_calib").reshape(-1, T + 1, n)
     Dh = _check_deviations(deviations_heldout, T, n, "deviations_heldout").reshape(-1, T + 1, n)
+    if not np.isfinite(min_norm) or min_norm < 0:
+        raise PropertyError(f"min_norm must be a nonnegative finite number, found {min_norm}")
     L_hat = remainder_constants(A, Pm, Dc)
-    if quantile == 1.0:
-        L_est = np.max(L_hat, axis=0)
-    else:
-        L_est = np.quantile(L_hat, quantile, axis=0)
+    calib_norms = _weighted_norms(Dc[:, :-1], _cholesky_stack(Pm)[:-1])
+    L_hat = np.where(calib_norms > min_norm, L_hat, np.nan)
+    if np.all(np.isnan(L_hat)):
+        raise PropertyError(f"no calibration step has a deviation above min_norm = {min_norm}")
+    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN steps are filled below
+        L_est = np.nanquantile(L_hat, quantile, axis=0, method="higher")
+    L_est = np.where(np.isnan(L_est), np.nanmax(L_est), L_est)
     L_est = safety * L_est
     if mode == "a_posteriori":
         tb = tracking_error_bound(A, L_est, None, P=Pm, deviations=Dh)

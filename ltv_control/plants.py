@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import scipy.linalg as sla
 
+from ltv_control._validation import public_api
 from ltv_control._exceptions import ArgumentError, DimensionError, PropertyError
 
 __all__ = ["QuadraticResidualPlant", "ResidualMLPPlant", "TANH_SECOND_DERIVATIVE_MAX"]
@@ -45,11 +46,6 @@ def _f64(x: Any, name: str) -> np.ndarray:
     if not np.all(np.isfinite(arr)):
         raise PropertyError(f"{name} must be finite; found NaN or inf")
     return arr
-
-
-def _reject(func: str, kwargs: dict) -> None:
-    if kwargs:
-        raise ArgumentError(f"{func}() got unexpected keyword argument(s): {', '.join(sorted(kwargs))}")
 
 
 def _cholesky_weights(P: Any, T: int, n: int) -> np.ndarray:
@@ -100,6 +96,7 @@ class _PlantBase:
         return ua if self.B is None else ua @ self.B[k].T
 
     # ---------------------------------------------------------------- public API
+    @public_api
     def step(self, k: int, x: Any, u: Any = None) -> np.ndarray:
         """One step ``x_{k+1} = f_k(x) + B_k u``.
 
@@ -117,6 +114,7 @@ class _PlantBase:
         xa = self._check_x(x)
         return self._f(k, xa) + self._input_term(k, u)
 
+    @public_api
     def jacobian(self, k: int, x: Any) -> np.ndarray:
         """State Jacobian ``J_k(x) = ∂f_k/∂x``.
 
@@ -132,6 +130,7 @@ class _PlantBase:
         k = self._check_k(k)
         return self._jac(k, self._check_x(x))
 
+    @public_api
     def rollout(
         self,
         x0: Any,
@@ -140,8 +139,7 @@ class _PlantBase:
         K: Any = None,
         x_ref: Any = None,
         u_ref: Any = None,
-        **kwargs: Any,
-    ) -> np.ndarray:
+        ) -> np.ndarray:
         r"""Simulate the plant, open loop or under the tracking policy, vectorised over a batch.
 
         The input at step ``k`` is ``u_k = u_ff_k − K_k (x_k − x_ref_k)``, where ``u_ff`` is ``u``
@@ -164,7 +162,6 @@ class _PlantBase:
         -------
         x : array (*batch, T+1, n)
         """
-        _reject("rollout", kwargs)
         T, n, m = self.horizon, self.n_states, self.n_inputs
         x = self._check_x(x0, "x0")
         batch = x.shape[:-1]
@@ -200,7 +197,8 @@ class _PlantBase:
             out[..., k + 1, :] = x
         return out
 
-    def linearize(self, nominal_trajectory: Any, *, affine: bool = True, **kwargs: Any):
+    @public_api
+    def linearize(self, nominal_trajectory: Any, *, affine: bool = True):
         r"""LTV model of the plant along a nominal trajectory.
 
         ``x_{k+1} ≈ f_k(x̄_k) + J_k(x̄_k)(x_k − x̄_k) + B_k u_k``, i.e. ``A_k = J_k(x̄_k)`` and,
@@ -218,7 +216,6 @@ class _PlantBase:
         LTVSystem
             ``A: (T, n, n)``, ``B`` (``None`` for the identity), ``c: (T, n)`` or ``None``.
         """
-        _reject("linearize", kwargs)
         from ltv_control.system import LTVSystem
 
         T, n = self.horizon, self.n_states
@@ -234,7 +231,8 @@ class _PlantBase:
         return LTVSystem(A, None if self.B is None else self.B.copy(), c)
 
     # ---------------------------------------------------------------- remainder constants
-    def remainder_constants(self, P: Any = None, **kwargs: Any) -> np.ndarray:
+    @public_api
+    def remainder_constants(self, P: Any = None) -> np.ndarray:
         r"""Certified remainder constants in the weights ``P``.
 
         Returns ``L_k`` such that, for every nominal state and every deviation ``δ``,
@@ -251,7 +249,6 @@ class _PlantBase:
         -------
         L : ndarray (T,)
         """
-        _reject("remainder_constants", kwargs)
         T, n = self.horizon, self.n_states
         if P is None:
             C = np.broadcast_to(np.eye(n), (T + 1, n, n))
@@ -285,8 +282,8 @@ class QuadraticResidualPlant(_PlantBase):
     symmetric n × n slices) — both are valid, so is their minimum.
     """
 
-    def __init__(self, A: Any, H: Any, B: Any = None, **kwargs: Any) -> None:
-        _reject("QuadraticResidualPlant", kwargs)
+    @public_api
+    def __init__(self, A: Any, H: Any, B: Any = None) -> None:
         A = _f64(A, "A")
         if A.ndim != 3 or A.shape[1] != A.shape[2] or A.shape[0] < 1:
             raise DimensionError(f"A must have shape (T, n, n), found {A.shape}")
@@ -305,6 +302,7 @@ class QuadraticResidualPlant(_PlantBase):
             self.B = Bm
 
     @classmethod
+    @public_api
     def random(
         cls,
         n: int,
@@ -377,8 +375,8 @@ class ResidualMLPPlant(_PlantBase):
         L_k = (4 / 3√3) · ‖C_{k+1}ᵀ W2_k‖₂ · ‖W1_k C_k^{-T}‖₂ · max_i ‖(W1_k C_k^{-T})_{i,:}‖₂
     """
 
-    def __init__(self, W1: Any, W2: Any, b1: Any = None, B: Any = None, **kwargs: Any) -> None:
-        _reject("ResidualMLPPlant", kwargs)
+    @public_api
+    def __init__(self, W1: Any, W2: Any, b1: Any = None, B: Any = None) -> None:
         W1 = _f64(W1, "W1")
         if W1.ndim != 3 or W1.shape[0] < 1:
             raise DimensionError(f"W1 must have shape (T, d, n), found {W1.shape}")
@@ -399,6 +397,7 @@ class ResidualMLPPlant(_PlantBase):
             self.B = Bm
 
     @classmethod
+    @public_api
     def random(
         cls,
         n: int,
