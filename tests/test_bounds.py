@@ -423,3 +423,30 @@ def test_transition_norms_scale_with_recurrence(rng, n, T):
     Cf, Ct = np.linalg.cholesky(P[0]), np.linalg.cholesky(P[2])
     oracle = np.linalg.svd(Ct.T @ Phi @ np.linalg.inv(Cf).T, compute_uv=False)[0]  # test-only oracle
     assert G[2, 0] == pytest.approx(oracle, rel=1e-10)
+
+
+# --------------------------------------------------------------------------- figure
+
+
+def test_plot_tracking_bound_writes_png_atomically(tmp_path, rng):
+    pytest.importorskip("matplotlib")
+    from ltv_control.bound_plots import plot_tracking_bound
+
+    plant = QuadraticResidualPlant.random(4, 8, seed=3, quadratic_scale=0.5)
+    A_cl, D, _ = _closed_loop_rollouts(plant, 30, rng, scale_range=(1e-2, 0.3))
+    P = bounds.lyapunov_weights(A_cl)
+    tb = bounds.tracking_error_bound(A_cl, plant.remainder_constants(P), None, P=P, deviations=D)
+    out = plot_tracking_bound(tmp_path / "bound.png", D, tb, title="t", annotation="coverage 1.0")
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    out2 = plot_tracking_bound(str(tmp_path / "bound_p.png"), D, tb.bound[0], P=P, norm="P")
+    assert out2.stat().st_size > 1000
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bound.png", "bound_p.png"]  # no temp files left
+    with pytest.raises(lc.ArgumentError, match="norm"):
+        plot_tracking_bound(tmp_path / "x.png", D, tb, norm="l1")
+    with pytest.raises(lc.ArgumentError, match="P"):
+        plot_tracking_bound(tmp_path / "x.png", D, tb.bound, norm="P")
+    with pytest.raises(lc.DimensionError, match="bound"):
+        plot_tracking_bound(tmp_path / "x.png", D, tb.bound[:, :-1])
+    with pytest.raises(FileNotFoundError):
+        plot_tracking_bound(tmp_path / "missing" / "x.png", D, tb)
+    assert not (tmp_path / "x.png").exists()
