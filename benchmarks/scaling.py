@@ -433,7 +433,7 @@ def run(
     out: dict = {"benchmark": "scaling", "quick": quick, "machine": machine()}
     if quick:
         out["streamed_memory"] = streamed_memory(16, 256, seed=seed)
-        out["growth"] = growth([32, 64, 128, 256], 8, [8, 16, 32, 64], 64, seed=seed)
+        out["growth"] = growth([64, 128, 256, 512], 8, [8, 16, 32, 64], 128, repeat=3, seed=seed)
     else:
         out["streamed_memory"] = streamed_memory(32, 1024, seed=seed)
         out["growth"] = growth([64, 128, 256, 512, 1024], 8, [8, 16, 32, 64, 128], 256, seed=seed)
