@@ -136,7 +136,7 @@ def plot_tracking_bound(
         ax.text(0.98, 0.97, annotation, transform=ax.transAxes, ha="right", va="top", fontsize=9,
                 bbox=dict(boxstyle="round", facecolor="white", alpha=0.8))
     ax.grid(True, which="both", alpha=0.25)
-    ax.legend(loc="lower left", fontsize=8)
+    ax.legend(loc="best", fontsize=8)
     fig.tight_layout()
 
     target = Path(path)
