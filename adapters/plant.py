@@ -1,0 +1,541 @@
+"""A decoder-only language model as one discrete LTV plant over its layers.
+
+The residual stream at the last token is the state: ``z_k`` is the input of
+decoder block ``k`` at the last position and ``z_{k+1} = φ_k(z_k)`` its output
+(``z_T`` is the last block's output, before any final norm). Linearising around
+a set of prompts gives
+
+    A_k = (1/P) Σ_p ∂φ_k(z_k^{(p)}) / ∂z_k^{(p)},   k = 0, ..., T-1,
+
+the Jacobian of block ``k``'s output at the last token with respect to its input
+at the last token, every earlier position held at its clean value, averaged over
+the prompts.
+
+How the Jacobians are computed
+------------------------------
+Holding the earlier positions fixed means holding their keys and values fixed:
+block ``k`` at the last position is then a one-token function of ``z_k`` (its own
+query/key/value and MLP). The plant therefore
+
+1. captures every block call of one ``use_cache=False`` forward pass per batch
+   (cache objects dropped; each block re-invoked with its captured arguments must
+   reproduce its recorded output bit for bit), which gives the states and the
+   linearisation points;
+2. runs the model's own cached decoding (prefill of the first ``L-1`` tokens,
+   then one step) to record each block's one-token call and the prefix
+   keys/values its attention reads;
+3. replays each block on ``c·B`` copies of the last-token inputs of a batch of
+   ``B`` prompts (copy ``j`` of prompt ``b`` is differentiated along output
+   coordinate ``j``), with the prefix keys/values fixed, and one reverse-mode
+   pass gives ``c`` rows of all ``B`` Jacobians. The cost is about three
+   one-token passes per direction, the flop floor of the problem.
+
+When a model does not decode through a cache this replay understands (checked:
+the replayed step must reproduce the clean last-token output), the plant falls
+back to replaying the full sequence (``method="full"``): exact too, about ``L``
+times slower. Both paths are exact reverse-mode derivatives, not finite
+differences.
+
+Padding: prompts of one batch are left-padded and given explicit position ids
+(``cumsum(mask) - 1``), so a padded prompt sees the same positions as alone;
+pad rows are zeroed between blocks (eager float64 attention would make them NaN).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
+
+from ltv_control._exceptions import ArgumentError, DimensionError
+from ltv_control.adapters._blocks import (
+    config_hidden_size,
+    find_decoder_layers,
+    replace_block_input,
+)
+from ltv_control.adapters._replay import (
+    PrefixKV,
+    ReplayError,
+    batch_layout,
+    block_input_of,
+    clean_capture,
+    materialize,
+    step_capture,
+    verify_replay,
+)
+from ltv_control.adapters.model_loading import model_id_of
+
+__all__ = ["LLMPlant"]
+
+_METHODS = ("auto", "cached", "full")
+#: rows (copies x prompts) replayed per reverse pass; bounds the replay's activation memory
+_ROWS_PER_PASS = 1024
+
+
+def _check_positive_int(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ArgumentError(f"{name}: expected a positive int, found {type(value).__name__}")
+    if value < 1:
+        raise ArgumentError(f"{name}: expected a positive int, found {value}")
+    return value
+
+
+class _Batch:
+    """One batch of prompts: token tensors, its clean capture and (lazily) its replay layouts."""
+
+    def __init__(self, index: list[int], ids: Any, mask: Any, positions: Any):
+        self.index = index
+        self.ids = ids
+        self.mask = mask
+        self.positions = positions
+        self.clean: list | None = None
+        self.step: list | None = None
+        self.step_layout: list | None = None
+        self.full_layout: list | None = None
+
+
+class LLMPlant:
+    """A causal language model seen as an LTV plant ``z_{k+1} = φ_k(z_k)`` over its decoder blocks.
+
+    Parameters
+    ----------
+    model : transformers.PreTrainedModel or torch.nn.Module
+        A decoder-only language model taking ``input_ids`` (and, when it accepts them,
+        ``attention_mask``, ``position_ids``, a KV cache). Not modified.
+    tokenizer : transformers tokenizer
+        Prompts are tokenized as given (``tokenizer(prompt)``, no chat template).
+    layers : torch.nn.ModuleList, list of torch.nn.Module, str or None, default None
+        The decoder blocks; ``None`` finds them generically
+        (:func:`ltv_control.adapters._blocks.find_decoder_layers`), a dotted path such
+        as ``"transformer.h"`` or the modules themselves override the search.
+
+    Attributes
+    ----------
+    horizon : int
+        ``T``, the number of decoder blocks.
+    state_dim : int
+        ``n``, the hidden size.
+    layers : list of torch.nn.Module
+    layer_path : str or None
+        Dotted path of the blocks inside ``model`` (``None`` when given as modules).
+    model, tokenizer
+    model_id : str
+        :func:`ltv_control.adapters.model_loading.model_id_of` of the model.
+    """
+
+    def __init__(self, model: Any, tokenizer: Any, *, layers: Any = None):
+        import torch
+
+        if not isinstance(model, torch.nn.Module):
+            raise ArgumentError(f"model: expected a torch.nn.Module, found {type(model).__name__}")
+        if not callable(tokenizer):
+            raise ArgumentError(f"tokenizer: expected a callable tokenizer, found {type(tokenizer).__name__}")
+        self.model = model
+        self.tokenizer = tokenizer
+        self.layers, self.layer_path = find_decoder_layers(model, layers)
+        self.horizon = len(self.layers)
+        hidden = config_hidden_size(model)
+        if hidden is None:
+            embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+            hidden = getattr(embeddings, "embedding_dim", None)
+        if hidden is None:
+            raise ArgumentError(
+                "model: cannot tell its hidden size (no config.hidden_size and no input embeddings)"
+            )
+        self.state_dim = int(hidden)
+        self.model_id = model_id_of(model)
+        self._method_cache: str | None = None
+
+    def __repr__(self) -> str:
+        path = f", layers={self.layer_path!r}" if self.layer_path else ""
+        return f"LLMPlant({self.model_id!r}, horizon={self.horizon}, state_dim={self.state_dim}{path})"
+
+    # ----------------------------------------------------------------------------- tokenizing
+    def _device(self) -> Any:
+        import torch
+
+        embeddings = self.model.get_input_embeddings() if hasattr(self.model, "get_input_embeddings") else None
+        weight = getattr(embeddings, "weight", None)
+        if isinstance(weight, torch.Tensor):
+            return weight.device
+        return next(self.model.parameters()).device
+
+    def _token_ids(self, prompts: Any, max_tokens: int | None) -> list[list[int]]:
+        if isinstance(prompts, str):
+            prompts = [prompts]
+        if not isinstance(prompts, Sequence) or not all(isinstance(p, str) for p in prompts):
+            raise ArgumentError("prompts: expected a list of strings")
+        if len(prompts) == 0:
+            raise DimensionError("prompts: expected at least one prompt, found an empty list")
+        encoded = []
+        for i, prompt in enumerate(prompts):
+            ids = list(self.tokenizer(prompt)["input_ids"])
+            if max_tokens is not None:
+                ids = ids[:max_tokens]
+            if not ids:
+                raise DimensionError(f"prompts[{i}]: tokenizes to no tokens")
+            encoded.append(ids)
+        return encoded
+
+    def _accepts_mask(self) -> bool:
+        from ltv_control.adapters._replay import forward_kwargs
+
+        return "attention_mask" in forward_kwargs(self.model, attention_mask=True)
+
+    def _batches(self, encoded: list[list[int]], batch_size: int) -> list[_Batch]:
+        """Left-padded batches; prompts of similar length are grouped to limit padding."""
+        import torch
+
+        if not self._accepts_mask():
+            batch_size = 1  # no attention mask: no padding possible
+        pad_id = getattr(self.tokenizer, "pad_token_id", None)
+        if pad_id is None:
+            pad_id = getattr(self.tokenizer, "eos_token_id", None) or 0
+        order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
+        device = self._device()
+        batches = []
+        for start in range(0, len(order), batch_size):
+            index = order[start : start + batch_size]
+            length = max(len(encoded[i]) for i in index)
+            ids = torch.full((len(index), length), int(pad_id), dtype=torch.long)
+            mask = torch.zeros((len(index), length), dtype=torch.long)
+            for row, i in enumerate(index):
+                tokens = encoded[i]
+                ids[row, length - len(tokens) :] = torch.tensor(tokens, dtype=torch.long)
+                mask[row, length - len(tokens) :] = 1
+            positions = (mask.cumsum(-1) - 1).clamp(min=0)
+            batches.append(_Batch(index, ids.to(device), mask.to(device), positions.to(device)))
+        return batches
+
+    # ----------------------------------------------------------------------------- capturing
+    def _capture_clean(self, batch: _Batch) -> None:
+        mask = batch.mask if self._accepts_mask() else None
+        batch.clean = clean_capture(self.model, self.layers, batch.ids, mask, batch.positions)
+        verify_replay(self.layers, batch.clean, mask)
+
+    @staticmethod
+    def _doubled(batch: _Batch) -> tuple:
+        import torch
+
+        return tuple(torch.cat([t, t], dim=0) for t in (batch.ids, batch.mask, batch.positions))
+
+    def _prepare_step(self, batch: _Batch) -> None:
+        """Step capture at batch B and 2B, layouts, and checks against the clean capture."""
+        import torch
+
+        mask = batch.mask if self._accepts_mask() else None
+        step = step_capture(self.model, self.layers, batch.ids, mask, batch.positions)
+        ids2, mask2, pos2 = self._doubled(batch)
+        step2 = step_capture(self.model, self.layers, ids2, mask2 if mask is not None else None, pos2)
+        layouts = []
+        for k, (block, call, call2, clean) in enumerate(zip(self.layers, step, step2, batch.clean, strict=True)):
+            layout = batch_layout(call, call2, with_kv=True)
+            args, kwargs, kv = layout
+            # the read-only prefix replay must reproduce the decoding step bit for bit ...
+            replay = self._replay_step(block, layout, block_input_of(call), copies=1, grad=False)
+            if not torch.equal(replay, call.output):
+                raise ReplayError(f"block {k}: the prefix replay does not reproduce the decoding step")
+            # ... and, at the clean input, the clean full-sequence output at the last token
+            x_clean = block_input_of(clean)[:, -1:, :]
+            y = self._replay_step(block, layout, x_clean, copies=1, grad=False)[:, -1, :]
+            y_clean = clean.output[:, -1, :]
+            scale = y_clean.abs().max().clamp(min=1.0)
+            err = ((y - y_clean).abs().max() / scale).item()
+            if not err <= _step_tolerance(y.dtype):
+                raise ReplayError(
+                    f"block {k}: the cached one-token replay differs from the full-sequence output "
+                    f"by {err:.3g} (relative)"
+                )
+            layouts.append(layout)
+        batch.step_layout = layouts
+
+    def _prepare_full(self, batch: _Batch) -> None:
+        mask = batch.mask if self._accepts_mask() else None
+        ids2, mask2, pos2 = self._doubled(batch)
+        clean2 = clean_capture(self.model, self.layers, ids2, mask2 if mask is not None else None, pos2)
+        batch.full_layout = [
+            batch_layout(call, call2, with_kv=False) for call, call2 in zip(batch.clean, clean2, strict=True)
+        ]
+
+    # ----------------------------------------------------------------------------- replaying
+    @staticmethod
+    def _replay_step(block: Any, layout: tuple, x: Any, *, copies: int, grad: bool) -> Any:
+        """Block output at the last token for ``x`` (copies*B, 1, n), prefix keys/values fixed."""
+        import torch
+
+        args, kwargs, kv = layout
+        cache = PrefixKV(materialize(kv, copies))
+        args = materialize(args, copies, cache)
+        kwargs = materialize(kwargs, copies, cache)
+        args, kwargs = replace_block_input(args, kwargs, x)
+        from ltv_control.adapters._blocks import get_block_output
+
+        with torch.set_grad_enabled(grad):
+            return get_block_output(block(*args, **kwargs))
+
+    @staticmethod
+    def _replay_full(block: Any, layout: tuple, prefix: Any, x: Any, *, copies: int) -> Any:
+        import torch
+
+        from ltv_control.adapters._blocks import get_block_output
+
+        args, kwargs, _ = layout
+        args = materialize(args, copies)
+        kwargs = materialize(kwargs, copies)
+        hidden = torch.cat([torch.cat([prefix] * copies, dim=0), x], dim=1)
+        args, kwargs = replace_block_input(args, kwargs, hidden)
+        return get_block_output(block(*args, **kwargs))
+
+    def _jacobians(self, k: int, batch: _Batch, method: str) -> Any:
+        """Per-prompt Jacobians of block k for one batch: (B, n, n) in the model's dtype."""
+        import torch
+
+        block = self.layers[k]
+        clean_in = block_input_of(batch.clean[k])
+        x = clean_in[:, -1:, :].detach()  # (B, 1, n)
+        B, n = x.shape[0], x.shape[-1]
+        if n != self.state_dim:
+            raise DimensionError(f"block {k}: hidden size {n}, expected state_dim {self.state_dim}")
+        passes = math.ceil(n / max(1, min(n, _ROWS_PER_PASS // B)))
+        copies = math.ceil(n / passes)
+        out = torch.empty((B, n, n), dtype=x.dtype, device=x.device)
+        prefix = clean_in[:, :-1, :].detach()
+        for start in range(0, n, copies):
+            c = min(copies, n - start)
+            X = torch.cat([x] * c, dim=0).requires_grad_(True)  # (c*B, 1, n), copy-major
+            with torch.enable_grad():
+                if method == "cached":
+                    y = self._replay_step(block, batch.step_layout[k], X, copies=c, grad=True)
+                else:
+                    y = self._replay_full(block, batch.full_layout[k], prefix, X, copies=c)
+                y = y[:, -1, :]  # (c*B, n)
+                cot = torch.zeros((c, B, n), dtype=y.dtype, device=y.device)
+                rows = torch.arange(c, device=y.device)
+                cot[rows, :, start + rows] = 1
+                (grad,) = torch.autograd.grad(y, X, cot.reshape(c * B, n))
+            out[:, start : start + c, :] = grad.reshape(c, B, n).transpose(0, 1)
+        return out
+
+    def _choose_method(self, batch: _Batch, method: str) -> str:
+        if method == "full" or batch.ids.shape[1] < 2:
+            if batch.full_layout is None:
+                self._prepare_full(batch)
+            return "full"
+        if method == "cached":
+            if batch.step_layout is None:
+                self._prepare_step(batch)
+            return "cached"
+        if self._method_cache != "full":
+            try:
+                if batch.step_layout is None:
+                    self._prepare_step(batch)
+                self._method_cache = "cached"
+                return "cached"
+            except Exception as exc:  # any failure of the fast path: use the exact full replay
+                if self._method_cache is None:
+                    warnings.warn(
+                        f"{self.model_id}: one-token cached replay unavailable ({exc}); "
+                        "using the full-sequence replay (exact, about L times slower)",
+                        RuntimeWarning,
+                        stacklevel=4,
+                    )
+                self._method_cache = "full"
+        if batch.full_layout is None:
+            self._prepare_full(batch)
+        return "full"
+
+    # ----------------------------------------------------------------------------- public API
+    def _run_guard(self) -> Any:
+        """Context manager: the model in eval mode while capturing, restored afterwards."""
+        plant = self
+
+        class _Guard:
+            def __enter__(self) -> None:
+                self.training = plant.model.training
+                plant.model.eval()
+
+            def __exit__(self, *exc: Any) -> None:
+                plant.model.train(self.training)
+
+        return _Guard()
+
+    def last_token_states(
+        self, prompts: Sequence[str], *, batch_size: int = 8, max_tokens: int | None = None
+    ) -> Any:
+        """States ``z_0..z_T`` at the last token of each prompt.
+
+        Parameters
+        ----------
+        prompts : list of str
+        batch_size : int, default 8
+            Prompts per forward pass (left-padded; the result does not depend on it).
+        max_tokens : int or None, default None
+            Keep only the first ``max_tokens`` tokens of each prompt (``None``: all).
+
+        Returns
+        -------
+        torch.Tensor, shape (P, T+1, n), float32 on CPU
+            ``[:, k]`` is the input of block ``k`` at the last token, ``[:, T]`` the last
+            block's output (before any final norm).
+        """
+        import torch
+
+        batch_size = _check_positive_int(batch_size, "batch_size")
+        if max_tokens is not None:
+            max_tokens = _check_positive_int(max_tokens, "max_tokens")
+        encoded = self._token_ids(prompts, max_tokens)
+        states = torch.empty((len(encoded), self.horizon + 1, self.state_dim), dtype=torch.float32)
+        with self._run_guard():
+            for batch in self._batches(encoded, batch_size):
+                mask = batch.mask if self._accepts_mask() else None
+                calls = clean_capture(self.model, self.layers, batch.ids, mask, batch.positions)
+                columns = [block_input_of(call)[:, -1, :] for call in calls] + [calls[-1].output[:, -1, :]]
+                stacked = torch.stack([c.detach().to("cpu", torch.float32) for c in columns], dim=1)
+                states[batch.index] = stacked
+        return states
+
+    def iter_jacobians(
+        self,
+        prompts: Sequence[str],
+        *,
+        layers: Iterable[int] | None = None,
+        max_tokens: int = 24,
+        batch_size: int = 8,
+        progress: bool = True,
+        reduce: str = "mean",
+        method: str = "auto",
+    ) -> Iterator[tuple[int, Any]]:
+        """Yield ``(k, A_k)`` for each requested layer, in the order given.
+
+        ``A_k = (1/P) Σ_p ∂φ_k(z_k^{(p)})/∂z_k^{(p)}`` (block output at the last token with
+        respect to block input at the last token, earlier positions at their clean values),
+        accumulated as a running mean in float64.
+
+        Memory: all prompts' activations are captured first (one forward pass per batch,
+        O(P·L·T·n)); beyond that each step holds O(n²) (one batch of Jacobians and the
+        running mean), so a backward Riccati recursion can stream the layers in
+        ``reversed(range(T))`` order without ever holding the whole (T, n, n) stack.
+
+        Parameters
+        ----------
+        prompts : list of str
+        layers : iterable of int or None, default None
+            Block indices in the order to yield them (``None``: ``range(T)``); negative
+            indices count from the end.
+        max_tokens : int, default 24
+            Prompts keep their first ``max_tokens`` tokens.
+        batch_size : int, default 8
+        progress : bool, default True
+            Show a tqdm progress bar.
+        reduce : {"mean", "none"}, default "mean"
+            ``"none"`` yields the per-prompt Jacobians, shape (P, n, n), in prompt order.
+        method : {"auto", "cached", "full"}, default "auto"
+            ``"cached"``: one-token replay with the prefix keys/values fixed;
+            ``"full"``: full-sequence replay; ``"auto"``: cached when the model supports it.
+
+        Yields
+        ------
+        (k, A_k) : (int, torch.Tensor)
+            ``A_k`` float64 on CPU, shape (n, n) (or (P, n, n) with ``reduce="none"``).
+        """
+        import torch
+
+        batch_size = _check_positive_int(batch_size, "batch_size")
+        max_tokens = _check_positive_int(max_tokens, "max_tokens")
+        if method not in _METHODS:
+            raise ArgumentError(f"method: expected one of {_METHODS}, found {method!r}")
+        if reduce not in ("mean", "none"):
+            raise ArgumentError(f"reduce: expected 'mean' or 'none', found {reduce!r}")
+        order = self._layer_order(layers)
+        encoded = self._token_ids(prompts, max_tokens)
+        total = len(encoded)
+        n = self.state_dim
+        with self._run_guard():
+            batches = self._batches(encoded, batch_size)
+            for batch in batches:
+                self._capture_clean(batch)
+            methods = [self._choose_method(batch, method) for batch in batches]
+            bar = _progress(len(order) * len(batches), progress, "Jacobians")
+            try:
+                for k in order:
+                    if reduce == "none":
+                        per_prompt = torch.empty((total, n, n), dtype=torch.float64)
+                    mean = torch.zeros((n, n), dtype=torch.float64)
+                    seen = 0
+                    for batch, used in zip(batches, methods, strict=True):
+                        J = self._jacobians(k, batch, used).detach().to("cpu", torch.float64)
+                        if reduce == "none":
+                            per_prompt[batch.index] = J
+                        count = J.shape[0]
+                        seen += count
+                        mean += (J.sum(dim=0) - count * mean) / seen
+                        bar.update(1)
+                    yield k, (per_prompt if reduce == "none" else mean)
+            finally:
+                bar.close()
+
+    def linearize(
+        self,
+        prompts: Sequence[str],
+        *,
+        max_tokens: int = 24,
+        batch_size: int = 8,
+        progress: bool = True,
+        method: str = "auto",
+    ) -> Any:
+        """The LTV plant ``z_{k+1} = A_k z_k`` linearised around ``prompts`` (B = identity).
+
+        Parameters
+        ----------
+        prompts : list of str
+        max_tokens : int, default 24
+            Prompts keep their first ``max_tokens`` tokens.
+        batch_size : int, default 8
+        progress : bool, default True
+        method : {"auto", "cached", "full"}, default "auto"
+            See :meth:`iter_jacobians`.
+
+        Returns
+        -------
+        ltv_control.LTVSystem
+            ``A`` float64 torch tensor on CPU, shape (T, n, n); ``B=None`` (identity input
+            matrix: the steering input is added to the residual stream).
+        """
+        import torch
+
+        from ltv_control.system import LTVSystem
+
+        A = torch.empty((self.horizon, self.state_dim, self.state_dim), dtype=torch.float64)
+        for k, A_k in self.iter_jacobians(
+            prompts, max_tokens=max_tokens, batch_size=batch_size, progress=progress, method=method
+        ):
+            A[k] = A_k
+        return LTVSystem(A)
+
+    def _layer_order(self, layers: Iterable[int] | None) -> list[int]:
+        if layers is None:
+            return list(range(self.horizon))
+        if isinstance(layers, int | str):
+            raise ArgumentError("layers: expected an iterable of block indices")
+        order = []
+        for k in layers:
+            if isinstance(k, bool) or not isinstance(k, int):
+                raise ArgumentError(f"layers: expected int block indices, found {type(k).__name__}")
+            if not -self.horizon <= k < self.horizon:
+                raise DimensionError(f"layers: index {k} out of range for {self.horizon} blocks")
+            order.append(k % self.horizon)
+        return order
+
+
+def _step_tolerance(dtype: Any) -> float:
+    import torch
+
+    eps = torch.finfo(dtype).eps
+    return max(1e3 * eps, 1e-10) if dtype == torch.float64 else math.sqrt(eps) * 4
+
+
+def _progress(total: int, enabled: bool, desc: str) -> Any:
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, disable=not enabled, desc=desc, leave=False)
