@@ -13,6 +13,8 @@ from typing import Any, Sequence
 
 import numpy as np
 import scipy.linalg
+from scipy.linalg import blas as _blas
+from scipy.linalg import lapack as _lapack
 
 __all__ = ["NumpyBackend", "numpy_backend"]
 
@@ -165,6 +167,8 @@ class NumpyBackend:
     def cholesky(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Lower Cholesky factor of each matrix and a failure flag per batch member.
 
+        Only the lower triangle (and diagonal) of ``x`` is read.
+
         Returns
         -------
         L : ndarray (..., n, n)
@@ -174,6 +178,14 @@ class NumpyBackend:
             (numerically) positive definite or not finite.
         """
         batch = x.shape[:-2]
+        if x.ndim == 2 and x.dtype in (np.float32, np.float64) and x.shape[0] > 0:
+            # One matrix: LAPACK potrf directly. The C-ordered symmetric x is, read in Fortran
+            # order, xᵀ = x; its upper factor U (xᵀ = UᵀU) read back in C order is L = Uᵀ.
+            potrf = _lapack.get_lapack_funcs("potrf", (x,))
+            U, info = potrf(np.ascontiguousarray(x).T, lower=0, clean=1, overwrite_a=0)
+            L = U.T
+            ok = info == 0 and bool(np.isfinite(L).all())
+            return L, np.asarray(0 if ok else 1, dtype=np.int64)
         try:
             L = np.linalg.cholesky(x)
         except np.linalg.LinAlgError:
@@ -199,8 +211,29 @@ class NumpyBackend:
     def solve_triangular(L: np.ndarray, b: np.ndarray, *, lower: bool = True,
                          trans: bool = False) -> np.ndarray:
         """Solve ``L X = b`` (or ``Lᵀ X = b`` with ``trans=True``) for triangular ``L``."""
+        if (L.ndim == 2 and b.ndim == 2 and L.dtype == b.dtype
+                and L.dtype in (np.float32, np.float64) and b.shape[1] > 0):
+            # BLAS trsm on C-ordered data, read as Fortran-ordered transposes:
+            # L X = b  <=>  Xᵀ Lᵀ = bᵀ (right side; Lᵀ is upper when L is lower).
+            trsm = _blas.get_blas_funcs("trsm", (L, b))
+            Lt = np.ascontiguousarray(L).T
+            bt = np.ascontiguousarray(b).T
+            Xt = trsm(1.0, Lt, bt, side=1, lower=0 if lower else 1, trans_a=1 if trans else 0)
+            return Xt.T
         return scipy.linalg.solve_triangular(L, b, lower=lower, trans=1 if trans else 0,
                                              check_finite=False)
+
+    @staticmethod
+    def gram(W: np.ndarray) -> np.ndarray:
+        """``Wᵀ W`` over the last two axes (BLAS syrk for a single matrix: half the flops)."""
+        if W.ndim == 2 and W.dtype in (np.float32, np.float64) and W.shape[0] > 0:
+            syrk = _blas.get_blas_funcs("syrk", (W,))
+            # Fortran-order view of C-ordered W is Wᵀ; syrk(trans=0) gives Wᵀ(Wᵀ)ᵀ = WᵀW,
+            # upper triangle (Fortran) = lower triangle in C order.
+            G = syrk(1.0, np.ascontiguousarray(W).T, trans=0, lower=0).T
+            lower = np.tril(G)
+            return lower + np.tril(G, -1).T
+        return np.matmul(np.swapaxes(W, -1, -2), W)
 
     def cholesky_solve(self, L: np.ndarray, b: np.ndarray) -> np.ndarray:
         """Solve ``(L Lᵀ) X = b`` given the lower Cholesky factor ``L``."""

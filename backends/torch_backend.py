@@ -186,6 +186,8 @@ class TorchBackend:
     def cholesky(x: torch.Tensor) -> tuple[torch.Tensor, np.ndarray]:
         """Lower Cholesky factor and a failure flag per batch member.
 
+        Only the lower triangle (and diagonal) of ``x`` is read.
+
         Returns
         -------
         L : Tensor (..., n, n)
@@ -206,6 +208,11 @@ class TorchBackend:
         if trans:
             return torch.linalg.solve_triangular(L.transpose(-1, -2), b, upper=lower)
         return torch.linalg.solve_triangular(L, b, upper=not lower)
+
+    @staticmethod
+    def gram(W: torch.Tensor) -> torch.Tensor:
+        """``Wᵀ W`` over the last two axes."""
+        return torch.matmul(W.transpose(-1, -2), W)
 
     def cholesky_solve(self, L: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         """Solve ``(L Lᵀ) X = b`` given the lower Cholesky factor ``L``."""

@@ -122,7 +122,8 @@ def factor_stage(S_next: Any, A: Any, B: Any, R: Any, N: Any = None, *, step: An
         H = be.matmul(be.mT(B), SA)
     if N is not None:
         H = H + be.mT(N)
-    G = be.symmetrize(G)
+    # G is symmetric up to rounding; every backend's Cholesky reads its lower triangle only,
+    # so no explicit symmetrisation is needed here.
     L, info = be.cholesky(G)
     info = np.asarray(info)
     if np.any(info):
@@ -186,6 +187,6 @@ def riccati_step(S_next: Any, A: Any, B: Any, Q: Any, R: Any, N: Any = None, *,
     _check_shapes(S_next, A, B, Q, R, N)
     L, W, SA = factor_stage(S_next, A, B, R, N, step=step, backend=be)
     K = be.solve_triangular(L, W, lower=True, trans=True)
-    S = be.symmetrize(Q + be.matmul(be.mT(A), SA) - be.matmul(be.mT(W), W))
+    S = be.symmetrize(Q + be.matmul(be.mT(A), SA) - be.gram(W))
     check_finite_step(S, "S", step, be)
     return K, S

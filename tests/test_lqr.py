@@ -375,3 +375,18 @@ def test_recursion_failure_names_step_and_member():
     system = lc.LTVSystem(A, np.broadcast_to(np.eye(n), (2, T, n, n)))
     with pytest.raises(lc.NumericalError, match=rf"step {T - 1}.*batch member 1"):
         lc.finite_horizon_lqr(system, 1.0, 1.0, dtype=np.float32)
+
+
+def test_riccati_benchmark_smoke():
+    # The benchmark module runs and reports ratios measured in the same run (tiny sizes here).
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "riccati.py"
+    spec = importlib.util.spec_from_file_location("ltv_bench_riccati", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    result = module.run(ns=(8,), dtypes=("float64",), repeats=1, T=3)
+    (row,) = result["results"]
+    assert row["lqr_over_gemm_bound"] == pytest.approx(row["lqr_s"] / row["gemm_bound_s"])
+    assert "lqr/GEMM" in module.format_table(result)
