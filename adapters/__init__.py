@@ -24,6 +24,7 @@ _LAZY_EXPORTS: dict[str, str] = {
     "ALQRSteerer": "alqr",
     "ActAddSteerer": "actadd",
     "PIDSteerer": "pid",
+    "ConstrainedSteerer": "constrained_steerer",
     "save_controller_file": "controller_file",
     "load_controller_file": "controller_file",
 }

@@ -1,0 +1,561 @@
+r"""Constrained steering: one budgeted QP over the remaining layers, re-planned every forward pass.
+
+Fit (:meth:`ConstrainedSteerer.fit`)
+    1. Last-token states ``z_0..z_T`` of the desired and undesired prompts; LFS setpoint at
+       every step *including the last block's output*: ``e_k = mean(desired) - mean(undesired)``,
+       ``v_k = e_k/‖e_k‖``, ``β*_k = λ‖e_k‖``; the nominal trajectory ``z̄_k`` (mean over all fit
+       prompts) and the typical activation norm ``a_k`` (median ``‖z_k‖``).
+    2. ``A_k`` from :meth:`LLMPlant.linearize` (``B = I``).
+    3. Per-step orthonormal bases ``U_k`` (n × r): ``v_k``, the adjoint direction
+       ``ψ_k ∝ A_kᵀ⋯A_{T-1}ᵀ v_T`` (how the state at ``k`` moves the terminal feature), then the
+       leading left singular vectors of ``A_{k-1}`` and right singular vectors of ``A_k``,
+       alternately, Gram–Schmidt with drop tolerance, until ``r`` columns.
+    4. The projected plant ``A_r,k = U_{k+1}ᵀA_kU_k`` (:meth:`LTVSystem.project`).
+
+Plan (every forward pass, at the first controlled layer ``k₀``)
+    Deviation coordinates ``x_k = U_kᵀ(z_k - z̄_k)``, inputs ``u_k = U_{k+1} ν_k``:
+
+    .. math::
+
+        \min_{ν} \sum_{k=k_0}^{T-1} q(\tilde v_k^\top x_k - \tilde β_k)^2 + r‖ν_k‖^2
+                  + q_f(\tilde v_T^\top x_T - \tilde β_T)^2
+        \quad\text{s.t.}\quad x_{k+1} = A_{r,k} x_k + ν_k,\ ‖ν_k‖_2 \le ρ_k,\
+        [\tilde v_T^\top x_T \ge \tilde β_T]
+
+    with ``ṽ_k = U_kᵀv_k`` and ``β̃_k = β*_k - v_kᵀz̄_k`` (so ``ṽ_kᵀx_k - β̃_k`` is the linearised
+    feature error ``v_kᵀz_k - β*_k``), per-layer budgets ``ρ_k = budget · a_{k+1}`` (relative
+    to the typical norm of the state the input is added to; ``ρ_k = 0`` on layers that are
+    not controlled) and the optional terminal constraint ``v_Tᵀz_T ≥ β*_T``.
+
+    Why the input may live in ``span(U_{k+1})``: with ``R = r·I`` and Euclidean budgets,
+    the component of ``u_k`` orthogonal to ``U_{k+1}`` costs energy and budget and moves no
+    modelled state, so the optimum of the contract's projected plant (``B_r,k = U_{k+1}ᵀ``,
+    ``m = n``) has ``u_k = U_{k+1}ν_k`` with ``‖u_k‖ = ‖ν_k‖``; solving in ``ν`` (``B = I_r``)
+    is the same problem with ``r`` instead of ``n`` inputs.
+
+    The QP is :class:`ltv_control.constrained.ConstrainedLQR` (``method="admm"`` by default:
+    the Riccati-factored fast path; ``"cvxpy"`` for the reference).  The plan is applied open
+    loop over the remaining layers of the same forward pass; with ``feedback=True`` an LFS
+    correction ``(f̂_k - v_kᵀz_k) w_k`` on the deviation from the *planned* feature
+    ``f̂_k = v_kᵀ(z̄_k + U_k x̂_k)`` is added (``w_k = U_{k+1}K_{r,k}ṽ_k`` from the projected
+    LQR gains), and the sum is scaled back into the ball ``ρ_k`` so budgets always hold.
+
+Positions: ``"last"`` (default) plans once per forward pass for the newest token of every
+row; ``"all"`` plans for every position (one QP per position: slow on long prompts).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ltv_control._exceptions import ArgumentError, DimensionError, InfeasibleError, PropertyError
+from ltv_control.adapters.steering_base import (
+    SteeringHandle,
+    Steerer,
+    check_layer_indices,
+    check_positions,
+    check_prompts,
+    check_scalar,
+    reject_unknown,
+)
+
+__all__ = ["ConstrainedSteerer", "build_bases"]
+
+_EXTRA_TENSORS = ("bases", "A_r", "z_mean", "v_all", "e_norm_all", "act_norm")
+_METHODS = ("admm", "cvxpy")
+_ON_INFEASIBLE = ("relax", "raise")
+
+
+# --------------------------------------------------------------------------- bases
+def build_bases(A: np.ndarray, v: np.ndarray, rank: int, *, tol: float = 1e-8) -> np.ndarray:
+    """Per-step orthonormal bases from feature directions, adjoint directions and singular vectors.
+
+    Parameters
+    ----------
+    A : ndarray (T, n, n)
+        Plant matrices ``A_k`` (float64).
+    v : ndarray (T+1, n)
+        Feature directions ``v_0..v_T`` (zero rows allowed).
+    rank : int
+        ``r``, columns per step (``1 <= r <= n``).
+    tol : float
+        Relative norm below which a candidate (after Gram–Schmidt) is dropped.
+
+    Returns
+    -------
+    U : ndarray (T+1, n, r)
+        ``U_kᵀU_k = I_r``.  Column order at step ``k``: ``v_k``, ``ψ_k`` (adjoint of ``v_T``),
+        then leading left singular vectors of ``A_{k-1}`` and right singular vectors of
+        ``A_k`` interleaved; a standard basis completes the set if needed.
+    """
+    T, n = A.shape[0], A.shape[1]
+    psi = np.zeros((T + 1, n))
+    psi[T] = v[T]
+    for k in range(T - 1, -1, -1):
+        p = A[k].T @ psi[k + 1]
+        nrm = np.linalg.norm(p)
+        psi[k] = p / nrm if nrm > 0 else 0.0
+    left = [None] * (T + 1)   # left singular vectors of A_{k-1}, for step k
+    right = [None] * (T + 1)  # right singular vectors of A_k, for step k
+    for k in range(T):
+        W, _, Vt = np.linalg.svd(A[k])
+        left[k + 1] = W[:, :rank].T
+        right[k] = Vt[:rank]
+    U = np.empty((T + 1, n, rank))
+    for k in range(T + 1):
+        cands = [v[k], psi[k]]
+        lists = [x for x in (left[k], right[k]) if x is not None]
+        for pair in itertools.zip_longest(*lists):
+            cands.extend(c for c in pair if c is not None)
+        cols: list[np.ndarray] = []
+        for c in itertools.chain(cands, np.eye(n)):
+            if len(cols) == rank:
+                break
+            nrm0 = np.linalg.norm(c)
+            if nrm0 == 0:
+                continue
+            w = c / nrm0
+            for _ in range(2):  # re-orthogonalise once (classical Gram–Schmidt twice)
+                for q in cols:
+                    w = w - (q @ w) * q
+            nrm = np.linalg.norm(w)
+            if nrm > tol:
+                cols.append(w / nrm)
+        U[k] = np.stack(cols, axis=1)
+    return U
+
+
+def _as_np(x: Any) -> np.ndarray:
+    if type(x).__module__.split(".")[0] == "torch":
+        return x.detach().to("cpu").double().numpy()
+    return np.asarray(x, dtype=np.float64)
+
+
+# --------------------------------------------------------------------------- planner
+class _Planner:
+    """Everything one attachment needs to plan: the QP (built once) and its data."""
+
+    def __init__(self, steerer: "ConstrainedSteerer", controlled: list[int], lam: float,
+                 budget: float, terminal_feature: bool, feedback: bool, method: str,
+                 on_infeasible: str) -> None:
+        from ltv_control import LTVSystem
+        from ltv_control.constrained import ConstrainedLQR
+
+        T = steerer.num_layers
+        self.controlled = list(controlled)
+        self.start = controlled[0] if controlled else T
+        self.feedback = feedback
+        self.on_infeasible = on_infeasible
+        self.stats = {"plans": 0, "relaxed": 0}
+        k0 = self.start
+        if k0 >= T:
+            self.qp = None
+            return
+        U = _as_np(steerer.bases)                      # (T+1, n, r)
+        self.U = U
+        self.U_t = steerer.bases                       # torch float32 CPU
+        A_r = _as_np(steerer.A_r)[k0:]                 # (T-k0, r, r)
+        zbar = _as_np(steerer.z_mean)
+        v = _as_np(steerer.v_all)
+        e = _as_np(steerer.e_norm_all)
+        a = _as_np(steerer.act_norm)
+        self.zbar_t = steerer.z_mean
+        r = U.shape[2]
+        Tk = T - k0
+        vt = np.einsum("kni,kn->ki", U, v)            # ṽ_k = U_kᵀ v_k   (T+1, r)
+        beta_tilde = lam * e - np.einsum("kn,kn->k", v, zbar)
+        active_feature = e > 0
+        x_ref = np.where(active_feature[:, None], vt * beta_tilde[:, None], 0.0)[k0:]
+        q, qf, rr = steerer.q, steerer.qf, steerer.r
+        Q = q * np.einsum("ki,kj->kij", vt[k0:T], vt[k0:T])
+        Qf = qf * np.outer(vt[T], vt[T])
+        rho = np.zeros(Tk)
+        for k in controlled:
+            rho[k - k0] = budget * a[k + 1]
+        self.rho = rho
+        features = None
+        self.terminal = None
+        if terminal_feature and active_feature[T]:
+            features = [(Tk, vt[T], float(beta_tilde[T]))]
+            # adjoint of the terminal feature for the closed-form feasibility test
+            g = np.zeros((Tk + 1, r))
+            g[Tk] = vt[T]
+            for j in range(Tk - 1, -1, -1):
+                g[j] = A_r[j].T @ g[j + 1]
+            self.terminal = (g, float(beta_tilde[T]))
+        system = LTVSystem(A_r)
+        self.x_ref = x_ref
+        self.qp = ConstrainedLQR(system, Q, rr, Qf=Qf, u_norm_max=rho,
+                                 feature_constraints=features, method=method)
+        self.qp_relaxed = None
+        if features is not None:
+            self.qp_relaxed = ConstrainedLQR(system, Q, rr, Qf=Qf, u_norm_max=rho, method=method)
+        self.v_t = steerer.v_all
+        self.w_t = steerer.w
+
+    def plan(self, z: Any):
+        """Plan for block inputs ``z (N, n)`` (float32 torch) at ``k₀``: lifted inputs and features."""
+        import torch
+
+        k0 = self.start
+        z64 = z.detach().to("cpu", torch.float64).numpy()
+        x0 = (z64 - _as_np(self.zbar_t[k0])) @ self.U[k0]          # (N, r)
+        qp = self.qp
+        if self.terminal is not None:
+            g, b = self.terminal
+            best = x0 @ g[0] + float(np.sum(self.rho * np.linalg.norm(g[1:], axis=1)))
+            infeasible = best < b
+            if np.any(infeasible):
+                if self.on_infeasible == "raise":
+                    raise InfeasibleError(
+                        f"status infeasible: the terminal feature constraint v_Tᵀz_T >= β*_T cannot "
+                        f"be met within the per-layer budgets for row(s) "
+                        f"{np.flatnonzero(infeasible).tolist()} (best reachable "
+                        f"{np.min(best):.4g} < {b:.4g} in deviation coordinates); likely binding: "
+                        "u_norm_max, feature_constraints")
+        nus = np.empty((x0.shape[0], len(self.rho), x0.shape[1]))
+        xs = np.empty((x0.shape[0], len(self.rho) + 1, x0.shape[1]))
+        for i in range(x0.shape[0]):
+            use = qp
+            if self.terminal is not None and infeasible[i]:
+                use = self.qp_relaxed
+                self.stats["relaxed"] += 1
+            sol = use.solve(x0[i], self.x_ref)
+            nus[i], xs[i] = sol.u, sol.x
+            self.stats["plans"] += 1
+        U_next = self.U[k0 + 1:]                                      # (Tk, n, r)
+        u = np.einsum("kni,bki->bkn", U_next, nus)                    # (N, Tk, n)
+        feat = None
+        if self.feedback:
+            zhat = _as_np(self.zbar_t[k0:-1])[None] + np.einsum("kni,bki->bkn", self.U[k0:-1], xs[:, :-1])
+            feat = np.einsum("bkn,kn->bk", zhat, _as_np(self.v_t[k0:-1]))
+        return u, feat
+
+
+# --------------------------------------------------------------------------- steerer
+class ConstrainedSteerer(Steerer):
+    """Budgeted, model-predictive steering: :class:`~ltv_control.constrained.ConstrainedLQR`
+    on the projected plant, re-solved at every forward pass (see the module docstring).
+
+    Build it with :meth:`fit` (or :meth:`load`); apply it with :meth:`attach`.
+
+    Attributes
+    ----------
+    bases : torch.Tensor (T+1, n, r), float32
+        Orthonormal bases ``U_k``.
+    A_r : torch.Tensor (T, r, r), float32
+        Projected plant ``U_{k+1}ᵀA_kU_k``.
+    z_mean : torch.Tensor (T+1, n)
+        Nominal trajectory ``z̄_k`` (mean last-token state of the fit prompts).
+    v_all, e_norm_all : torch.Tensor (T+1, n), (T+1,)
+        Feature directions and ``‖e_k‖`` at every step including the last block's output.
+    act_norm : torch.Tensor (T+1,)
+        Typical activation norm ``a_k`` (median ``‖z_k‖`` over the fit prompts).
+    w : torch.Tensor (T, n)
+        LFS feedback directions ``U_{k+1}K_{r,k}ṽ_k`` (used with ``feedback=True``).
+    rank, budget, q, r, qf, lam, first_layer, terminal_feature, feedback, method,
+    on_infeasible : hyper-parameters (see :meth:`fit`).
+    """
+
+    kind = "constrained"
+    tensor_names = ("w",)
+    hyperparameter_names = ("rank", "budget", "q", "r", "qf", "lam", "first_layer",
+                            "terminal_feature", "feedback", "method", "on_infeasible")
+    # The base class forwards only this internal option (the planner of the attachment);
+    # the public options are validated by :meth:`attach` itself.
+    attach_options = ("planner_token",)
+    default_positions = "last"
+
+    def __init__(self, tensors: Any, **kwargs: Any) -> None:
+        import torch
+
+        base = {k: v for k, v in tensors.items() if k in self.tensor_names}
+        extra = {k: v for k, v in tensors.items() if k not in self.tensor_names}
+        missing = [k for k in _EXTRA_TENSORS if k not in extra]
+        unexpected = [k for k in extra if k not in _EXTRA_TENSORS]
+        if missing or unexpected:
+            raise ArgumentError(f"tensors: missing {missing}, unexpected {unexpected} "
+                                f"(expected {list(self.tensor_names) + list(_EXTRA_TENSORS)})")
+        super().__init__(base, **kwargs)
+        T, n = self.num_layers, self.hidden_size
+        converted = {}
+        for name in _EXTRA_TENSORS:
+            value = extra[name]
+            t = (value.detach().to("cpu", torch.float32).clone() if isinstance(value, torch.Tensor)
+                 else torch.as_tensor(np.asarray(value, dtype=np.float32)).clone())
+            if not torch.isfinite(t).all():
+                raise PropertyError(f"{name}: expected finite values, found NaN or inf")
+            converted[name] = t
+        rank = converted["bases"].shape[-1] if converted["bases"].ndim == 3 else -1
+        expected = {"bases": (T + 1, n, rank), "A_r": (T, rank, rank), "z_mean": (T + 1, n),
+                    "v_all": (T + 1, n), "e_norm_all": (T + 1,), "act_norm": (T + 1,)}
+        for name, shape in expected.items():
+            if tuple(converted[name].shape) != shape or rank < 1:
+                raise DimensionError(f"{name}: expected shape {shape} (T={T}, n={n}, r={rank}), "
+                                     f"found {tuple(converted[name].shape)}")
+            setattr(self, name, converted[name])
+        self._planners: dict[int, _Planner] = {}
+        self._next_token = 1
+
+    # ------------------------------------------------------------------ fit
+    @classmethod
+    def fit(cls, plant: Any, desired: Sequence[str], undesired: Sequence[str], *, rank: int = 32,
+            budget: float = 0.1, q: float = 0.1, r: float = 1.0, qf: float = 0.1, lam: float = 1.0,
+            first_layer: int = 0, terminal_feature: bool = False, feedback: bool = False,
+            method: str = "admm", on_infeasible: str = "relax",
+            jacobian_prompts: Sequence[str] | None = None, layers: Sequence[int] | None = None,
+            positions: str = "last", max_tokens: int = 24, batch_size: int = 8,
+            progress: bool = True, **unknown: Any) -> "ConstrainedSteerer":
+        """Fit a constrained steerer on ``plant`` from contrastive prompts.
+
+        Parameters
+        ----------
+        plant : LLMPlant
+        desired, undesired : list of str
+        rank : int, default 32
+            ``r``, dimension of every per-layer basis (``1 <= r <= min(64, n)``).
+        budget : float, default 0.1
+            Per-layer input budget relative to the typical activation norm:
+            ``‖u_k‖₂ <= budget · a_{k+1}`` (``inf`` for none; changeable at attach).
+        q, r, qf : float, defaults 0.1, 1.0, 0.1
+            Weights on the feature error along the way (``q``), on the input energy (``r``,
+            > 0) and on the terminal feature error (``qf``), as in A-LQR.
+        lam : float, default 1.0
+            Setpoint scale ``β*_k = lam·‖e_k‖`` (changeable at attach).
+        first_layer : int, default 0
+            ``k₀``: the layer whose input is read and from which the plan starts.
+        terminal_feature : bool, default False
+            Add the hard constraint ``v_Tᵀz_T >= β*_T`` (on the last block's output).
+        feedback : bool, default False
+            Add the LFS correction around the planned feature (budget-clipped).
+        method : {"admm", "cvxpy"}, default "admm"
+            QP method of :class:`~ltv_control.constrained.ConstrainedLQR`.
+        on_infeasible : {"relax", "raise"}, default "relax"
+            When the terminal constraint cannot be met within the budgets for a row:
+            ``"relax"`` drops it for that row (counted in ``stats["relaxed"]`` of the handle's
+            planner), ``"raise"`` raises :class:`~ltv_control.InfeasibleError`.
+        jacobian_prompts : list of str or None
+            Prompts whose Jacobians are averaged into ``A_k``; ``None``: first 50 desired.
+        layers : list of int or None
+            Controlled layers (``None``: ``first_layer .. T-1``); others get ``ρ_k = 0``.
+        positions, max_tokens, batch_size, progress
+            As in :meth:`ALQRSteerer.fit`.
+
+        Returns
+        -------
+        ConstrainedSteerer
+        """
+        import torch
+
+        from ltv_control import LTVSystem, finite_horizon_lqr
+
+        reject_unknown(unknown, "ConstrainedSteerer.fit")
+        T, n = plant.horizon, plant.state_dim
+        if isinstance(rank, bool) or not isinstance(rank, int | np.integer):
+            raise ArgumentError(f"rank: expected an int, found {type(rank).__name__}")
+        if not 1 <= int(rank) <= min(64, n):
+            raise PropertyError(f"rank: expected 1 <= rank <= min(64, n={n}), found {rank}")
+        rank = int(rank)
+        budget = cls._check_budget(budget)
+        q = check_scalar(q, "q", nonnegative=True)
+        r = check_scalar(r, "r", positive=True)
+        qf = check_scalar(qf, "qf", nonnegative=True)
+        lam = check_scalar(lam, "lam")
+        first_layer = check_layer_indices(first_layer, T, "first_layer")[0]
+        terminal_feature, feedback = cls._check_flag(terminal_feature, "terminal_feature"), \
+            cls._check_flag(feedback, "feedback")
+        method, on_infeasible = cls._check_choice(method, "method", _METHODS), \
+            cls._check_choice(on_infeasible, "on_infeasible", _ON_INFEASIBLE)
+        positions = check_positions(positions)
+        layers = check_layer_indices(layers, T)
+        desired = check_prompts(desired, "desired")
+        undesired = check_prompts(undesired, "undesired")
+
+        zd = plant.last_token_states(desired, batch_size=batch_size).double().numpy()
+        zu = plant.last_token_states(undesired, batch_size=batch_size).double().numpy()
+        from ltv_control.setpoint import linear_feature_setpoint
+
+        sp = linear_feature_setpoint(zd, zu, lam=lam)         # T+1 steps (incl. the output)
+        v_all, e_norm_all = np.asarray(sp.v), np.asarray(sp.e_norm)
+        z_all = np.concatenate([zd, zu], axis=0)
+        z_mean = z_all.mean(axis=0)
+        act_norm = np.median(np.linalg.norm(z_all, axis=2), axis=0)
+
+        prompts = desired[:50] if jacobian_prompts is None else check_prompts(jacobian_prompts, "jacobian_prompts")
+        system = plant.linearize(prompts, max_tokens=max_tokens, batch_size=batch_size, progress=progress)
+        A = _as_np(system.A)
+        U = build_bases(A, v_all, rank)
+        reduced = LTVSystem(A).project(U)
+        A_r = _as_np(reduced.A)
+        del system, reduced, A
+        # LFS feedback directions from the projected LQR (B = I_r): w_k = U_{k+1} K_r,k ṽ_k.
+        vt = np.einsum("kni,kn->ki", U, v_all)
+        Qr = q * np.einsum("ki,kj->kij", vt[:T], vt[:T])
+        K, _ = finite_horizon_lqr(LTVSystem(A_r), Qr, r, Qf=qf * np.outer(vt[T], vt[T]))
+        w = np.einsum("kni,kij,kj->kn", U[1:], np.asarray(K), vt[:T])
+        tensors = {"w": w, "bases": U, "A_r": A_r, "z_mean": z_mean, "v_all": v_all,
+                   "e_norm_all": e_norm_all, "act_norm": act_norm}
+        hyper = {"rank": rank, "budget": budget, "q": q, "r": r, "qf": qf, "lam": lam,
+                 "first_layer": first_layer, "terminal_feature": terminal_feature,
+                 "feedback": feedback, "method": method, "on_infeasible": on_infeasible}
+        return cls(tensors, hidden_size=n, num_layers=T, hyperparameters=hyper, layers=layers,
+                   positions=positions, layer_path=getattr(plant, "layer_path", None),
+                   model_id=getattr(plant, "model_id", None))
+
+    # ------------------------------------------------------------------ checks
+    @staticmethod
+    def _check_budget(budget: Any) -> float:
+        if isinstance(budget, bool) or not isinstance(budget, int | float | np.integer | np.floating):
+            raise ArgumentError(f"budget: expected a real scalar, found {type(budget).__name__}")
+        budget = float(budget)
+        if math.isnan(budget) or budget < 0:
+            raise PropertyError(f"budget: expected a non-negative value (inf = none), found {budget}")
+        return budget
+
+    @staticmethod
+    def _check_flag(value: Any, name: str) -> bool:
+        if not isinstance(value, bool | np.bool_):
+            raise ArgumentError(f"{name}: expected a bool, found {type(value).__name__}")
+        return bool(value)
+
+    @staticmethod
+    def _check_choice(value: Any, name: str, choices: tuple) -> str:
+        if value not in choices:
+            raise ArgumentError(f"{name}: expected one of {choices}, found {value!r}")
+        return value
+
+    # ------------------------------------------------------------------ runtime
+    def controlled_layers(self, layers: Sequence[int] | None = None) -> list[int]:
+        """Layers that may receive input: ``first_layer..T-1`` ∩ fitted ``layers`` ∩ ``layers``."""
+        active = set(range(self.first_layer, self.num_layers))
+        if self.layers is not None:
+            active &= set(self.layers)
+        requested = check_layer_indices(layers, self.num_layers)
+        if requested is not None:
+            active &= set(requested)
+        return sorted(active)
+
+    def budgets(self, budget: float | None = None, layers: Sequence[int] | None = None) -> np.ndarray:
+        """Per-layer budgets ``ρ_k = budget · a_{k+1}`` (0 on uncontrolled layers), shape (T,)."""
+        budget = self.budget if budget is None else self._check_budget(budget)
+        rho = np.zeros(self.num_layers)
+        a = _as_np(self.act_norm)
+        for k in self.controlled_layers(layers):
+            rho[k] = budget * a[k + 1]
+        return rho
+
+    def planner(self, *, lam: float | None = None, budget: float | None = None,
+                terminal_feature: bool | None = None, feedback: bool | None = None,
+                method: str | None = None, on_infeasible: str | None = None,
+                layers: Sequence[int] | None = None) -> _Planner:
+        """The planner (QP built once) for these options; :meth:`attach` uses the same."""
+        lam = self.lam if lam is None else check_scalar(lam, "lam")
+        budget = self.budget if budget is None else self._check_budget(budget)
+        terminal_feature = self.terminal_feature if terminal_feature is None else \
+            self._check_flag(terminal_feature, "terminal_feature")
+        feedback = self.feedback if feedback is None else self._check_flag(feedback, "feedback")
+        method = self.method if method is None else self._check_choice(method, "method", _METHODS)
+        on_infeasible = self.on_infeasible if on_infeasible is None else \
+            self._check_choice(on_infeasible, "on_infeasible", _ON_INFEASIBLE)
+        return _Planner(self, self.controlled_layers(layers), lam, budget, terminal_feature,
+                        feedback, method, on_infeasible)
+
+    def attach(self, model: Any, *, positions: str | None = None, lam: float | None = None,
+               budget: float | None = None, terminal_feature: bool | None = None,
+               feedback: bool | None = None, method: str | None = None,
+               on_infeasible: str | None = None, layers: Sequence[int] | None = None,
+               **unknown: Any) -> SteeringHandle:
+        """Steer ``model``: plan at the first controlled layer of every forward pass, apply the plan.
+
+        Parameters
+        ----------
+        model : torch.nn.Module
+        positions : {"last", "all"} or None
+        lam, budget, terminal_feature, feedback, method, on_infeasible : optional
+            Override the fitted values (``None``: fitted).
+        layers : list of int or None
+            Restrict control to these layers (the others get a zero budget in the plan).
+
+        Returns
+        -------
+        SteeringHandle
+            Also carries ``planner`` (its ``stats`` count plans and relaxed rows).
+        """
+        reject_unknown(unknown, "ConstrainedSteerer.attach")
+        self.check_model(model)
+        planner = self.planner(lam=lam, budget=budget, terminal_feature=terminal_feature,
+                               feedback=feedback, method=method, on_infeasible=on_infeasible,
+                               layers=layers)
+        token = self._next_token
+        self._next_token += 1
+        self._planners[token] = planner
+        handle = super().attach(model, positions=positions, layers=layers, planner_token=token)
+        handle.planner = planner
+        original_remove = handle.remove
+
+        def remove() -> None:
+            original_remove()
+            self._planners.pop(token, None)
+
+        handle.remove = remove  # type: ignore[method-assign]
+        return handle
+
+    def _layer_parameters(self, options: dict) -> dict:
+        import torch
+
+        token = options["planner_token"]
+        planner = self._planners[token]
+        T = self.num_layers
+        rho = torch.zeros(T, dtype=torch.float32)
+        if planner.qp is not None:
+            rho[planner.start:] = torch.as_tensor(planner.rho, dtype=torch.float32)
+        return {"w": self.w, "v": self.v_all[:T], "rho": rho,
+                "token": torch.full((T,), float(token), dtype=torch.float32)}
+
+    def _active_layers(self, options: dict) -> list[int]:
+        planner = self._planners[options["planner_token"]]
+        if planner.qp is None:
+            return []
+        return list(planner.controlled)
+
+    def _control(self, k: int, z: Any, params: dict, state: dict) -> Any:
+        import torch
+
+        planner = self._planners.get(int(params["token"].item()))
+        if planner is None or planner.qp is None:
+            return None
+        shape = z.shape
+        flat = z.reshape(-1, shape[-1])
+        if "plan" not in state:
+            if k != planner.start:
+                # the pass did not reach the planning layer hook first (e.g. layers masked)
+                return None
+            u, feat = planner.plan(flat)
+            state["plan"] = torch.as_tensor(u, dtype=torch.float32)
+            state["feat"] = None if feat is None else torch.as_tensor(feat, dtype=torch.float32)
+        j = k - planner.start
+        u = state["plan"][:, j].to(z.device)
+        if planner.feedback and state["feat"] is not None:
+            alpha = state["feat"][:, j].to(z.device) - flat @ params["v"]
+            u = u + alpha.unsqueeze(-1) * params["w"]
+            nrm = u.norm(dim=-1, keepdim=True)
+            rho = params["rho"]
+            u = u * torch.clamp(rho / torch.clamp(nrm, min=1e-30), max=1.0)
+        return u.reshape(shape)
+
+    # ------------------------------------------------------------------ files
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the steerer (bases, projected plant, setpoint, hyper-parameters) atomically."""
+        from ltv_control.adapters.controller_file import save_controller_file
+
+        tensors = {name: getattr(self, name) for name in self.tensor_names + _EXTRA_TENSORS}
+        meta = self._metadata()
+        meta["rank"] = str(int(self.bases.shape[-1]))
+        return save_controller_file(path, tensors, meta)
