@@ -31,8 +31,9 @@ product.  Transition norms use the whitened factors ``Ã_k = C_{k+1}ᵀ Â_k C_k
 so ``Φ̃(k,i) = Ã_{k−1}⋯Ã_i`` is propagated by the stable recurrence ``Φ̃(k+1,i) = Ã_k Φ̃(k,i)``.
 Cost: ``T+1`` Cholesky factorizations, ``T`` triangular solves, and for each of the ``T(T+1)/2``
 pairs ``i < k`` one n×n×n product, one Gram product and one partial symmetric eigensolve
-(largest eigenvalue only) — about 7 s single-threaded at ``n = 576, T = 30`` (the eigensolves
-dominate).
+(largest eigenvalue only) — about ten seconds single-threaded at ``n = 576, T = 30``, the
+eigensolves dominating (``benchmarks/bounds.py`` times it against forming every product from
+scratch).
 
 All functions take numpy arrays (or torch tensors, converted to float64 numpy); they compute in
 float64 and return numpy arrays, or float64 torch tensors on the input's device when the closed
@@ -366,7 +367,7 @@ def transition_norms(A_cl: Any, P: Any):
     Notes
     -----
     Cost: ``T+1`` Cholesky factorizations and, per pair ``i < k``, one n×n×n product, one Gram
-    product and one largest-eigenvalue solve (about 7 s single-threaded at n = 576, T = 30).
+    product and one largest-eigenvalue solve (about ten seconds single-threaded at n = 576, T = 30).
     """
     A = _closed_loop(A_cl)
     T, n, _ = A.shape

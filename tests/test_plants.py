@@ -215,3 +215,20 @@ def test_plant_bad_inputs(rng):
         ResidualMLPPlant(np.zeros((2, 4, 3)), np.zeros((2, 4, 3)))
     with pytest.raises(lc.ArgumentError, match="seeed"):
         ResidualMLPPlant.random(3, 2, seeed=1)
+
+
+def test_every_public_parameter_is_documented():
+    import inspect
+
+    from ltv_control.bound_plots import plot_tracking_bound
+
+    targets = [plot_tracking_bound]
+    for cls in (QuadraticResidualPlant, ResidualMLPPlant):
+        targets += [cls, cls.random, cls.step, cls.jacobian, cls.rollout, cls.linearize, cls.remainder_constants]
+    for obj in targets:
+        doc = inspect.getdoc(obj) or ""
+        sig = inspect.signature(obj.__init__ if isinstance(obj, type) else obj)
+        for param in sig.parameters:
+            if param in ("self", "cls"):
+                continue
+            assert param in doc, f"{obj.__qualname__}: parameter {param!r} is not documented"
