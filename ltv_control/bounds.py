@@ -472,6 +472,7 @@ def tracking_error_bound(
     *,
     P: Any = None,
     deviations: Any = None,
+    G: Any = None,
 ) -> TrackingBound:
     r"""Tracking-error bound of a closed loop with a quadratic remainder.
 
@@ -501,6 +502,10 @@ def tracking_error_bound(
         Weights; default :func:`lyapunov_weights` ``(A_cl)``.
     deviations : array (T+1, n) or (*R, T+1, n), optional
         Realised deviations; selects the a posteriori form.
+    G : array (T+1, T+1), optional
+        Precomputed :func:`transition_norms` ``(A_cl, P)`` of the same ``A_cl`` and ``P`` (an
+        extension of the contract: the transition norms dominate the cost at large ``n``, so the
+        a posteriori and a priori forms can share them).  Not checked against ``A_cl``.
 
     Returns
     -------
@@ -517,7 +522,14 @@ def tracking_error_bound(
     Lm = _check_L(L, T)
     Pm = lyapunov_weights(A) if P is None else _check_weights(P, T, n)
     C = _cholesky_stack(Pm)
-    G = _transition_norms_from_factors(_whitened_factors(A, C))
+    if G is None:
+        G = _transition_norms_from_factors(_whitened_factors(A, C))
+    else:
+        G = _as_float64(G, "G")
+        if G.shape != (T + 1, T + 1):
+            raise DimensionError(f"G must have shape (T+1, T+1) = {(T + 1, T + 1)}, found {G.shape}")
+        if np.any(G < 0) or np.any(np.triu(G, 1) != 0):
+            raise PropertyError("G must be nonnegative and zero above the diagonal (transition norms)")
     D = None if deviations is None else _check_deviations(deviations, T, n)
     if delta0 is None:
         if D is None:
@@ -616,6 +628,7 @@ def bound_coverage(
     mode: str = "a_posteriori",
     min_norm: float = 0.0,
     rtol: float = 1e-9,
+    G: Any = None,
 ) -> CoverageResult:
     r"""Calibrate the remainder constants on some rollouts and measure coverage on others.
 
@@ -648,6 +661,8 @@ def bound_coverage(
         the other steps.
     rtol : float, default 1e-9
         Relative slack for rounding when counting violations.
+    G : array (T+1, T+1), optional
+        Precomputed :func:`transition_norms` of ``A_cl`` and ``P``.
 
     Returns
     -------
@@ -677,9 +692,9 @@ def bound_coverage(
     L_est = np.where(np.isnan(L_est), np.nanmax(L_est), L_est)
     L_est = safety * L_est
     if mode == "a_posteriori":
-        tb = tracking_error_bound(A, L_est, None, P=Pm, deviations=Dh)
+        tb = tracking_error_bound(A, L_est, None, P=Pm, deviations=Dh, G=G)
     else:
-        tb = tracking_error_bound(A, L_est, Dh[:, 0, :], P=Pm)
+        tb = tracking_error_bound(A, L_est, Dh[:, 0, :], P=Pm, G=G)
     realised = _weighted_norms(Dh, _cholesky_stack(Pm))
     ok = realised[:, 1:] <= tb.bound[:, 1:] * (1.0 + rtol) + 1e-300
     violations = int(np.size(ok) - np.count_nonzero(ok))

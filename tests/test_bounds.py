@@ -220,6 +220,12 @@ def test_a_posteriori_formula_against_direct_sum(rng):
         for k in range(T + 1):
             expected = G[k, 0] * nz[0] + sum(G[k, i + 1] * L[i] / 2 * nz[i] ** 2 for i in range(k))
             assert tb.bound[s, k] == pytest.approx(expected, rel=1e-12)
+    # precomputed transition norms give the same bound
+    np.testing.assert_array_equal(bounds.tracking_error_bound(A, L, D[:, 0], deviations=D, G=G).bound, tb.bound)
+    with pytest.raises(lc.DimensionError, match="G"):
+        bounds.tracking_error_bound(A, L, D[:, 0], deviations=D, G=G[:-1])
+    with pytest.raises(lc.PropertyError, match="G"):
+        bounds.tracking_error_bound(A, L, D[:, 0], deviations=D, G=G.T)
     # delta0 may be omitted when deviations are given
     np.testing.assert_allclose(bounds.tracking_error_bound(A, L, None, deviations=D).bound, tb.bound)
 
