@@ -93,6 +93,7 @@ class _Batch:
         self.step: list | None = None
         self.step_layout: list | None = None
         self.full_layout: list | None = None
+        self.full_parts: list | None = None
 
 
 class LLMPlant:
@@ -251,6 +252,27 @@ class LLMPlant:
         batch.step_layout = layouts
 
     def _prepare_full(self, batch: _Batch) -> None:
+        """Full-sequence replay layouts. A padded batch is split into unpadded single prompts:
+        pad query rows can hold NaN (eager float64 attention) whose gradient would spread."""
+        import torch
+
+        if bool((batch.mask == 0).any()):
+            parts = []
+            for row in range(batch.ids.shape[0]):
+                keep = batch.mask[row] != 0
+                part = _Batch(
+                    [row],
+                    batch.ids[row : row + 1, keep],
+                    batch.mask[row : row + 1, keep],
+                    batch.positions[row : row + 1, keep],
+                )
+                self._capture_clean(part)
+                self._prepare_full(part)
+                parts.append(part)
+            batch.full_parts = parts
+            batch.full_layout = []
+            return
+        batch.full_parts = None
         mask = batch.mask if self._accepts_mask() else None
         ids2, mask2, pos2 = self._doubled(batch)
         clean2 = clean_capture(self.model, self.layers, ids2, mask2 if mask is not None else None, pos2)
@@ -291,6 +313,8 @@ class LLMPlant:
         """Per-prompt Jacobians of block k for one batch: (B, n, n) in the model's dtype."""
         import torch
 
+        if method == "full" and batch.full_parts:
+            return torch.cat([self._jacobians(k, part, "full") for part in batch.full_parts], dim=0)
         block = self.layers[k]
         clean_in = block_input_of(batch.clean[k])
         x = clean_in[:, -1:, :].detach()  # (B, 1, n)
@@ -531,8 +555,9 @@ class LLMPlant:
 def _step_tolerance(dtype: Any) -> float:
     import torch
 
-    eps = torch.finfo(dtype).eps
-    return max(1e3 * eps, 1e-10) if dtype == torch.float64 else math.sqrt(eps) * 4
+    # blocks often compute norms in float32 even in float64 models, and the one-token pass sums
+    # in another order than the full sequence: allow float32 rounding, flag real differences.
+    return max(1e-4, 8 * torch.finfo(dtype).eps)
 
 
 def _progress(total: int, enabled: bool, desc: str) -> Any:
