@@ -18,6 +18,18 @@ from scipy.linalg import lapack as _lapack
 
 __all__ = ["NumpyBackend", "numpy_backend"]
 
+_ROUTINES: dict = {}
+
+
+def _routine(kind: str, name: str, dtype: np.dtype):
+    """Cached BLAS/LAPACK routine ``name`` for ``dtype`` (float32 or float64)."""
+    key = (kind, name, dtype)
+    fn = _ROUTINES.get(key)
+    if fn is None:
+        getter = _blas.get_blas_funcs if kind == "blas" else _lapack.get_lapack_funcs
+        fn = _ROUTINES[key] = getter(name, dtype=dtype)
+    return fn
+
 
 class NumpyBackend:
     """Array operations on :class:`numpy.ndarray`.
@@ -181,7 +193,7 @@ class NumpyBackend:
         if x.ndim == 2 and x.dtype in (np.float32, np.float64) and x.shape[0] > 0:
             # One matrix: LAPACK potrf directly. The C-ordered symmetric x is, read in Fortran
             # order, xᵀ = x; its upper factor U (xᵀ = UᵀU) read back in C order is L = Uᵀ.
-            potrf = _lapack.get_lapack_funcs("potrf", (x,))
+            potrf = _routine("lapack", "potrf", x.dtype)
             U, info = potrf(np.ascontiguousarray(x).T, lower=0, clean=1, overwrite_a=0)
             L = U.T
             ok = info == 0 and bool(np.isfinite(L).all())
@@ -215,7 +227,7 @@ class NumpyBackend:
                 and L.dtype in (np.float32, np.float64) and b.shape[1] > 0):
             # BLAS trsm on C-ordered data, read as Fortran-ordered transposes:
             # L X = b  <=>  Xᵀ Lᵀ = bᵀ (right side; Lᵀ is upper when L is lower).
-            trsm = _blas.get_blas_funcs("trsm", (L, b))
+            trsm = _routine("blas", "trsm", L.dtype)
             Lt = np.ascontiguousarray(L).T
             bt = np.ascontiguousarray(b).T
             Xt = trsm(1.0, Lt, bt, side=1, lower=0 if lower else 1, trans_a=1 if trans else 0)
@@ -227,7 +239,7 @@ class NumpyBackend:
     def gram(W: np.ndarray) -> np.ndarray:
         """``Wᵀ W`` over the last two axes (BLAS syrk for a single matrix: half the flops)."""
         if W.ndim == 2 and W.dtype in (np.float32, np.float64) and W.shape[0] > 0:
-            syrk = _blas.get_blas_funcs("syrk", (W,))
+            syrk = _routine("blas", "syrk", W.dtype)
             # Fortran-order view of C-ordered W is Wᵀ; syrk(trans=0) gives Wᵀ(Wᵀ)ᵀ = WᵀW,
             # upper triangle (Fortran) = lower triangle in C order.
             G = syrk(1.0, np.ascontiguousarray(W).T, trans=0, lower=0).T

@@ -14,7 +14,7 @@ plant), in float64 and float32, this times
 
 Reported figures are ratios from the same run: ``lqr_over_gemm_bound`` (target ≤ 2 at
 n ≥ 576) and ``inverse_over_lqr`` (how much slower the naive loop is). Each timing is the
-best of ``repeats`` runs.
+best of ``repeats`` runs, the three methods interleaved within each repeat.
 
 Usage::
 
@@ -133,9 +133,18 @@ def run(*, quick: bool = False, ns: Sequence[int] | None = None, T: int = 30,
                 A = A_np
                 S0 = np.eye(n, dtype=dtype)
             system = lc.LTVSystem(A)
-            t_lqr = _best_time(lambda: lc.finite_horizon_lqr(system, q, r, dtype=dtype), repeats)
-            t_gemm = _best_time(_gemm_bound(A, S0, xp), repeats)
-            t_inv = _best_time(_explicit_inverse_loop(A, q, r, xp), repeats)
+            methods = {
+                "lqr": lambda: lc.finite_horizon_lqr(system, q, r, dtype=dtype),
+                "gemm": _gemm_bound(A, S0, xp),
+                "inverse": _explicit_inverse_loop(A, q, r, xp),
+            }
+            # Interleave the methods within each repeat so that load changes on a shared
+            # machine affect all of them alike; keep the best time of each.
+            best = {name: float("inf") for name in methods}
+            for _ in range(repeats):
+                for name, fn in methods.items():
+                    best[name] = min(best[name], _best_time(fn, 1))
+            t_lqr, t_gemm, t_inv = best["lqr"], best["gemm"], best["inverse"]
             rows.append({
                 "n": n, "T": T, "dtype": dtype, "backend": backend,
                 "lqr_s": t_lqr, "gemm_bound_s": t_gemm, "explicit_inverse_s": t_inv,
