@@ -109,17 +109,22 @@ def distributed_context(group: Any = None, reduce_device: Any = None) -> Distrib
     return DistributedContext(rank, world, group, torch.device(reduce_device))
 
 
-def init_distributed(backend: str | None = None, **init_kwargs: Any) -> DistributedContext:
+def init_distributed(backend: str | None = None, *, bind_device: bool = True, **init_kwargs: Any) -> DistributedContext:
     """Initialise the default process group from the ``torchrun`` environment when needed.
 
     Does nothing (and returns a world-size-1 context) when ``WORLD_SIZE`` is unset or 1 and no
-    group exists.  With CUDA available, binds this process to ``cuda:LOCAL_RANK`` and defaults to
-    the ``nccl`` backend; otherwise ``gloo``.
+    group exists.  With CUDA available and ``backend`` ``None`` or ``"nccl"``, uses ``nccl`` and
+    (``bind_device=True``) binds this process to ``cuda:LOCAL_RANK``; otherwise ``gloo``.
 
     Parameters
     ----------
     backend : str, optional
-        ``"nccl"``, ``"gloo"``, ...; default as above.
+        ``"nccl"``, ``"gloo"``, ...; default as above.  ``"gloo"`` reduces on the CPU, where
+        :meth:`LLMPlant.iter_jacobians` returns its Jacobians; use it when each rank spans
+        several GPUs (``device_map="auto"``).
+    bind_device : bool, default True
+        Call ``torch.cuda.set_device(LOCAL_RANK)`` (one GPU per rank).  Pass ``False`` when a
+        rank's model spans several GPUs.
     **init_kwargs
         Passed to ``torch.distributed.init_process_group`` (e.g. ``timeout=``).
     """
@@ -131,10 +136,10 @@ def init_distributed(backend: str | None = None, **init_kwargs: Any) -> Distribu
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1 or not dist.is_available():
         return distributed_context()
-    use_cuda = torch.cuda.is_available() and backend in (None, "nccl")
-    if use_cuda:
+    use_nccl = torch.cuda.is_available() and backend in (None, "nccl")
+    if use_nccl and bind_device:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    dist.init_process_group(backend=backend or ("nccl" if use_cuda else "gloo"), **init_kwargs)
+    dist.init_process_group(backend=backend or ("nccl" if use_nccl else "gloo"), **init_kwargs)
     return distributed_context()
 
 
@@ -169,6 +174,7 @@ def iter_distributed_jacobians(
     max_tokens: int = 24,
     batch_size: int = 8,
     progress: bool = True,
+    method: str = "auto",
     group: Any = None,
     reduce_device: Any = None,
 ) -> Iterator[tuple[int, Any]]:
@@ -189,7 +195,7 @@ def iter_distributed_jacobians(
         default all layers ascending.
     shard : {"prompts", "layers"}
         Split prompts (default) or layers across ranks (see the module docstring).
-    max_tokens, batch_size, progress
+    max_tokens, batch_size, progress, method
         Forwarded to ``plant.iter_jacobians`` (progress is shown on rank 0 only).
     group : ProcessGroup, optional
         Process group; default the world group.
@@ -213,7 +219,7 @@ def iter_distributed_jacobians(
     order = _normalise_layers(plant, layers)
     ctx = distributed_context(group, reduce_device)
     show = bool(progress) and ctx.rank == 0
-    options = dict(max_tokens=max_tokens, batch_size=batch_size, progress=show)
+    options = dict(max_tokens=max_tokens, batch_size=batch_size, progress=show, method=method)
 
     if not ctx.active:
         yield from plant.iter_jacobians(prompts, layers=order, **options)
@@ -282,6 +288,7 @@ def distributed_jacobians(
     max_tokens: int = 24,
     batch_size: int = 8,
     progress: bool = True,
+    method: str = "auto",
     group: Any = None,
     reduce_device: Any = None,
 ) -> Any:
@@ -303,6 +310,7 @@ def distributed_jacobians(
             max_tokens=max_tokens,
             batch_size=batch_size,
             progress=progress,
+            method=method,
             group=group,
             reduce_device=reduce_device,
         )

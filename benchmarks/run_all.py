@@ -5,7 +5,8 @@ Usage::
     python benchmarks/run_all.py [--quick] [--out results.json] [--only riccati,scaling]
                                  [--timeout SECONDS] [--markdown TABLE.md]
 
-Each module ``benchmarks/<name>.py`` in :data:`MODULES` that exists is imported in its own child
+Each module ``benchmarks/<name>.py`` of :func:`discover` (the expected :data:`MODULES`, then any
+other benchmark script with a ``run`` function) is imported in its own child
 process (so one failing or memory-hungry benchmark cannot disturb the others) and its
 ``run(**options)`` is called (``quick=True`` with ``--quick`` when ``run`` accepts it).  A module
 that is absent, raises or times out is recorded as such in the JSON and the table: nothing is
@@ -35,7 +36,17 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 
 MODULES = ("riccati", "jacobians", "steering_overhead", "constrained", "scaling")
-"""Benchmark modules, in the order they run."""
+"""Benchmark modules the suite expects, in the order they run (absent ones are reported)."""
+
+
+def discover() -> list[str]:
+    """:data:`MODULES` plus any other ``benchmarks/*.py`` exposing ``run`` (not ``_*``/run_all)."""
+    extra = sorted(
+        p.stem for p in HERE.glob("*.py")
+        if p.stem not in MODULES and p.stem != "run_all" and not p.stem.startswith("_")
+        and "def run(" in p.read_text(encoding="utf-8", errors="replace")
+    )
+    return list(MODULES) + extra
 
 RATIO_WORDS = ("ratio", "speedup", "slope", "_over_", "_vs_", "times_faster", "relative", "error")
 
@@ -213,7 +224,7 @@ def machine() -> dict:
 
 def run(*, quick: bool = False, only: list[str] | None = None, timeout: float | None = None) -> dict:
     """Run the suite; returns ``{"machine", "quick", "modules": {name: record}, "table": rows}``."""
-    names = [m for m in MODULES if only is None or m in only]
+    names = [m for m in discover() if only is None or m in only]
     timeout = timeout or (900.0 if quick else 3600.0)
     records = {}
     for name in names:
