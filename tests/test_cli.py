@@ -1,0 +1,209 @@
+"""The ``ltv-control`` command line: help, errors and exit codes, JSON output, end-to-end runs.
+
+The end-to-end runs use a tiny random Llama saved to ``tmp_path`` (``--model``); one
+``demo --quick`` run on the embedded SmolLM2 is marked slow.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from ltv_control.cli import build_parser, main
+
+SUBCOMMANDS = ("demo", "eval", "fit", "generate", "linearize", "bound")
+
+
+def _one_line_error(capsys, status):
+    out, err = capsys.readouterr()
+    assert status != 0
+    assert "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:"), err
+    return lines[0]
+
+
+def test_help_everywhere(capsys):
+    assert main(["--help"]) == 0
+    top = capsys.readouterr().out
+    for name in SUBCOMMANDS:
+        assert name in top
+        assert main([name, "--help"]) == 0
+        text = capsys.readouterr().out
+        assert f"ltv-control {name}" in text and "--seed" in text and "--json" in text
+    assert main(["--version"]) == 0
+    assert "ltv-control" in capsys.readouterr().out
+
+
+def test_console_script_entry_point():
+    exe = shutil.which("ltv-control")
+    if exe is None:
+        pytest.skip("console script not installed")
+    result = subprocess.run([exe, "generate", "--help"], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0 and "--positions" in result.stdout
+
+
+def test_no_subcommand_is_an_error(capsys):
+    assert main([]) == 2
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["demo", "--n-eval", "0"], "--n-eval"),
+    (["demo", "--max-new-tokens", "x"], "--max-new-tokens"),
+    (["demo", "--lam", "nan"], "--lam"),
+    (["demo", "--r", "0"], "--r"),
+    (["demo", "--dtype", "int8"], "--dtype"),
+    (["demo", "--methods", "alqr,magic"], "magic"),
+    (["demo", "--model", "/no/such/model"], "/no/such/model"),
+    (["generate", "--controller", "/no/such.safetensors", "--prompt", "x"], "no such file"),
+    (["eval", "--desired", "/no/d.txt", "--undesired", "/no/u.txt", "--prompts", "/no/p.txt"],
+     "no such file"),
+    (["fit", "--method", "magic", "--out", "x.safetensors"], "--method"),
+    (["fit"], "--out"),
+    (["nonsense"], "nonsense"),
+])
+def test_bad_arguments_exit_2_with_one_line(capsys, argv, fragment):
+    line = _one_line_error(capsys, main(argv))
+    assert fragment in line
+
+
+@pytest.fixture(scope="module")
+def tiny_dirs(tmp_path_factory):
+    pytest.importorskip("torch")
+    from _tiny_lm import save_tiny_llama
+
+    root = tmp_path_factory.mktemp("tiny")
+    a = save_tiny_llama(root / "tiny-a", seed=0, layers=3, hidden=32)
+    b = save_tiny_llama(root / "tiny-b", seed=1, layers=4, hidden=48)
+    data = root / "data"
+    data.mkdir()
+    from ltv_control.datasets import load_sentiment_task
+
+    task = load_sentiment_task()
+    (data / "d.txt").write_text("\n".join(task.desired[:8]))
+    (data / "u.txt").write_text("\n".join(task.undesired[:8]))
+    (data / "p.txt").write_text("\n".join(task.eval_prompts[:4]))
+    (data / "j.txt").write_text("\n".join(task.jacobian_prompts[:2]))
+    return {"a": a, "b": b, "data": data}
+
+
+def test_fit_generate_roundtrip_on_a_tiny_model(tiny_dirs, tmp_path, capsys):
+    a, data = str(tiny_dirs["a"]), tiny_dirs["data"]
+    ctrl = tmp_path / "alqr.safetensors"
+    status = main(["fit", "--model", a, "--desired", str(data / "d.txt"), "--undesired",
+                   str(data / "u.txt"), "--jacobian-prompts", str(data / "j.txt"),
+                   "--n-jacobian", "2", "--max-tokens", "6", "--out", str(ctrl), "--quiet",
+                   "--json"])
+    out = capsys.readouterr().out
+    assert status == 0, out
+    payload = json.loads(out)
+    assert payload["method"] == "alqr" and payload["num_layers"] == 3
+    assert payload["hidden_size"] == 32 and ctrl.is_file()
+
+    runs = {}
+    for extra in ([], ["--controller", str(ctrl), "--positions", "last"],
+                  ["--controller", str(ctrl), "--positions", "all", "--lam", "50"]):
+        status = main(["generate", "--model", a, "--prompt", "The soup was", "--prompt",
+                       "I went to the store yesterday and", "--max-new-tokens", "4",
+                       "--quiet", "--json", *extra])
+        out = capsys.readouterr().out
+        assert status == 0
+        payload = json.loads(out)
+        assert len(payload["continuations"]) == 2
+        runs[len(extra) and extra[-1]] = payload["continuations"]
+    # a strong controller changes the text; attaching nothing reproduces the unsteered text
+    assert runs["50"] != runs[0]
+
+
+def test_mismatched_and_corrupt_controller_files(tiny_dirs, tmp_path, capsys):
+    a, b, data = str(tiny_dirs["a"]), str(tiny_dirs["b"]), tiny_dirs["data"]
+    ctrl = tmp_path / "act.safetensors"
+    assert main(["fit", "--method", "actadd", "--model", a, "--desired", str(data / "d.txt"),
+                 "--undesired", str(data / "u.txt"), "--layers", "1", "--out", str(ctrl),
+                 "--quiet"]) == 0
+    capsys.readouterr()
+    line = _one_line_error(capsys, main(["generate", "--model", b, "--controller", str(ctrl),
+                                         "--prompt", "Hi", "--quiet"]))
+    assert "32" in line and "48" in line  # expected vs found hidden size
+    junk = tmp_path / "junk.safetensors"
+    junk.write_bytes(b"\x00\x01not a safetensors file")
+    _one_line_error(capsys, main(["generate", "--model", a, "--controller", str(junk),
+                                  "--prompt", "Hi", "--quiet"]))
+    truncated = tmp_path / "trunc.safetensors"
+    truncated.write_bytes(ctrl.read_bytes()[:100])
+    _one_line_error(capsys, main(["generate", "--model", a, "--controller", str(truncated),
+                                  "--prompt", "Hi", "--quiet"]))
+    _one_line_error(capsys, main(["generate", "--model", a, "--controller", str(ctrl),
+                                  "--prompt", "Hi", "--lam", "2", "--quiet"]))
+
+
+def test_eval_end_to_end_on_a_tiny_model(tiny_dirs, tmp_path, capsys):
+    from ltv_control.report import validate_report
+
+    a, data = str(tiny_dirs["a"]), tiny_dirs["data"]
+    out_dir = tmp_path / "report"
+    status = main(["eval", "--model", a, "--desired", str(data / "d.txt"), "--undesired",
+                   str(data / "u.txt"), "--prompts", str(data / "p.txt"), "--jacobian-prompts",
+                   str(data / "j.txt"), "--methods", "unsteered,actadd,alqr,alqr_plus,pid",
+                   "--max-new-tokens", "4", "--n-jacobian", "2", "--sweep-alqr", "1,2",
+                   "--sweep-actadd", "1", "--sweep-pid", "1", "--out", str(out_dir),
+                   "--quiet", "--json", "--seed", "7"])
+    stdout = capsys.readouterr().out
+    assert status == 0
+    report = validate_report(json.loads(stdout))
+    assert report["seed"] == 7
+    assert set(report["methods"]) == {"unsteered", "actadd", "alqr", "alqr_plus", "pid"}
+    assert {(p["method"], p["lam"]) for p in report["sweep"]} >= {("alqr", 1.0), ("alqr", 2.0)}
+    on_disk = json.loads((out_dir / "report.json").read_text())
+    assert on_disk["methods"].keys() == report["methods"].keys()
+    for name in ("report.md", "beta.png", "tradeoff.png", "examples.png"):
+        assert (out_dir / name).is_file(), name
+    for m in report["methods"].values():
+        assert 0.0 <= m["positive_rate"] <= 1.0 and m["perplexity"] > 1.0
+
+
+def test_linearize_writes_a_system_file(tiny_dirs, tmp_path, capsys):
+    import numpy as np
+
+    from ltv_control.system_io import load_system
+
+    out_dir = tmp_path / "sys"
+    status = main(["linearize", "--model", str(tiny_dirs["a"]), "--n-prompts", "2",
+                   "--max-tokens", "6", "--out", str(out_dir), "--quiet", "--json"])
+    payload = json.loads(capsys.readouterr().out)
+    assert status == 0
+    system = load_system(payload["system"])
+    assert system.horizon == 3 and system.n_states == 32
+    assert np.all(np.isfinite(system.A))
+    meta = json.loads((out_dir / "system.json").read_text())
+    assert meta["horizon"] == 3 and meta["metadata"]["max_tokens"] == 6
+
+
+def test_parser_defaults_are_documented():
+    parser = build_parser()
+    for action in parser._subparsers._group_actions[0].choices.values():
+        for option in action._actions:
+            if option.option_strings and option.dest != "help":
+                assert option.help, f"{action.prog} {option.option_strings} lacks help"
+
+
+@pytest.mark.slow
+def test_demo_quick_on_the_embedded_model(embedded_model, tmp_path, capsys, monkeypatch):
+    import ltv_control.adapters as adapters
+    from ltv_control.report import validate_report
+
+    monkeypatch.setattr(adapters, "load_embedded_model", lambda dtype=None, device="cpu":
+                        embedded_model)
+    out_dir = tmp_path / "demo"
+    status = main(["demo", "--quick", "--quiet", "--json", "--out", str(out_dir)])
+    report = validate_report(json.loads(capsys.readouterr().out))
+    assert status == 0
+    assert {"unsteered", "actadd", "pid", "alqr", "alqr_plus"} <= set(report["methods"])
+    assert report["methods"]["alqr"]["positive_rate"] > report["methods"]["unsteered"][
+        "positive_rate"]
+    assert (out_dir / "report.md").is_file() and (out_dir / "tradeoff.png").is_file()
