@@ -247,6 +247,28 @@ class NumpyBackend:
             return lower + np.tril(G, -1).T
         return np.matmul(np.swapaxes(W, -1, -2), W)
 
+    @staticmethod
+    def riccati_update(Q: np.ndarray, X: np.ndarray, W: np.ndarray) -> np.ndarray:
+        """``sym(Q + X − WᵀW)`` with ``sym(M) = (M + Mᵀ)/2``, over the last two axes.
+
+        For single matrices the Gram term comes from BLAS syrk, which fills one triangle
+        ``Y_l`` (diagonal included) of ``WᵀW = Y_l + Y_lᵀ − D``; since
+        ``sym(Q + X − 2Y_l + D) = Q + sym(X) − WᵀW`` (for symmetric ``Q``), the mirrored
+        Gram matrix is never formed.
+        """
+        if (W.ndim == 2 and X.ndim == 2 and Q.ndim == 2 and W.dtype == X.dtype
+                and W.dtype in (np.float32, np.float64) and W.shape[0] > 0):
+            syrk = _routine("blas", "syrk", W.dtype)
+            Yl2 = syrk(-2.0, np.ascontiguousarray(W).T, trans=0, lower=0).T  # −2·Y_l (C lower)
+            Yl2.flat[:: Yl2.shape[0] + 1] *= 0.5                              # −2Y_l + D
+            M = X + Yl2
+            M += Q
+            M += M.T.copy()
+            M *= 0.5
+            return M
+        M = Q + X - np.matmul(np.swapaxes(W, -1, -2), W)
+        return 0.5 * (M + np.swapaxes(M, -1, -2))
+
     def cholesky_solve(self, L: np.ndarray, b: np.ndarray) -> np.ndarray:
         """Solve ``(L Lᵀ) X = b`` given the lower Cholesky factor ``L``."""
         w = self.solve_triangular(L, b, lower=True)

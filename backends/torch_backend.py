@@ -214,6 +214,12 @@ class TorchBackend:
         """``Wᵀ W`` over the last two axes."""
         return torch.matmul(W.transpose(-1, -2), W)
 
+    @staticmethod
+    def riccati_update(Q: torch.Tensor, X: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
+        """``sym(Q + X − WᵀW)`` with ``sym(M) = (M + Mᵀ)/2``, over the last two axes."""
+        M = Q + X - torch.matmul(W.transpose(-1, -2), W)
+        return 0.5 * (M + M.transpose(-1, -2))
+
     def cholesky_solve(self, L: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         """Solve ``(L Lᵀ) X = b`` given the lower Cholesky factor ``L``."""
         return torch.cholesky_solve(b, L, upper=False)

@@ -158,8 +158,7 @@ def finite_horizon_lqr(system: Any, Q: Any, R: Any, *, Qf: Any = None, N: Any = 
         N_k = None if p.N is None else p.N.at(k)
         L, W, SA = factor_stage(S, A_k, B_k, p.R.at(k), N_k, step=k, backend=be)
         K_out[..., k, :, :] = be.solve_triangular(L, W, lower=True, trans=True)
-        S = p.Q.at(k) + be.matmul(be.mT(A_k), SA) - be.gram(W)
-        S = be.symmetrize(S)
+        S = be.riccati_update(p.Q.at(k), be.matmul(be.mT(A_k), SA), W)
         check_finite_step(S, "S", k, be)
         S_out[..., k, :, :] = S
     return LQRResult(K_out, S_out)

@@ -187,6 +187,6 @@ def riccati_step(S_next: Any, A: Any, B: Any, Q: Any, R: Any, N: Any = None, *,
     _check_shapes(S_next, A, B, Q, R, N)
     L, W, SA = factor_stage(S_next, A, B, R, N, step=step, backend=be)
     K = be.solve_triangular(L, W, lower=True, trans=True)
-    S = be.symmetrize(Q + be.matmul(be.mT(A), SA) - be.gram(W))
+    S = be.riccati_update(Q, be.matmul(be.mT(A), SA), W)
     check_finite_step(S, "S", step, be)
     return K, S

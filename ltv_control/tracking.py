@@ -132,7 +132,7 @@ def tracking_lqr(system: Any, Q: Any, R: Any, x_ref: Any, *, Qf: Any = None, u_r
             c_j = p.c[..., j, :]
             s0_new = s0_new + be.sum(c_j * (Scs + s), axis=-1)
         s_new = -be.matvec(Q_j, r_j) + be.matvec(be.mT(A_j), Scs) - be.matvec(be.mT(W), w)
-        S = be.symmetrize(Q_j + be.matmul(be.mT(A_j), SA) - be.gram(W))
+        S = be.riccati_update(Q_j, be.matmul(be.mT(A_j), SA), W)
         check_finite_step(S, "S", j, be)
         s, s0 = s_new, s0_new
         K_out[..., j, :, :] = K_j
