@@ -52,7 +52,7 @@ class ADMMSettings:
     Attributes
     ----------
     eps_abs, eps_rel : float
-        Absolute / relative residual tolerances (∞-norm); defaults 1e-7 and 1e-6.
+        Absolute / relative residual tolerances (∞-norm); defaults 1e-9 and 1e-6.
     max_iter : int
         Iteration cap per solve (default 4000); on reaching it the solve is reported as
         not converged.
@@ -70,7 +70,7 @@ class ADMMSettings:
         Evaluate the termination test every this many iterations (default 1).
     """
 
-    eps_abs: float = 1e-7
+    eps_abs: float = 1e-9
     eps_rel: float = 1e-6
     max_iter: int = 4000
     alpha: float = 1.6

@@ -233,7 +233,7 @@ class ConstrainedLQR:
         1e-9`` (Clarabel's own 1e-8 leaves ~1e-5 relative error in ``u``); keys given here
         override them.
     admm_options : dict or None, default None
-        Fields of :class:`ltv_control._constrained_admm.ADMMSettings` (``eps_abs=1e-7``,
+        Fields of :class:`ltv_control._constrained_admm.ADMMSettings` (``eps_abs=1e-9``,
         ``eps_rel=1e-6``, ``max_iter=4000``, ``alpha=1.6``, ``rho=None``, ``adapt_every=50``,
         ``adapt_ratio=10``, ``check_every=1``).
 
