@@ -145,3 +145,11 @@ def test_property_optimal_cost_and_backend_parity(problem, backend):
         K_np, S_np = lc.finite_horizon_lqr(ref, Q, R)
         np.testing.assert_allclose(Kn, K_np, rtol=1e-12, atol=1e-13)
         np.testing.assert_allclose(Sn, S_np, rtol=1e-12, atol=1e-13)
+
+
+def test_torch_backend_callable_before_and_after_submodule_import():
+    import ltv_control.backends as backends
+    from ltv_control.backends import torch_backend as via_package
+
+    assert via_package() is torch_backend
+    assert backends.get_torch_backend() is torch_backend
