@@ -219,6 +219,12 @@ class NumpyBackend:
             info = np.where(bad, 1, info)
         return L, info
 
+    @classmethod
+    def cholesky_flags(cls, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Like :meth:`cholesky`, with boolean failure flags (same interface as torch)."""
+        L, info = cls.cholesky(x)
+        return L, np.asarray(info) != 0
+
     @staticmethod
     def solve_triangular(L: np.ndarray, b: np.ndarray, *, lower: bool = True,
                          trans: bool = False) -> np.ndarray:

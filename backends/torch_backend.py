@@ -199,10 +199,15 @@ class TorchBackend:
             (numerically) positive definite or not finite. Returned on the host
             so callers can name the failing member.
         """
-        L, info = torch.linalg.cholesky_ex(x)
-        bad = info != 0
-        bad = bad | ~torch.isfinite(L).all(dim=-1).all(dim=-1)
+        L, bad = TorchBackend.cholesky_flags(x)
         return L, bad.to(torch.int64).cpu().numpy()
+
+    @staticmethod
+    def cholesky_flags(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Like :meth:`cholesky`, but the failure flags stay on the device (bool, no sync)."""
+        L, info = torch.linalg.cholesky_ex(x)
+        bad = (info != 0) | ~torch.isfinite(L).all(dim=-1).all(dim=-1)
+        return L, bad
 
     @staticmethod
     def solve_triangular(L: torch.Tensor, b: torch.Tensor, *, lower: bool = True,

@@ -11,7 +11,7 @@ from ltv_control._validation import (
     require_system,
     resolve_dtype,
 )
-from ltv_control.riccati import check_finite_step, factor_stage
+from ltv_control.riccati import DeferredChecks, check_finite_step, factor_stage
 
 __all__ = ["LQRResult", "finite_horizon_lqr", "prepare_problem"]
 
@@ -152,13 +152,18 @@ def finite_horizon_lqr(system: Any, Q: Any, R: Any, *, Qf: Any = None, N: Any = 
     S_out = be.zeros(p.batch + (T + 1, n, n), dtype=p.dtype, device=p.device)
     S = be.broadcast_to(p.Qf, p.batch + (n, n)) if p.batch else p.Qf
     S_out[..., T, :, :] = S
+    # torch: failure flags stay on the device and are checked once after the loop
+    deferred = DeferredChecks(be) if be.name == "torch" else None
     for k in range(T - 1, -1, -1):
         A_k = p.A[..., k, :, :]
         B_k = None if p.B is None else p.B[..., k, :, :]
         N_k = None if p.N is None else p.N.at(k)
-        L, W, SA = factor_stage(S, A_k, B_k, p.R.at(k), N_k, step=k, backend=be)
+        L, W, SA = factor_stage(S, A_k, B_k, p.R.at(k), N_k, step=k, backend=be,
+                              deferred=deferred)
         K_out[..., k, :, :] = be.solve_triangular(L, W, lower=True, trans=True)
         S = be.riccati_update(p.Q.at(k), be.matmul(be.mT(A_k), SA), W)
-        check_finite_step(S, "S", k, be)
+        check_finite_step(S, "S", k, be, deferred)
         S_out[..., k, :, :] = S
+    if deferred is not None:
+        deferred.raise_first()
     return LQRResult(K_out, S_out)

@@ -29,7 +29,7 @@ from ltv_control._exceptions import DimensionError, NumericalError
 from ltv_control._validation import batch_member, format_shape, public_api
 from ltv_control.backends import get_backend
 
-__all__ = ["riccati_step", "StageFactor", "factor_stage", "check_finite_step"]
+__all__ = ["riccati_step", "StageFactor", "factor_stage", "check_finite_step", "DeferredChecks"]
 
 
 class StageFactor(NamedTuple):
@@ -67,24 +67,65 @@ def _check_shapes(S_next: Any, A: Any, B: Any, Q: Any, R: Any, N: Any) -> tuple[
     return n, m
 
 
-def check_finite_step(value: Any, name: str, step: Any, backend: Any) -> None:
-    """Raise :class:`NumericalError` if ``value`` (*batch, …) overflowed to inf/NaN.
-
-    ``value`` has two trailing matrix axes; the message names the step and the first
-    non-finite batch member.
-    """
-    finite = backend.isfinite(value)
-    if bool(finite.all()):
-        return
-    bad = ~np.asarray(backend.to_host(finite.all(-1).all(-1)))
+def _raise_step(kind: str, name: str, step: Any, bad: np.ndarray) -> None:
     idx = tuple(int(i) for i in np.argwhere(np.atleast_1d(bad))[0]) if bad.ndim else ()
     where = "" if step is None else f" at step {step}"
+    if kind == "factor":
+        raise NumericalError(
+            f"Riccati recursion{where}: R + BᵀSB is not positive definite for "
+            f"{batch_member(idx)} (Cholesky factorisation failed); check that R is positive "
+            "definite and the data are finite and well scaled")
     raise NumericalError(f"Riccati recursion{where}: {name} is not finite for "
                          f"{batch_member(idx)} (overflow; rescale the problem or use float64)")
 
 
+class DeferredChecks:
+    """Failure flags of a recursion, checked once at the end (one host sync instead of one per step).
+
+    Used for torch tensors, where reading a flag on the host forces a device synchronisation.
+    Entries are kept in processing order, so :meth:`raise_first` names the first step (in the
+    backward order) that failed, exactly as the immediate checks would.
+    """
+
+    def __init__(self, backend: Any) -> None:
+        self.backend = backend
+        self.entries: list[tuple[str, str, Any, Any]] = []
+
+    def add(self, kind: str, name: str, step: Any, bad: Any) -> None:
+        """Record the per-member flag ``bad`` (device bool array) of ``step``."""
+        self.entries.append((kind, name, step, bad))
+
+    def raise_first(self) -> None:
+        """Raise :class:`NumericalError` for the first recorded failure, if any."""
+        if not self.entries:
+            return
+        be = self.backend
+        anys = be.to_host(be.stack([be.sum(bad.reshape(-1)) for *_, bad in self.entries]))
+        failing = np.flatnonzero(np.asarray(anys) > 0)
+        if failing.size:
+            kind, name, step, bad = self.entries[int(failing[0])]
+            _raise_step(kind, name, step, np.asarray(be.to_host(bad)))
+
+
+def check_finite_step(value: Any, name: str, step: Any, backend: Any,
+                      deferred: DeferredChecks | None = None) -> None:
+    """Raise :class:`NumericalError` if ``value`` (*batch, n, n) overflowed to inf/NaN.
+
+    The message names the step and the first non-finite batch member. With ``deferred``
+    the flag is recorded there instead (checked by ``deferred.raise_first()``).
+    """
+    if deferred is not None:
+        deferred.add("finite", name, step, ~backend.isfinite(value).all(-1).all(-1))
+        return
+    finite = backend.isfinite(value)
+    if bool(finite.all()):
+        return
+    bad = ~np.asarray(backend.to_host(finite.all(-1).all(-1)))
+    _raise_step("finite", name, step, bad)
+
+
 def factor_stage(S_next: Any, A: Any, B: Any, R: Any, N: Any = None, *, step: Any = None,
-                 backend: Any = None) -> StageFactor:
+                 backend: Any = None, deferred: DeferredChecks | None = None) -> StageFactor:
     """Factor ``G = R + BᵀS_{k+1}B`` and form ``W = L⁻¹(BᵀS_{k+1}A + Nᵀ)``.
 
     Parameters
@@ -100,6 +141,9 @@ def factor_stage(S_next: Any, A: Any, B: Any, R: Any, N: Any = None, *, step: An
         Step index used in the error message.
     backend : backend namespace, optional
         Defaults to ``get_backend(S_next, A, B, R, N)``.
+    deferred : DeferredChecks, optional
+        Record the factorisation flag there instead of checking it now (torch: avoids a
+        device synchronisation per step).
 
     Returns
     -------
@@ -124,15 +168,14 @@ def factor_stage(S_next: Any, A: Any, B: Any, R: Any, N: Any = None, *, step: An
         H = H + be.mT(N)
     # G is symmetric up to rounding; every backend's Cholesky reads its lower triangle only,
     # so no explicit symmetrisation is needed here.
-    L, info = be.cholesky(G)
-    info = np.asarray(info)
-    if np.any(info):
-        where = "" if step is None else f" at step {step}"
-        idx = tuple(int(i) for i in np.argwhere(np.atleast_1d(info))[0]) if info.ndim else ()
-        raise NumericalError(
-            f"Riccati recursion{where}: R + BᵀSB is not positive definite for "
-            f"{batch_member(idx)} (Cholesky factorisation failed); check that R is positive "
-            "definite and the data are finite and well scaled")
+    if deferred is not None:
+        L, bad = be.cholesky_flags(G)
+        deferred.add("factor", "G", step, bad)
+    else:
+        L, info = be.cholesky(G)
+        info = np.asarray(info)
+        if np.any(info):
+            _raise_step("factor", "G", step, info != 0)
     W = be.solve_triangular(L, H, lower=True)
     return StageFactor(L, W, SA)
 

@@ -6,7 +6,7 @@ from typing import Any, NamedTuple
 
 from ltv_control._validation import as_vector_stack, public_api
 from ltv_control.lqr import prepare_problem
-from ltv_control.riccati import check_finite_step, factor_stage
+from ltv_control.riccati import DeferredChecks, check_finite_step, factor_stage
 
 __all__ = ["TrackingLQRResult", "tracking_lqr"]
 
@@ -112,6 +112,8 @@ def tracking_lqr(system: Any, Q: Any, R: Any, x_ref: Any, *, Qf: Any = None, u_r
     S_out[..., T, :, :] = S
     s_out[..., T, :] = s
     s0_out[..., T] = s0
+    # torch: failure flags stay on the device and are checked once after the loop
+    deferred = DeferredChecks(be) if be.name == "torch" else None
     for j in range(T - 1, -1, -1):
         A_j = p.A[..., j, :, :]
         B_j = None if p.B is None else p.B[..., j, :, :]
@@ -120,7 +122,8 @@ def tracking_lqr(system: Any, Q: Any, R: Any, x_ref: Any, *, Qf: Any = None, u_r
         g = Scs if B_j is None else be.matvec(be.mT(B_j), Scs)
         if ubar is not None:
             g = g - be.matvec(R_j, ubar[..., j, :])
-        L, W, SA = factor_stage(S, A_j, B_j, R_j, None, step=j, backend=be)
+        L, W, SA = factor_stage(S, A_j, B_j, R_j, None, step=j, backend=be,
+                              deferred=deferred)
         w = be.solve_triangular(L, g[..., None], lower=True)
         K_j = be.solve_triangular(L, W, lower=True, trans=True)
         k_j = -be.solve_triangular(L, w, lower=True, trans=True)[..., 0]
@@ -133,11 +136,13 @@ def tracking_lqr(system: Any, Q: Any, R: Any, x_ref: Any, *, Qf: Any = None, u_r
             s0_new = s0_new + be.sum(c_j * (Scs + s), axis=-1)
         s_new = -be.matvec(Q_j, r_j) + be.matvec(be.mT(A_j), Scs) - be.matvec(be.mT(W), w)
         S = be.riccati_update(Q_j, be.matmul(be.mT(A_j), SA), W)
-        check_finite_step(S, "S", j, be)
+        check_finite_step(S, "S", j, be, deferred)
         s, s0 = s_new, s0_new
         K_out[..., j, :, :] = K_j
         k_out[..., j, :] = k_j
         S_out[..., j, :, :] = S
         s_out[..., j, :] = s
         s0_out[..., j] = s0
+    if deferred is not None:
+        deferred.raise_first()
     return TrackingLQRResult(K_out, k_out, S_out, s_out, s0_out)

@@ -367,14 +367,20 @@ def test_riccati_step_reports_step_and_batch_member(rng):
 
 @pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")
 @pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
-def test_recursion_failure_names_step_and_member():
+@pytest.mark.parametrize("backend", ["numpy", "torch"])
+def test_recursion_failure_names_step_and_member(backend):
     # Member 1 overflows float32 at the last step (S_{T-1} ~ 1e40): the error says where
     # (never a silent fallback).
     T, n = 5, 2
     A = np.stack([np.broadcast_to(np.eye(n), (T, n, n)), np.broadcast_to(1e20 * np.eye(n), (T, n, n))])
     system = lc.LTVSystem(A, np.broadcast_to(np.eye(n), (2, T, n, n)))
+    if backend == "torch":
+        pytest.importorskip("torch")
+        system = system.to(device="cpu")  # torch checks the flags once, after the loop
     with pytest.raises(lc.NumericalError, match=rf"step {T - 1}.*batch member 1"):
-        lc.finite_horizon_lqr(system, 1.0, 1.0, dtype=np.float32)
+        lc.finite_horizon_lqr(system, 1.0, 1.0, dtype="float32")
+    with pytest.raises(lc.NumericalError, match=rf"step {T - 1}.*batch member 1"):
+        lc.tracking_lqr(system, 1.0, 1.0, np.zeros(n), dtype="float32")
 
 
 def test_riccati_benchmark_smoke():
