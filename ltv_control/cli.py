@@ -377,7 +377,13 @@ def _bound_for_report(details, model, tokenizer, task, args):
     steerer = details.get("steerers", {}).get("alqr")
     if steerer is None:
         return None, None
-    from ltv_control.adapters import bound_experiment as experiment_module
+    import importlib
+
+    try:
+        experiment_module = importlib.import_module("ltv_control.adapters.bound_experiment")
+    except ImportError:
+        raise CLIError("bound: ltv_control.adapters.bound_experiment is not available in this "
+                       "installation") from None
 
     run = getattr(experiment_module, "run_bound_experiment")
     result = run(details["plant"], steerer, list(task.eval_prompts[:4]),
@@ -539,14 +545,19 @@ def _cmd_linearize(args) -> int:
     payload = {"system": str(path), "metadata": str(path.with_suffix(".json")),
                "horizon": system.horizon, "n_states": system.n_states}
     if not args.no_diagnostics:
-        payload["diagnostics"] = _diagnostics(plant, system, prompts, args)
+        try:
+            payload["diagnostics"] = _diagnostics(plant, system, prompts, args)
+        except ImportError as exc:
+            payload["diagnostics"] = {"skipped": f"linearity diagnostics unavailable ({exc})"}
     _emit(args, payload, "\n".join(f"{k}: {v}" for k, v in payload.items()
                                    if not isinstance(v, dict)))
     return 0
 
 
 def _diagnostics(plant, system, prompts, args) -> dict:
-    from ltv_control.adapters import diagnostics as diag_module
+    import importlib
+
+    diag_module = importlib.import_module("ltv_control.adapters.diagnostics")
     from ltv_control.report import atomic_write_text
 
     run = getattr(diag_module, "linearity_diagnostics")
@@ -592,7 +603,13 @@ def _cmd_bound(args) -> int:
     prompts = list((read_lines(args.prompts) if args.prompts else task.eval_prompts)[:args.n_prompts])
     model, tokenizer = _load(args)
     plant = LLMPlant(model, tokenizer)
-    from ltv_control.adapters import bound_experiment as experiment_module
+    import importlib
+
+    try:
+        experiment_module = importlib.import_module("ltv_control.adapters.bound_experiment")
+    except ImportError:
+        raise CLIError("bound: ltv_control.adapters.bound_experiment is not available in this "
+                       "installation") from None
 
     run = getattr(experiment_module, "run_bound_experiment")
     result = run(plant, None, prompts, **_accepted(run, lam=args.lam, progress=not args.quiet,
@@ -616,6 +633,18 @@ def _cmd_bound(args) -> int:
 
 # ---------------------------------------------------------------- entry point
 
+def _silence() -> None:
+    """--quiet: no progress bars (ours and transformers') and no library warnings."""
+    os.environ["TQDM_DISABLE"] = "1"
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        hf_logging.set_verbosity_error()
+    except ImportError:  # pragma: no cover - transformers is an optional extra
+        pass
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run ``ltv-control`` with ``argv`` (default ``sys.argv[1:]``); return the exit status.
 
@@ -629,7 +658,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.print_help()
             return 2
         if args.quiet:
-            os.environ.setdefault("TQDM_DISABLE", "1")
+            _silence()
         return int(args.handler(args) or 0)
     except CLIError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -79,7 +79,7 @@ def tiny_dirs(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("tiny")
     a = save_tiny_llama(root / "tiny-a", seed=0, layers=3, hidden=32)
-    b = save_tiny_llama(root / "tiny-b", seed=1, layers=4, hidden=48)
+    b = save_tiny_llama(root / "tiny-b", seed=1, layers=3, hidden=48)
     data = root / "data"
     data.mkdir()
     from ltv_control.datasets import load_sentiment_task
