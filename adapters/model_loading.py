@@ -268,6 +268,13 @@ def load_embedded_model(dtype: Any = None, device: Any = "cpu") -> tuple[Any, An
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
-    model, tokenizer = load_model(final, dtype=dtype, device=device)
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # the tied lm_head (stored once) is reported "missing" otherwise
+    try:
+        model, tokenizer = load_model(final, dtype=dtype, device=device)
+    finally:
+        hf_logging.set_verbosity(verbosity)
     model.ltv_model_id = EMBEDDED_MODEL_ID
     return model, tokenizer
