@@ -51,6 +51,7 @@ def fit_alqr_streamed(
     batch_size: int = 8,
     progress: bool = True,
     dtype: Any = "float64",
+    device: Any = None,
     shard: str = "prompts",
     group: Any = None,
     **unknown: Any,
@@ -82,6 +83,9 @@ def fit_alqr_streamed(
         As in :meth:`LLMPlant.iter_jacobians` (``batch_size`` also for the setpoint states).
     dtype : {"float64", "float32"} or a torch dtype, default "float64"
         Precision of the Riccati recursion (``S_k``, ``K_k``).
+    device : str or torch.device, optional
+        Where the Riccati recursion runs; default the device of the model's first parameter
+        (a GPU model runs its O(n³) steps on the GPU although Jacobians come back on the CPU).
     shard : {"prompts", "layers"}, default "prompts"
         How ranks split the Jacobian work when a ``torch.distributed`` group is initialised
         (ignored in a single process).
@@ -144,7 +148,10 @@ def fit_alqr_streamed(
             zero_input["B"] = np.zeros((n, n))
         return zero_input["B"]
 
-    result = streamed_feedback(jacobians, v, q, r, Qf=qf, B=input_matrix, horizon=T, dtype=dtype)
+    if device is None:
+        first = next(iter(plant.model.parameters()), None) if hasattr(plant, "model") else None
+        device = first.device if first is not None else "cpu"
+    result = streamed_feedback(jacobians, v, q, r, Qf=qf, B=input_matrix, horizon=T, dtype=dtype, device=device)
     w = result.w
     if type(w).__module__.split(".")[0] == "torch":
         w = w.detach().to("cpu").double().numpy()

@@ -147,6 +147,7 @@ def _run(
     B: Any,
     horizon: int | None,
     dtype: Any,
+    device: Any,
     final: dict,
 ) -> Iterator[tuple[int, Any, Any]]:
     """Core generator: yields ``(k, A_k, K_k)``; stores ``S_0`` in ``final['S0']`` at the end.
@@ -154,64 +155,77 @@ def _run(
     Backend, device and compute dtype are fixed by the first ``A_k``; the weights are validated
     once (symmetry, PSD ``Q``/``Qf``, PD ``R``) by the core's validation gatekeeper.
     """
-    from ltv_control.backends import get_backend
+    from ltv_control.backends import get_backend, torch_backend
     from ltv_control.riccati import riccati_step
 
     stream = _backward_matrices(provider, horizon)
-    S_next = None
-    for k, A_k in stream:
-        if S_next is None:
-            # first stage: fix backend, dtype, device, sizes; validate the weights once
-            bk = get_backend(A_k)
-            dt = resolve_dtype(dtype, bk, A_k)
-            device = bk.device_of(A_k) if bk.is_array(A_k) else None
-            shape = _shape(A_k)
-            if len(shape) != 2 or shape[0] != shape[1]:
-                raise DimensionError(f"A[{k}]: expected a square (n, n) matrix, found {shape}")
-            n = shape[0]
-            steps = k + 1
-            if callable(B):
-                B_fn = B
-            elif B is not None:
-                B_arr = as_array(B, "B", bk, dtype=dt, device=device)
-                if B_arr.ndim == 2:
-                    B_fn = lambda _k, _B=B_arr: _B  # noqa: E731
+    try:
+        S_next = None
+        for k, A_k in stream:
+            if S_next is None:
+                # first stage: fix backend, dtype, device, sizes; validate the weights once
+                if device is None:
+                    bk = get_backend(A_k)
+                    device = bk.device_of(A_k) if bk.is_array(A_k) else None
                 else:
-                    B_fn = lambda _k, _B=B_arr: _B[_k]  # noqa: E731
-                    if B_arr.ndim != 3 or _shape(B_arr)[0] != steps:
-                        raise DimensionError(
-                            f"B: expected None, ({n}, m), ({steps}, {n}, m) or a callable, found {_shape(B_arr)}"
-                        )
-            else:
-                B_fn = lambda _k: None  # noqa: E731
-            B_first = B_fn(k)
-            m = n if B_first is None else _shape(B_first)[-1]
-            common = dict(horizon=steps, backend=bk, dtype=dt, device=device)
-            Qw = as_weight(Q, "Q", rows=n, definiteness="psd", **common)
-            Rw = as_weight(R, "R", rows=m, definiteness="pd", **common)
-            if Qw.batch_shape or Rw.batch_shape:
-                raise DimensionError("Q, R: batched weights are not supported by the streamed path")
-            if Qf is None:
-                S_next = Qw.last()
-            else:
-                S_next = as_terminal_weight(Qf, "Qf", n=n, backend=bk, dtype=dt, device=device)
-                if S_next.ndim != 2:
-                    raise DimensionError(f"Qf: expected a scalar or a ({n}, {n}) matrix, found {_shape(S_next)}")
-        A = as_array(A_k, f"A[{k}]", bk, dtype=dt, device=device)
-        del A_k
-        if _shape(A) != (n, n):
-            raise DimensionError(f"A[{k}]: expected shape ({n}, {n}), found {_shape(A)}")
-        B_k = B_fn(k)
-        if B_k is not None:
-            B_k = as_array(B_k, f"B[{k}]", bk, dtype=dt, device=device)
-            if _shape(B_k) != (n, m):
-                raise DimensionError(f"B[{k}]: expected shape ({n}, {m}), found {_shape(B_k)}")
-        K_k, S_k = riccati_step(S_next, A, B_k, Qw.at(k), Rw.at(k), step=k)
-        S_next = S_k  # the previous S_{k+1} is released here
-        del S_k
-        yield k, A, K_k
-        del A, K_k
-    final["S0"] = S_next
+                    import torch
+
+                    bk = torch_backend()
+                    device = torch.device(device)
+                dt = resolve_dtype(dtype, bk, A_k if bk.is_array(A_k) else None)
+                shape = _shape(A_k)
+                if len(shape) != 2 or shape[0] != shape[1]:
+                    raise DimensionError(f"A[{k}]: expected a square (n, n) matrix, found {shape}")
+                n = shape[0]
+                steps = k + 1
+                if callable(B):
+                    B_fn = B
+                elif B is not None:
+                    B_arr = as_array(B, "B", bk, dtype=dt, device=device)
+                    if B_arr.ndim == 2:
+                        B_fn = lambda _k, _B=B_arr: _B  # noqa: E731
+                    else:
+                        B_fn = lambda _k, _B=B_arr: _B[_k]  # noqa: E731
+                        if B_arr.ndim != 3 or _shape(B_arr)[0] != steps:
+                            raise DimensionError(
+                                f"B: expected None, ({n}, m), ({steps}, {n}, m) or a callable, found {_shape(B_arr)}"
+                            )
+                else:
+                    B_fn = lambda _k: None  # noqa: E731
+                B_first = B_fn(k)
+                m = n if B_first is None else _shape(B_first)[-1]
+                common = dict(horizon=steps, backend=bk, dtype=dt, device=device)
+                Qw = as_weight(Q, "Q", rows=n, definiteness="psd", **common)
+                Rw = as_weight(R, "R", rows=m, definiteness="pd", **common)
+                if Qw.batch_shape or Rw.batch_shape:
+                    raise DimensionError("Q, R: batched weights are not supported by the streamed path")
+                if Qf is None:
+                    S_next = Qw.last()
+                else:
+                    S_next = as_terminal_weight(Qf, "Qf", n=n, backend=bk, dtype=dt, device=device)
+                    if S_next.ndim != 2:
+                        raise DimensionError(f"Qf: expected a scalar or a ({n}, {n}) matrix, found {_shape(S_next)}")
+            A = as_array(A_k, f"A[{k}]", bk, dtype=dt, device=device)
+            del A_k
+            if _shape(A) != (n, n):
+                raise DimensionError(f"A[{k}]: expected shape ({n}, {n}), found {_shape(A)}")
+            B_k = B_fn(k)
+            if B_k is not None:
+                B_k = as_array(B_k, f"B[{k}]", bk, dtype=dt, device=device)
+                if _shape(B_k) != (n, m):
+                    raise DimensionError(f"B[{k}]: expected shape ({n}, {m}), found {_shape(B_k)}")
+            K_k, S_k = riccati_step(S_next, A, B_k, Qw.at(k), Rw.at(k), step=k)
+            S_next = S_k  # the previous S_{k+1} is released here
+            del S_k
+            yield k, A, K_k
+            del A, K_k
+        final["S0"] = S_next
+    finally:
+        # an abandoned recursion (error, early break) closes the provider's generator at once,
+        # so that e.g. the plant's hooks and progress bars are released deterministically
+        stream.close()
+        if hasattr(provider, "__next__") and hasattr(provider, "close"):
+            provider.close()
 
 
 @public_api
@@ -224,6 +238,7 @@ def iter_lqr_gains(
     B: Any = None,
     horizon: int | None = None,
     dtype: Any = None,
+    device: Any = None,
 ) -> Iterator[GainStep]:
     """Yield the finite-horizon LQR gains ``(k, K_k)`` one at a time, ``k = T-1, ..., 0``.
 
@@ -248,6 +263,9 @@ def iter_lqr_gains(
         T; required for a callable provider, checked otherwise.
     dtype : {'float64', 'float32'} or a numpy / torch dtype, optional
         Precision of the recursion (S and K); default float64.
+    device : str or torch.device, optional
+        Run the recursion as torch on this device (e.g. ``"cuda"`` while the Jacobians arrive
+        on the CPU); default: the first ``A_k``'s own backend and device.
 
     Yields
     ------
@@ -255,7 +273,7 @@ def iter_lqr_gains(
         ``(k, K_k)`` with ``K_k`` of shape (m, n), in the provider's array type.
     """
     final: dict = {}
-    for k, _A, K_k in _run(provider, Q, R, Qf=Qf, B=B, horizon=horizon, dtype=dtype, final=final):
+    for k, _A, K_k in _run(provider, Q, R, Qf=Qf, B=B, horizon=horizon, dtype=dtype, device=device, final=final):
         yield GainStep(k, K_k)
 
 
@@ -270,6 +288,7 @@ def streamed_feedback(
     B: Any = None,
     horizon: int | None = None,
     dtype: Any = None,
+    device: Any = None,
     progress: bool = False,
 ) -> StreamedFeedback:
     """Feedback directions ``w_k = K_k v_k`` of the finite-horizon LQR, in O(n²) memory.
@@ -285,7 +304,7 @@ def streamed_feedback(
         The plant matrices in backward order.
     directions : array (T, n)
         ``v_k`` per stage (rows may be zero, giving ``w_k = 0``).
-    Q, R, Qf, B, horizon, dtype
+    Q, R, Qf, B, horizon, dtype, device
         As in :func:`iter_lqr_gains`.
     progress : bool
         Show a tqdm progress bar over the stages (needs ``horizon`` or a sized provider).
@@ -305,7 +324,7 @@ def streamed_feedback(
         raise DimensionError(f"directions: expected {horizon} rows (horizon), found {T}")
     final: dict = {}
     rows: list[Any] = [None] * T
-    gen = _run(provider, Q, R, Qf=Qf, B=B, horizon=T, dtype=dtype, final=final)
+    gen = _run(provider, Q, R, Qf=Qf, B=B, horizon=T, dtype=dtype, device=device, final=final)
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -321,6 +340,7 @@ def streamed_feedback(
             if bar is not None:
                 bar.update(1)
     finally:
+        gen.close()
         if bar is not None:
             bar.close()
     w = get_backend(rows[0]).stack(rows)

@@ -95,6 +95,9 @@ def test_providers_agree_and_torch_backend(rng):
     assert 0 < _rel(out32.w.double().numpy(), ref.w) < 1e-4  # float32 rounding, not exact
     out64 = streamed_feedback(At.float(), V, 0.2, 1.5, Qf=0.4, dtype=torch.float64)
     assert out64.w.dtype == torch.float64
+    on_device = streamed_feedback(A, V, 0.2, 1.5, Qf=0.4, device="cpu")  # numpy in, torch recursion
+    assert isinstance(on_device.w, torch.Tensor) and on_device.w.device.type == "cpu"
+    assert _rel(on_device.w.numpy(), ref.w) < 1e-12
 
 
 def test_callable_input_matrix_zero_on_some_layers(rng):
