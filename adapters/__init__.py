@@ -18,6 +18,9 @@ _LAZY_EXPORTS: dict[str, str] = {
     "LLMPlant": "plant",
     "find_decoder_layers": "_blocks",
     "linearity_diagnostics": "diagnostics",
+    "LinearityDiagnostics": "diagnostics",
+    "subspace_similarity": "diagnostics",
+    "plot_linearity": "diagnostics",
     # steering (steerers, hooks, controller files)
     "Steerer": "steering_base",
     "SteeringHandle": "steering_base",

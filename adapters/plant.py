@@ -341,6 +341,27 @@ class LLMPlant:
             out[:, start : start + c, :] = grad.reshape(c, B, n).transpose(0, 1)
         return out
 
+    def _last_inputs(self, k: int, batch: _Batch) -> Any:
+        """Clean inputs of block k at the last token, (B, n), model dtype and device."""
+        return block_input_of(batch.clean[k])[:, -1, :].detach()
+
+    def _evaluate(self, k: int, batch: _Batch, method: str, z: Any) -> Any:
+        """φ_k at the last token for last-token inputs ``z`` (B, n), other positions clean."""
+        import torch
+
+        if method == "full" and batch.full_parts:
+            return torch.cat(
+                [self._evaluate(k, part, "full", z[i : i + 1]) for i, part in enumerate(batch.full_parts)]
+            )
+        x = z[:, None, :]
+        with torch.no_grad():
+            if method == "cached":
+                y = self._replay_step(self.layers[k], batch.step_layout[k], x, copies=1, grad=False)
+            else:
+                prefix = block_input_of(batch.clean[k])[:, :-1, :].detach()
+                y = self._replay_full(self.layers[k], batch.full_layout[k], prefix, x, copies=1)
+        return y[:, -1, :]
+
     def _choose_method(self, batch: _Batch, method: str) -> str:
         if method == "full" or batch.ids.shape[1] < 2:
             if batch.full_layout is None:

@@ -1,0 +1,303 @@
+"""Local-linearity diagnostics of a language-model plant (the paper's Section 5).
+
+Two questions decide whether an LTV model of the layers is worth controlling:
+
+1. **Is each block locally linear?** For block ``k``, prompt ``p``, state
+   ``z = z_k^{(p)}`` and a perturbation ``δ = ε ‖z‖ u`` (``u`` a random unit vector),
+   the relative first-order prediction error is
+
+       e_k(ε) = ‖φ_k(z + δ) − φ_k(z) − J_k δ‖ / ‖φ_k(z + δ) − φ_k(z)‖,
+
+   with ``J_k = ∂φ_k/∂z`` at ``z`` (the same Jacobian the plant averages). It grows
+   like ``O(ε)`` for a smooth block; small values over a range of ``ε`` mean the
+   linear model predicts the block's response.
+
+2. **Do different prompts share one linearisation?** For two prompts' Jacobians
+   ``J_a, J_b`` with singular value decompositions ``J = U Σ Vᵀ``, keep the top-``m``
+   singular triplets (``m = ⌊n/20⌋``, at least 1) and form the weighted bases
+   ``W_a = U_a[:, :m] Σ_a[:m]`` and ``W_b`` alike (``side="left"``: output directions;
+   ``side="right"`` uses ``V``). The similarity is
+
+       s(J_a, J_b) = ‖W_aᵀ W_b‖_* / (‖W_a‖_F ‖W_b‖_F),
+
+   the nuclear norm of the weighted cross-Gram over the Frobenius norms. It lies in
+   ``[0, 1]`` (``‖AᵀB‖_* ≤ ‖A‖_F ‖B‖_F``), equals 1 exactly when ``W_b = W_a Q`` for
+   an orthogonal ``Q`` (same dominant subspace with the same singular values) and 0
+   when the two subspaces are orthogonal. A mean pairwise similarity near 1 supports
+   averaging the Jacobians over prompts.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from ltv_control._exceptions import ArgumentError, DimensionError
+
+__all__ = [
+    "LinearityDiagnostics",
+    "subspace_similarity",
+    "similarity_matrix",
+    "default_rank",
+    "linearity_diagnostics",
+    "plot_linearity",
+]
+
+DEFAULT_SCALES = (1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1)
+
+
+class LinearityDiagnostics(NamedTuple):
+    """Result of :func:`linearity_diagnostics`.
+
+    Attributes
+    ----------
+    layers : numpy.ndarray, shape (L,)
+        Block indices examined.
+    scales : numpy.ndarray, shape (S,)
+        Relative perturbation sizes ``ε``.
+    prediction_error : numpy.ndarray, shape (L, S)
+        Mean over prompts and directions of ``e_k(ε)``.
+    prediction_error_all : numpy.ndarray, shape (L, S, P, D)
+        Every measured error (prompts × directions).
+    similarity : numpy.ndarray, shape (L,)
+        Mean over prompt pairs ``a < b`` of ``s(J_a, J_b)`` (NaN with one prompt).
+    similarity_matrices : numpy.ndarray, shape (L, P, P)
+        All pairwise similarities (diagonal 1).
+    rank : int
+        ``m``, the subspace dimension used.
+    """
+
+    layers: np.ndarray
+    scales: np.ndarray
+    prediction_error: np.ndarray
+    prediction_error_all: np.ndarray
+    similarity: np.ndarray
+    similarity_matrices: np.ndarray
+    rank: int
+
+
+def default_rank(n: int) -> int:
+    """``m = max(1, ⌊n/20⌋)``."""
+    return max(1, n // 20)
+
+
+def _as_numpy64(J: Any, name: str) -> np.ndarray:
+    if hasattr(J, "detach"):
+        J = J.detach().to("cpu").double().numpy()
+    J = np.asarray(J, dtype=np.float64)
+    if J.ndim != 2:
+        raise DimensionError(f"{name}: expected a matrix (n_out, n_in), found shape {J.shape}")
+    return J
+
+
+def _weighted_basis(J: np.ndarray, m: int, side: str) -> np.ndarray:
+    U, s, Vt = np.linalg.svd(J, full_matrices=False)
+    basis = U[:, :m] if side == "left" else Vt[:m].T
+    return basis * s[:m]
+
+
+def _check_side_rank(side: str, m: int | None, n: int) -> int:
+    if side not in ("left", "right"):
+        raise ArgumentError(f"side: expected 'left' or 'right', found {side!r}")
+    if m is None:
+        return default_rank(n)
+    if isinstance(m, bool) or not isinstance(m, int) or not 1 <= m <= n:
+        raise ArgumentError(f"m: expected an int in [1, {n}], found {m!r}")
+    return m
+
+
+def subspace_similarity(J_a: Any, J_b: Any, *, m: int | None = None, side: str = "left") -> float:
+    """Top-``m`` weighted singular-subspace similarity ``‖W_aᵀW_b‖_* / (‖W_a‖_F ‖W_b‖_F)``.
+
+    Parameters
+    ----------
+    J_a, J_b : array_like or torch.Tensor, shape (n_out, n_in)
+    m : int or None, default None
+        Subspace dimension; ``None`` means ``⌊n/20⌋`` (at least 1), ``n = min(shape)``.
+    side : {"left", "right"}, default "left"
+        Left (output) or right (input) singular vectors.
+
+    Returns
+    -------
+    float in [0, 1]
+    """
+    A, B = _as_numpy64(J_a, "J_a"), _as_numpy64(J_b, "J_b")
+    if A.shape != B.shape:
+        raise DimensionError(f"J_b: expected shape {A.shape} (that of J_a), found {B.shape}")
+    m = _check_side_rank(side, m, min(A.shape))
+    Wa, Wb = _weighted_basis(A, m, side), _weighted_basis(B, m, side)
+    denom = np.linalg.norm(Wa) * np.linalg.norm(Wb)
+    if denom == 0.0:
+        return float("nan")
+    return float(np.linalg.svd(Wa.T @ Wb, compute_uv=False).sum() / denom)
+
+
+def similarity_matrix(jacobians: Any, *, m: int | None = None, side: str = "left") -> np.ndarray:
+    """All pairwise :func:`subspace_similarity` values of a stack (P, n, n) -> (P, P)."""
+    if hasattr(jacobians, "detach"):
+        jacobians = jacobians.detach().to("cpu").double().numpy()
+    stack = np.asarray(jacobians, dtype=np.float64)
+    if stack.ndim != 3:
+        raise DimensionError(f"jacobians: expected shape (P, n_out, n_in), found {stack.shape}")
+    m = _check_side_rank(side, m, min(stack.shape[1:]))
+    bases = [_weighted_basis(J, m, side) for J in stack]
+    norms = [np.linalg.norm(W) for W in bases]
+    P = len(bases)
+    out = np.eye(P)
+    for a in range(P):
+        for b in range(a + 1, P):
+            value = np.linalg.svd(bases[a].T @ bases[b], compute_uv=False).sum() / (norms[a] * norms[b])
+            out[a, b] = out[b, a] = value
+    return out
+
+
+def linearity_diagnostics(
+    plant: Any,
+    prompts: list[str],
+    *,
+    layers: Any = None,
+    scales: Any = DEFAULT_SCALES,
+    n_directions: int = 4,
+    m: int | None = None,
+    side: str = "left",
+    max_tokens: int = 24,
+    batch_size: int = 8,
+    seed: int = 0,
+    progress: bool = True,
+) -> LinearityDiagnostics:
+    """Measure first-order prediction errors and cross-prompt subspace similarity per layer.
+
+    Parameters
+    ----------
+    plant : ltv_control.adapters.LLMPlant
+    prompts : list of str
+    layers : iterable of int or None, default None
+        Blocks to examine (``None``: all).
+    scales : sequence of float, default (1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1)
+        Relative perturbation sizes ``ε`` (``‖δ‖ = ε ‖z‖``).
+    n_directions : int, default 4
+        Random unit directions ``u`` per prompt (the same for every scale and layer).
+    m : int or None, default None
+        Subspace dimension (``⌊n/20⌋``).
+    side : {"left", "right"}, default "left"
+    max_tokens, batch_size, progress
+        As in :meth:`LLMPlant.iter_jacobians`.
+    seed : int, default 0
+        Seed of the random directions.
+
+    Returns
+    -------
+    LinearityDiagnostics
+    """
+    import torch
+
+    scales_arr = np.asarray(scales, dtype=np.float64).reshape(-1)
+    if scales_arr.size == 0 or not np.all(np.isfinite(scales_arr)) or np.any(scales_arr <= 0):
+        raise ArgumentError(f"scales: expected positive finite sizes, found {scales!r}")
+    if isinstance(n_directions, bool) or not isinstance(n_directions, int) or n_directions < 1:
+        raise ArgumentError(f"n_directions: expected a positive int, found {n_directions!r}")
+    m = _check_side_rank(side, m, plant.state_dim)
+    order = plant._layer_order(layers)
+    encoded = plant._token_ids(prompts, max_tokens)
+    P, n, D, S = len(encoded), plant.state_dim, n_directions, scales_arr.size
+    generator = torch.Generator().manual_seed(seed)
+    directions = torch.randn((P, D, n), generator=generator, dtype=torch.float64)
+    directions /= directions.norm(dim=-1, keepdim=True)
+    errors = np.empty((len(order), S, P, D))
+    similarity = np.empty((len(order), P, P))
+    from ltv_control.adapters.plant import _progress
+
+    with plant._run_guard():
+        batches = plant._batches(encoded, batch_size)
+        for batch in batches:
+            plant._capture_clean(batch)
+        methods = [plant._choose_method(batch, "auto") for batch in batches]
+        bar = _progress(len(order) * len(batches), progress, "Linearity")
+        try:
+            for row, k in enumerate(order):
+                per_prompt = torch.empty((P, n, n), dtype=torch.float64)
+                for batch, method in zip(batches, methods, strict=True):
+                    J = plant._jacobians(k, batch, method).detach()
+                    per_prompt[batch.index] = J.to("cpu", torch.float64)
+                    z = plant._last_inputs(k, batch)  # (B, n) model dtype/device
+                    with torch.no_grad():
+                        base = plant._evaluate(k, batch, method, z)
+                        for d in range(D):
+                            u = directions[batch.index, d].to(z.device)
+                            for s_i, eps in enumerate(scales_arr):
+                                delta = (eps * z.double().norm(dim=-1, keepdim=True) * u).to(z.dtype)
+                                moved = plant._evaluate(k, batch, method, z + delta)
+                                actual = (moved - base).double()
+                                predicted = torch.einsum("bij,bj->bi", J.double(), delta.double())
+                                err = (actual - predicted).norm(dim=-1) / actual.norm(dim=-1)
+                                errors[row, s_i, batch.index, d] = err.cpu().numpy()
+                    bar.update(1)
+                similarity[row] = similarity_matrix(per_prompt, m=m, side=side)
+        finally:
+            bar.close()
+    if P > 1:
+        upper = np.triu_indices(P, 1)
+        mean_similarity = similarity[:, upper[0], upper[1]].mean(axis=1)
+    else:
+        mean_similarity = np.full(len(order), np.nan)
+    return LinearityDiagnostics(
+        layers=np.asarray(order),
+        scales=scales_arr,
+        prediction_error=errors.mean(axis=(2, 3)),
+        prediction_error_all=errors,
+        similarity=mean_similarity,
+        similarity_matrices=similarity,
+        rank=m,
+    )
+
+
+def plot_linearity(diagnostics: LinearityDiagnostics, path: str | os.PathLike) -> Path:
+    """Write a two-panel PNG: ``e_k(ε)`` against ``ε`` per layer, and similarity per layer.
+
+    The file is written atomically (temporary file in the same folder, then renamed).
+    Returns the path written.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    if not isinstance(diagnostics, LinearityDiagnostics):
+        raise ArgumentError(
+            f"diagnostics: expected a LinearityDiagnostics, found {type(diagnostics).__name__}"
+        )
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig, (ax_err, ax_sim) = plt.subplots(1, 2, figsize=(10, 4))
+    try:
+        cmap = plt.get_cmap("viridis")
+        L = len(diagnostics.layers)
+        for row, k in enumerate(diagnostics.layers):
+            ax_err.loglog(diagnostics.scales, diagnostics.prediction_error[row], marker="o", ms=3,
+                          color=cmap(row / max(1, L - 1)), label=f"layer {k}" if L <= 8 else None)
+        ax_err.set_xlabel("relative perturbation size ε")
+        ax_err.set_ylabel("relative first-order error")
+        ax_err.set_title("Local linearity of each block")
+        if L <= 8:
+            ax_err.legend(fontsize=7)
+        ax_sim.plot(diagnostics.layers, diagnostics.similarity, marker="o")
+        ax_sim.set_ylim(0, 1.02)
+        ax_sim.set_xlabel("layer k")
+        ax_sim.set_ylabel(f"mean top-{diagnostics.rank} subspace similarity")
+        ax_sim.set_title("Cross-prompt Jacobian similarity")
+        fig.tight_layout()
+        fd, tmp = tempfile.mkstemp(suffix=".png", dir=path.parent, prefix=f".{path.stem}.")
+        os.close(fd)
+        try:
+            fig.savefig(tmp, format="png", dpi=110)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    finally:
+        plt.close(fig)
+    return path
