@@ -312,7 +312,7 @@ class ConstrainedSteerer(Steerer):
             method: str = "admm", on_infeasible: str = "relax",
             jacobian_prompts: Sequence[str] | None = None, layers: Sequence[int] | None = None,
             positions: str = "last", max_tokens: int = 24, batch_size: int = 8,
-            progress: bool = True, **unknown: Any) -> "ConstrainedSteerer":
+            progress: bool = True, system: Any = None, **unknown: Any) -> "ConstrainedSteerer":
         """Fit a constrained steerer on ``plant`` from contrastive prompts.
 
         Parameters
@@ -347,6 +347,9 @@ class ConstrainedSteerer(Steerer):
             Controlled layers (``None``: ``first_layer .. T-1``); others get ``ρ_k = 0``.
         positions, max_tokens, batch_size, progress
             As in :meth:`ALQRSteerer.fit`.
+        system : LTVSystem or None, default None
+            A plant already linearised on this model (``A`` of shape ``(T, n, n)``, e.g. shared
+            with an A-LQR fit); ``None`` calls :meth:`LLMPlant.linearize`.
 
         Returns
         -------
@@ -388,9 +391,15 @@ class ConstrainedSteerer(Steerer):
         z_mean = z_all.mean(axis=0)
         act_norm = np.median(np.linalg.norm(z_all, axis=2), axis=0)
 
-        prompts = desired[:50] if jacobian_prompts is None else check_prompts(jacobian_prompts, "jacobian_prompts")
-        system = plant.linearize(prompts, max_tokens=max_tokens, batch_size=batch_size, progress=progress)
+        if system is None:
+            prompts = desired[:50] if jacobian_prompts is None else \
+                check_prompts(jacobian_prompts, "jacobian_prompts")
+            system = plant.linearize(prompts, max_tokens=max_tokens, batch_size=batch_size,
+                                     progress=progress)
         A = _as_np(system.A)
+        if A.shape != (T, n, n):
+            raise DimensionError(f"system: expected A of shape ({T}, {n}, {n}) for this plant, "
+                                 f"found {A.shape}")
         U = build_bases(A, v_all, rank)
         reduced = LTVSystem(A).project(U)
         A_r = _as_np(reduced.A)

@@ -1,0 +1,353 @@
+"""Benchmark: the constrained variant (ltv_control.constrained, ConstrainedSteerer).
+
+Part 1, synthetic projected plant (T=30, r=32, rank-one feature weights, per-step norm budgets,
+the shape of the steering QP):
+
+* compile time of the cvxpy problem (first solve) and re-solve latency (median over new
+  initial states) for cvxpy+Clarabel (baseline) and the Riccati-factored ADMM fast path,
+  their ratio, and their agreement (max |Δu| relative, cost relative);
+* a batch of initial states: the loop over the compiled problem against one stacked cvxpy
+  problem with a copy per member (compile and solve), which is why the loop is the
+  implementation.
+
+Part 2, the embedded SmolLM2 (skipped with ``llm=False``):
+
+* tokens/s of greedy generation unsteered (baseline), with A-LQR and with the constrained
+  steerer (ADMM);
+* the feature score ``v_Tᵀz_T`` (last block's output, last token) on evaluation prompts at equal
+  mean total input energy ``Σ_k‖u_k‖²``: A-LQR at ``lam`` first, then the constrained steerer with
+  its budget bisected until its mean energy matches; every applied input is checked against its
+  budget ``ρ_k``.
+
+    python benchmarks/constrained.py [--quick] [--no-llm]
+
+Prints a table and a JSON object; ``run(**options) -> dict`` for the suite runner.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from typing import Any
+
+import numpy as np
+
+
+# --------------------------------------------------------------------------- part 1
+def _steering_like_problem(T: int, r: int, seed: int = 0):
+    import ltv_control as lc
+
+    rng = np.random.default_rng(seed)
+    A = np.eye(r) + 0.3 * rng.standard_normal((T, r, r)) / np.sqrt(r)
+    v = rng.standard_normal((T + 1, r))
+    v /= np.linalg.norm(v, axis=1, keepdims=True)
+    Q = np.einsum("ki,kj->kij", v[:T], v[:T])
+    Qf = np.outer(v[T], v[T])
+    return lc.LTVSystem(A), Q, Qf, 5.0 * v, rng
+
+
+def _stacked_cvxpy(system, Q, Qf, budget, copies):
+    """One cvxpy problem holding ``copies`` independent members (the alternative to the loop)."""
+    import cvxpy as cp
+
+    from ltv_control.constrained import _psd_factor
+
+    A = np.asarray(system.A)
+    T, n = A.shape[0], A.shape[1]
+    x0 = cp.Parameter((copies, n))
+    xref = cp.Parameter((T + 1, n))
+    terms, cons = [], []
+    for b in range(copies):
+        x = cp.Variable((T + 1, n))
+        u = cp.Variable((T, n))
+        cons.append(x[0] == x0[b])
+        for k in range(T):
+            cons += [x[k + 1] == A[k] @ x[k] + u[k], cp.norm(u[k], 2) <= budget]
+            terms += [cp.sum_squares(_psd_factor(Q[k]) @ (x[k] - xref[k])), cp.sum_squares(u[k])]
+        terms.append(cp.sum_squares(_psd_factor(Qf) @ (x[T] - xref[T])))
+    return cp.Problem(cp.Minimize(cp.sum(terms)), cons), x0, xref
+
+
+def solver_figures(*, horizon: int = 30, rank: int = 32, solves: int = 40, budget: float = 0.5,
+                   batch: int = 8) -> dict:
+    """Part 1 (see the module docstring)."""
+    from ltv_control.constrained import ConstrainedLQR
+
+    system, Q, Qf, x_ref, rng = _steering_like_problem(horizon, rank)
+    X0 = rng.standard_normal((solves + 1, rank))
+    out: dict[str, Any] = {"horizon": horizon, "rank": rank, "solves": solves, "budget": budget}
+    plans = {}
+    for method in ("cvxpy", "admm"):
+        t0 = time.perf_counter()
+        mpc = ConstrainedLQR(system, Q, 1.0, Qf=Qf, u_norm_max=budget, method=method)
+        build = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        mpc.solve(X0[0], x_ref)
+        first = time.perf_counter() - t0
+        times, sols = [], []
+        for x0 in X0[1:]:
+            t0 = time.perf_counter()
+            sols.append(mpc.solve(x0, x_ref))
+            times.append(time.perf_counter() - t0)
+        plans[method] = sols
+        out[method] = {"build_s": build, "first_solve_s": first, "resolve_median_s": float(np.median(times)),
+                       "resolve_p90_s": float(np.percentile(times, 90)), "stats": dict(mpc.stats)}
+    out["resolve_speedup_admm_vs_cvxpy"] = out["cvxpy"]["resolve_median_s"] / out["admm"]["resolve_median_s"]
+    out["compile_vs_resolve_cvxpy"] = out["cvxpy"]["first_solve_s"] / out["cvxpy"]["resolve_median_s"]
+    out["max_rel_u_diff"] = float(max(np.abs(a.u - b.u).max() / np.abs(a.u).max()
+                                      for a, b in zip(plans["cvxpy"], plans["admm"])))
+    out["max_rel_cost_diff"] = float(max(abs(a.cost - b.cost) / a.cost
+                                         for a, b in zip(plans["cvxpy"], plans["admm"])))
+    out["admm_iterations_per_solve"] = out["admm"]["stats"]["admm_iterations"] / (solves + 1)
+
+    # batch: loop over the compiled problem vs one stacked problem
+    Xb = rng.standard_normal((batch, rank))
+    mpc = ConstrainedLQR(system, Q, 1.0, Qf=Qf, u_norm_max=budget)
+    mpc.solve(X0[0], x_ref)
+    t0 = time.perf_counter()
+    loop = mpc.solve(Xb, x_ref)
+    loop_s = time.perf_counter() - t0
+    problem, x0p, xrefp = _stacked_cvxpy(system, Q, Qf, budget, batch)
+    x0p.value, xrefp.value = Xb, x_ref
+    t0 = time.perf_counter()
+    problem.solve(solver="CLARABEL")
+    stacked_first = time.perf_counter() - t0
+    x0p.value = Xb + 1e-3
+    t0 = time.perf_counter()
+    problem.solve(solver="CLARABEL")
+    stacked_resolve = time.perf_counter() - t0
+    out["batch"] = {"members": batch, "loop_s": loop_s, "stacked_first_s": stacked_first,
+                    "stacked_resolve_s": stacked_resolve,
+                    "stacked_vs_loop_resolve": stacked_resolve / loop_s,
+                    "cost_agreement": float(abs(problem.value - loop.cost.sum()) / loop.cost.sum())}
+    return out
+
+
+# --------------------------------------------------------------------------- part 2
+def _feature_scores(model, tok, plant, steerer, prompts, attach_kw, v_T):
+    """Mean terminal feature, mean total energy, worst budget ratio for one attachment."""
+    import torch
+
+    record: list = []
+    law = steerer._control
+
+    def recording(k, z, params, state):
+        u = law(k, z, params, state)
+        if u is not None:
+            record.append((k, u.detach().double().reshape(-1, u.shape[-1])))
+        return u
+
+    steerer._control = recording
+    captured = {}
+
+    def grab(module, args, output):
+        hidden = output[0] if isinstance(output, tuple) else output
+        captured["z"] = hidden[:, -1].detach().double()
+
+    hook = plant.layers[-1].register_forward_hook(grab)
+    try:
+        enc = tok(prompts, return_tensors="pt", padding=True)
+        with torch.no_grad():
+            if steerer is None or attach_kw is None:
+                model(**enc)
+            else:
+                with steerer.attach(model, **attach_kw):
+                    model(**enc)
+    finally:
+        hook.remove()
+        steerer.__dict__.pop("_control", None)
+    energy = torch.zeros(len(prompts), dtype=torch.float64)
+    worst = 0.0
+    rho = steerer.budgets(budget=attach_kw.get("budget")) if hasattr(steerer, "budgets") and attach_kw else None
+    for k, u in record:
+        energy += (u ** 2).sum(-1)
+        if rho is not None and rho[k] > 0:
+            worst = max(worst, float(u.norm(dim=-1).max()) / rho[k])
+    score = captured["z"] @ v_T
+    return float(score.mean()), float(energy.mean()), worst
+
+
+def llm_figures(*, quick: bool = False, new_tokens: int = 32, rank: int = 32) -> dict:
+    """Part 2 (see the module docstring)."""
+    import torch
+
+    from ltv_control import LTVSystem, finite_horizon_lqr
+    from ltv_control.adapters import ALQRSteerer, ConstrainedSteerer, LLMPlant, load_embedded_model
+    from ltv_control.datasets import load_sentiment_task
+    from ltv_control.setpoint import feedback_directions, linear_feature_setpoint
+
+    task = load_sentiment_task()
+    n_fit = 8 if quick else 32
+    desired, undesired = task.desired[:n_fit], task.undesired[:n_fit]
+    evals = task.eval_prompts[: (6 if quick else 16)]
+    model, tok = load_embedded_model(dtype=torch.float32, device="cpu")
+    model.eval()
+    tok.padding_side = "left"
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    plant = LLMPlant(model, tok)
+    T, n = plant.horizon, plant.state_dim
+    t0 = time.perf_counter()
+    system = plant.linearize(task.jacobian_prompts[: (2 if quick else 8)], max_tokens=16,
+                             progress=False)
+    linearize_s = time.perf_counter() - t0
+    # A-LQR on the same linearisation (as ALQRSteerer.fit computes it)
+    zd = plant.last_token_states(desired)[:, :T].double().numpy()
+    zu = plant.last_token_states(undesired)[:, :T].double().numpy()
+    sp = linear_feature_setpoint(zd, zu, lam=1.0)
+    K, _ = finite_horizon_lqr(system, 0.1, 1.0, Qf=0.1)
+    w = feedback_directions(np.asarray(K), sp.v)
+    alqr = ALQRSteerer({"w": w, "v": sp.v, "e_norm": sp.e_norm, "beta_star": sp.beta_star},
+                       hidden_size=n, num_layers=T,
+                       hyperparameters={"q": 0.1, "r": 1.0, "qf": 0.1, "lam": 1.0},
+                       layer_path=plant.layer_path, model_id=plant.model_id)
+    del K
+    t0 = time.perf_counter()
+    cons = ConstrainedSteerer.fit(plant, desired, undesired, rank=rank, budget=0.05, q=0.0, qf=100.0,
+                                  system=system, progress=False)
+    fit_s = time.perf_counter() - t0
+    v_T = cons.v_all[T].double()
+
+    # feature score at equal energy
+    lam = 4.0
+    free_score, _, _ = _feature_scores(model, tok, plant, cons, evals, None, v_T)
+    record_alqr: list = []
+    alqr_law = alqr._control
+
+    def rec(k, z, params, state):
+        u = alqr_law(k, z, params, state)
+        record_alqr.append(u.detach().double())
+        return u
+
+    alqr._control = rec
+    captured = {}
+    hook = plant.layers[-1].register_forward_hook(
+        lambda m, a, o: captured.__setitem__("z", (o[0] if isinstance(o, tuple) else o)[:, -1].detach().double()))
+    try:
+        with torch.no_grad(), alqr.attach(model, lam=lam):
+            model(**tok(evals, return_tensors="pt", padding=True))
+    finally:
+        hook.remove()
+        alqr.__dict__.pop("_control", None)
+    alqr_energy = float(sum((u ** 2).sum(-1) for u in record_alqr).mean())
+    alqr_score = float((captured["z"] @ v_T).mean())
+    lo, hi = 1e-4, 1.0
+    best = None
+    for _ in range(7 if quick else 10):
+        mid = float(np.sqrt(lo * hi))
+        score, energy, worst = _feature_scores(model, tok, plant, cons, evals,
+                                               {"budget": mid, "lam": lam}, v_T)
+        best = (mid, score, energy, worst)
+        if energy > alqr_energy:
+            hi = mid
+        else:
+            lo = mid
+    budget, cons_score, cons_energy, worst = best
+
+    # tokens/s
+    prompt = tok([evals[0]], return_tensors="pt")
+    rates = {}
+    for name, ctx in (("unsteered", None), ("alqr", (alqr, {"lam": lam})),
+                      ("constrained", (cons, {"lam": lam, "budget": budget}))):
+        runs = []
+        for _ in range(1 if quick else 3):
+            t0 = time.perf_counter()
+            with torch.no_grad():
+                if ctx is None:
+                    out = model.generate(**prompt, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
+                                         do_sample=False, pad_token_id=tok.pad_token_id)
+                else:
+                    with ctx[0].attach(model, **ctx[1]):
+                        out = model.generate(**prompt, max_new_tokens=new_tokens,
+                                             min_new_tokens=new_tokens, do_sample=False,
+                                             pad_token_id=tok.pad_token_id)
+            runs.append((out.shape[1] - prompt["input_ids"].shape[1]) / (time.perf_counter() - t0))
+        rates[name] = float(np.median(runs))
+    return {
+        "model": plant.model_id, "T": T, "n": n, "rank": rank, "linearize_s": linearize_s,
+        "constrained_fit_s": fit_s, "lam": lam,
+        "feature_score": {"unsteered": free_score, "alqr": alqr_score, "constrained": cons_score},
+        "target_beta_T": lam * float(cons.e_norm_all[T]),
+        "mean_energy": {"alqr": alqr_energy, "constrained": cons_energy},
+        "constrained_budget_at_equal_energy": budget,
+        "worst_input_over_budget": worst, "budgets_respected": worst <= 1 + 1e-5,
+        "tokens_per_s": rates,
+        "tokens_per_s_ratio": {k: v / rates["unsteered"] for k, v in rates.items()},
+    }
+
+
+# --------------------------------------------------------------------------- entry points
+def run(*, quick: bool = False, llm: bool = True, horizon: int = 30, rank: int = 32,
+        solves: int | None = None, new_tokens: int | None = None) -> dict:
+    """Run both parts; return the figures as a dict (see the module docstring).
+
+    Parameters
+    ----------
+    quick : bool, default False
+        Fewer solves (15), prompts and repeats.
+    llm : bool, default True
+        Run part 2 on the embedded SmolLM2.
+    horizon, rank : int, defaults 30, 32
+        Size of the synthetic projected problem.
+    solves : int or None
+        Re-solves timed per method (``None``: 15 quick, 40 otherwise).
+    new_tokens : int or None
+        Generated tokens for tokens/s (``None``: 16 quick, 32 otherwise).
+    """
+    import os
+    import platform
+
+    solves = solves or (15 if quick else 40)
+    new_tokens = new_tokens or (16 if quick else 32)
+    result: dict[str, Any] = {
+        "machine": platform.machine(), "cpu_count": os.cpu_count(),
+        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+        "solver": solver_figures(horizon=horizon, rank=rank, solves=solves),
+    }
+    if llm:
+        result["llm"] = llm_figures(quick=quick, new_tokens=new_tokens, rank=rank)
+    return result
+
+
+def _table(result: dict) -> str:
+    s = result["solver"]
+    rows = [
+        ("cvxpy compile (first solve)", f"{s['cvxpy']['first_solve_s'] * 1e3:.0f} ms"),
+        ("cvxpy re-solve median", f"{s['cvxpy']['resolve_median_s'] * 1e3:.1f} ms"),
+        ("ADMM re-solve median", f"{s['admm']['resolve_median_s'] * 1e3:.1f} ms"),
+        ("ADMM speed-up vs cvxpy (re-solve)", f"{s['resolve_speedup_admm_vs_cvxpy']:.1f}x"),
+        ("ADMM iterations / solve", f"{s['admm_iterations_per_solve']:.0f}"),
+        ("ADMM vs cvxpy max rel |du|, cost", f"{s['max_rel_u_diff']:.1e}, {s['max_rel_cost_diff']:.1e}"),
+        (f"batch {s['batch']['members']}: stacked / loop re-solve", f"{s['batch']['stacked_vs_loop_resolve']:.2f}"),
+    ]
+    if "llm" in result:
+        m = result["llm"]
+        rows += [
+            ("tokens/s ratio alqr / unsteered", f"{m['tokens_per_s_ratio']['alqr']:.2f}"),
+            ("tokens/s ratio constrained / unsteered", f"{m['tokens_per_s_ratio']['constrained']:.2f}"),
+            ("feature score unsteered / alqr / constrained",
+             "{unsteered:.2f} / {alqr:.2f} / {constrained:.2f}".format(**m["feature_score"])),
+            ("mean energy alqr / constrained",
+             f"{m['mean_energy']['alqr']:.3g} / {m['mean_energy']['constrained']:.3g}"),
+            ("budgets respected", str(m["budgets_respected"])),
+        ]
+    width = max(len(r[0]) for r in rows)
+    return "\n".join(f"{a:<{width}}  {b}" for a, b in rows)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--no-llm", action="store_true", help="skip the embedded-model part")
+    parser.add_argument("--horizon", type=int, default=30)
+    parser.add_argument("--rank", type=int, default=32)
+    args = parser.parse_args(argv)
+    result = run(quick=args.quick, llm=not args.no_llm, horizon=args.horizon, rank=args.rank)
+    print(_table(result))
+    print(json.dumps(result, indent=2, default=str))
+    return result
+
+
+if __name__ == "__main__":
+    main()
