@@ -165,3 +165,25 @@ def test_hooks_are_removed_when_the_forward_pass_raises(tiny_plant):
     after = [(len(b._forward_hooks), len(b._forward_pre_hooks)) for b in tiny_plant.layers]
     assert before[:-1] == after[:-1] and after[-1] == (before[-1][0] - 1, before[-1][1])
     assert all(len(b._forward_hooks) == 0 and len(b._forward_pre_hooks) == 0 for b in tiny_plant.layers)
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:.*cached replay unavailable")
+def test_embedded_model_tracking_and_coverage(embedded_model, tmp_path):
+    """SmolLM2 (its first 6 blocks as the plant, to keep the 576-wide bound cheap): LQR tracking of
+    one prompt's trajectory shrinks the other prompts' deviations; the pipeline runs end to end."""
+    from ltv_control.adapters import LLMPlant
+
+    model, tok = embedded_model
+    plant = LLMPlant(model, tok, layers=list(model.model.layers[:6]))
+    res = llm_bound_experiment(plant, PROMPTS[0], PROMPTS[1:3], PROMPTS[3:5] + [PROMPTS[0]],
+                               q=1.0, r=1.0, jacobian_prompts=[PROMPTS[0]], max_tokens=12,
+                               figure=tmp_path / "smol.png", progress=False)
+    T = plant.horizon
+    assert T == 6 and res.n_steps == 3 * T and 0.0 <= res.coverage <= 1.0
+    assert res.nominal.shape == (T + 1, plant.state_dim)
+    np.testing.assert_allclose(res.deviations_heldout[-1], 0.0, atol=1e-4 * np.abs(res.nominal).max())
+    closed = np.linalg.norm(res.deviations_heldout[:-1, -1], axis=-1)
+    opened = np.linalg.norm(res.open_loop_heldout[:-1, -1], axis=-1)
+    assert np.all(closed < 0.5 * opened)
+    assert np.all(np.isfinite(res.L)) and res.figure.stat().st_size > 1000
