@@ -237,8 +237,11 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.add_argument("--prompts", type=_existing_file, metavar="FILE",
                    help="prompts (default: packaged evaluation prompts)")
-    p.add_argument("--n-prompts", type=_positive_int, default=4, help="default: 4")
-    p.add_argument("--lam", type=_float, default=1.0, help="setpoint scale λ (default: 1.0)")
+    p.add_argument("--n-prompts", type=_positive_int, default=8,
+                   help="prompts used: 1 nominal, 3 calibration, 4 held out (default: 8)")
+    p.add_argument("--n-jacobian", type=_positive_int, default=2,
+                   help="linearization prompts (default: 2)")
+    p.add_argument("--max-tokens", type=_positive_int, default=16, help="default: 16")
     p.add_argument("--out", type=Path, default=Path("ltv-control-bound"), metavar="DIR",
                    help="output folder (default: ./ltv-control-bound)")
     p.set_defaults(handler=_cmd_bound)
@@ -345,17 +348,11 @@ def _run_evaluation(args, task, *, quick: bool) -> int:
         raise CLIError(f"--out {str(args.out)!r} exists and is not a directory")
     settings = demo_settings(args, quick=quick)
     model, tokenizer = _load(args)
+    args.out.mkdir(parents=True, exist_ok=True)
     report, details = run_experiment(model, tokenizer, task, settings, seed=args.seed,
                                      progress=not args.quiet, quiet=args.quiet,
-                                     return_details=True)
-    figure = None
-    try:
-        figure, summary = _bound_for_report(details, model, tokenizer, task, args)
-        details["bound"] = summary
-    except Exception as exc:  # the bound figure is optional in the report
-        details.setdefault("notes", []).append(
-            f"bound figure skipped ({type(exc).__name__}: {_first_line(exc)})")
-    files = write_report(args.out, report, details, bound_figure=figure)
+                                     return_details=True, bound_figure=args.out / "bound.png")
+    files = write_report(args.out, report, details)
     claim = details.get("claim", {})
     text = [format_table(report), ""]
     if claim.get("available"):
@@ -370,28 +367,6 @@ def _run_evaluation(args, task, *, quick: bool) -> int:
     text.append(f"report: {args.out / 'report.md'} ({len(files)} files in {args.out})")
     _emit(args, report, "\n".join(text))
     return 0
-
-
-def _bound_for_report(details, model, tokenizer, task, args):
-    """The tracking-error bound figure of the fitted A-LQR steerer, via the bounds adapters."""
-    steerer = details.get("steerers", {}).get("alqr")
-    if steerer is None:
-        return None, None
-    import importlib
-
-    try:
-        experiment_module = importlib.import_module("ltv_control.adapters.bound_experiment")
-    except ImportError:
-        raise CLIError("bound: ltv_control.adapters.bound_experiment is not available in this "
-                       "installation") from None
-
-    run = getattr(experiment_module, "run_bound_experiment")
-    result = run(details["plant"], steerer, list(task.eval_prompts[:4]),
-                 **_accepted(run, progress=not args.quiet))
-    from ltv_control.bound_plots import plot_tracking_bound
-
-    figure = plot_tracking_bound(result)
-    return figure, _summary(result)
 
 
 def _accepted(function, **candidates):
@@ -595,39 +570,31 @@ def _plain(result):
 def _cmd_bound(args) -> int:
     from ltv_control.adapters import LLMPlant
     from ltv_control.datasets import load_sentiment_task, read_lines
-    from ltv_control.report import _clean, _json_default, _save_figure, atomic_write_text
+    from ltv_control.experiment import run_bound_figure
+    from ltv_control.report import _clean, _json_default, atomic_write_text
 
     if args.out.exists() and not args.out.is_dir():
         raise CLIError(f"--out {str(args.out)!r} exists and is not a directory")
     task = load_sentiment_task()
     prompts = list((read_lines(args.prompts) if args.prompts else task.eval_prompts)[:args.n_prompts])
+    if len(prompts) < 3:
+        raise CLIError(f"bound: needs at least 3 prompts, found {len(prompts)}")
+    jac = list(task.jacobian_prompts[:args.n_jacobian])
     model, tokenizer = _load(args)
     plant = LLMPlant(model, tokenizer)
-    import importlib
-
-    try:
-        experiment_module = importlib.import_module("ltv_control.adapters.bound_experiment")
-    except ImportError:
-        raise CLIError("bound: ltv_control.adapters.bound_experiment is not available in this "
-                       "installation") from None
-
-    run = getattr(experiment_module, "run_bound_experiment")
-    result = run(plant, None, prompts, **_accepted(run, lam=args.lam, progress=not args.quiet,
-                                                   desired=list(task.desired[:32]),
-                                                   undesired=list(task.undesired[:32])))
-    from ltv_control.bound_plots import plot_tracking_bound
-
+    _log(args, f"linearizing {plant.horizon} layers on {len(jac)} prompts")
+    system = plant.linearize(jac, max_tokens=args.max_tokens, progress=not args.quiet)
     args.out.mkdir(parents=True, exist_ok=True)
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    figure = plot_tracking_bound(result)
-    _save_figure(figure, args.out / "bound.png")
+    summary = run_bound_figure(plant, prompts, system, args.out / "bound.png",
+                               max_tokens=args.max_tokens, progress=not args.quiet)
     atomic_write_text(args.out / "bound.json",
-                      json.dumps(_clean(_plain(result)), indent=2, default=_json_default))
-    payload = {**_summary(result), "figure": str(args.out / "bound.png"),
+                      json.dumps(_clean(summary), indent=2, default=_json_default) + "\n")
+    payload = {**summary, "figure": str(args.out / "bound.png"),
                "data": str(args.out / "bound.json")}
-    _emit(args, payload, "\n".join(f"{k}: {v}" for k, v in payload.items()))
+    text = (f"bound holds on {summary['coverage']:.0%} of held-out steps "
+            f"({summary['violations']} violations of {summary['n_steps']}, {summary['mode']})\n"
+            f"figure: {args.out / 'bound.png'}")
+    _emit(args, payload, text)
     return 0
 
 
@@ -666,6 +633,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # e.g. `ltv-control ... | head`
+        try:
+            sys.stdout = open(os.devnull, "w")
+        except OSError:  # pragma: no cover
+            pass
+        return 0
     except (ControlError, FileNotFoundError, NotADirectoryError, PermissionError) as exc:
         print(f"error: {type(exc).__name__}: {_first_line(exc)}", file=sys.stderr)
         return 2

@@ -31,7 +31,7 @@ from ltv_control.datasets import SentimentTask
 from ltv_control.generation import Decoding, Generation, generate_continuations
 
 __all__ = ["ExperimentSettings", "METHODS", "METRIC_KEYS", "run_experiment",
-           "evaluate_generation", "claim_check", "feature_strengths"]
+           "evaluate_generation", "claim_check", "feature_strengths", "run_bound_figure"]
 
 METHODS = ("unsteered", "actadd", "pid", "alqr", "alqr_plus", "constrained")
 """Every method name a report may hold, in report order."""
@@ -234,7 +234,7 @@ def _log(message: str, quiet: bool) -> None:
 
 def run_experiment(model, tokenizer, task: SentimentTask, settings: ExperimentSettings | None = None,
                    *, seed: int = 0, progress: bool = True, quiet: bool = False,
-                   return_details: bool = False, **kwargs):
+                   return_details: bool = False, bound_figure=None, **kwargs):
     """Fit every method, generate, measure, sweep λ; return the report (and the figure data).
 
     Parameters
@@ -251,6 +251,11 @@ def run_experiment(model, tokenizer, task: SentimentTask, settings: ExperimentSe
         Suppress the step-by-step log on stderr.
     return_details : bool, default False
         Also return the details dict (β_k profiles, examples, claim check, timings, notes).
+    bound_figure : path-like, optional
+        Run the tracking-error bound experiment
+        (:func:`ltv_control.adapters.bound_experiment.llm_bound_experiment`, on the shared
+        linearization, a few evaluation prompts) and write its figure there; its summary goes
+        into ``details["bound"]``.  A failure is reported in ``details["notes"]``.
 
     Returns
     -------
@@ -290,6 +295,11 @@ def run_experiment(model, tokenizer, task: SentimentTask, settings: ExperimentSe
         raise PropertyError(f"actadd_layers must lie in [0, {T - 1}], found {bad}")
 
     steerers: dict[str, object] = {}
+    system = None
+    if "constrained" in settings.methods or bound_figure is not None:
+        _log(f"linearizing {T} layers on {len(task.jacobian_prompts)} prompts", quiet)
+        system = plant.linearize(list(task.jacobian_prompts),
+                                 max_tokens=settings.max_jacobian_tokens, progress=progress)
     # steering(method, lam) -> context-manager factory
     attachers: dict[str, Callable[[float], Callable]] = {}
 
@@ -303,7 +313,7 @@ def run_experiment(model, tokenizer, task: SentimentTask, settings: ExperimentSe
             plant, desired, undesired, q=settings.q, r=settings.r, qf=settings.qf,
             lam=settings.lam, jacobian_prompts=list(task.jacobian_prompts), positions="last",
             **_maybe(classes["ALQRSteerer"].fit, max_tokens=settings.max_jacobian_tokens,
-                     progress=progress))
+                     progress=progress, system=system))
         steerers["alqr"] = alqr
         attachers["alqr"] = lambda lam, s=alqr: (lambda: s.attach(model, positions="last", lam=lam))
         attachers["alqr_plus"] = lambda lam, s=alqr: (lambda: s.attach(model, positions="all",
@@ -325,7 +335,12 @@ def run_experiment(model, tokenizer, task: SentimentTask, settings: ExperimentSe
         else:
             try:
                 fit_kwargs = {"q": settings.q, "r": settings.r, "qf": settings.qf,
-                              "lam": settings.lam, **settings.constrained}
+                              "lam": settings.lam,
+                              **_maybe(classes["ConstrainedSteerer"].fit, system=system,
+                                       progress=progress,
+                                       jacobian_prompts=list(task.jacobian_prompts),
+                                       max_tokens=settings.max_jacobian_tokens),
+                              **settings.constrained}
                 con = classes["ConstrainedSteerer"].fit(plant, desired, undesired, **fit_kwargs)
                 steerers["constrained"] = con
                 attachers["constrained"] = lambda lam, s=con: (lambda: s.attach(model, lam=lam))
@@ -409,9 +424,44 @@ def run_experiment(model, tokenizer, task: SentimentTask, settings: ExperimentSe
            for m in methods_run},
     }
     timings["feature_strengths_s"] = time.perf_counter() - began
+    if bound_figure is not None and system is not None:
+        began = time.perf_counter()
+        _log("tracking-error bound experiment", quiet)
+        try:
+            details["bound"] = run_bound_figure(plant, prompts, system, bound_figure,
+                                                max_tokens=settings.max_jacobian_tokens,
+                                                progress=progress)
+        except Exception as exc:  # the figure is optional; keep the rest of the report
+            notes.append(f"bound figure skipped ({type(exc).__name__}: {exc})")
+        timings["bound_s"] = time.perf_counter() - began
     details["steerers"] = steerers
     details["plant"] = plant
     return report, details
+
+
+def run_bound_figure(plant, prompts: Sequence[str], system, figure, *, max_tokens: int = 16,
+                     progress: bool = False) -> dict:
+    """Tracking-error bound of LQR tracking on the model, with its figure written to ``figure``.
+
+    The nominal trajectory is that of ``prompts[0]``; ``prompts[1:4]`` calibrate the remainder
+    constants, ``prompts[4:8]`` are held out (fewer prompts are split in half).  Uses the
+    linearization ``system`` (B = I).  Returns the experiment's JSON-ready summary.
+    """
+    import importlib
+
+    module = importlib.import_module("ltv_control.adapters.bound_experiment")
+    prompts = list(prompts)
+    if len(prompts) < 3:
+        raise PropertyError(f"the bound experiment needs at least 3 prompts, found {len(prompts)}")
+    if len(prompts) >= 8:
+        calib, held = prompts[1:4], prompts[4:8]
+    else:
+        half = 1 + (len(prompts) - 1) // 2
+        calib, held = prompts[1:half], prompts[half:]
+    result = module.llm_bound_experiment(plant, prompts[0], calib, held, system=system,
+                                         max_tokens=max_tokens, figure=figure,
+                                         progress=progress)
+    return result.to_dict()
 
 
 def _maybe(function, **candidates) -> dict:

@@ -254,6 +254,8 @@ def write_report(out_dir: str | os.PathLike, report: dict, details: dict | None 
 
         files["bound.png"] = _save_figure(bound_figure, out / "bound.png")
         plt.close(bound_figure)
+    elif (out / "bound.png").is_file() and details.get("bound"):
+        files["bound.png"] = out / "bound.png"  # written by the bound experiment itself
     if "examples" in details:
         files["examples.png"] = _plot_examples(details["examples"], out / "examples.png")
     files["report.md"] = atomic_write_text(out / "report.md", _markdown(report, details, files))

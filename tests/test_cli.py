@@ -184,6 +184,20 @@ def test_linearize_writes_a_system_file(tiny_dirs, tmp_path, capsys):
     assert meta["horizon"] == 3 and meta["metadata"]["max_tokens"] == 6
 
 
+def test_bound_writes_figure_and_summary(tiny_dirs, tmp_path, capsys):
+    out_dir = tmp_path / "bound"
+    status = main(["bound", "--model", str(tiny_dirs["a"]), "--n-prompts", "5", "--n-jacobian",
+                   "1", "--max-tokens", "6", "--out", str(out_dir), "--quiet", "--json"])
+    payload = json.loads(capsys.readouterr().out)
+    assert status == 0
+    assert 0.0 <= payload["coverage"] <= 1.0 and payload["n_steps"] > 0
+    assert (out_dir / "bound.png").read_bytes()[:4] == b"\x89PNG"
+    assert json.loads((out_dir / "bound.json").read_text())["mode"] == payload["mode"]
+    line = _one_line_error(capsys, main(["bound", "--model", str(tiny_dirs["a"]),
+                                         "--n-prompts", "2", "--quiet"]))
+    assert "at least 3" in line
+
+
 def test_parser_defaults_are_documented():
     parser = build_parser()
     for action in parser._subparsers._group_actions[0].choices.values():
