@@ -393,7 +393,9 @@ def as_weight(value: Any, name: str, *, rows: int, cols: int | None = None, hori
         if M.shape[-3] != horizon:
             raise DimensionError(
                 f"{name}: expected {expected}; found shape {format_shape(M.shape)} "
-                f"(a 3-D weight is a per-step stack, and its length {M.shape[-3]} != T = {horizon})")
+                f"(a 3-D weight is a per-step stack, and its length {M.shape[-3]} != T = {horizon})"
+                + ("; the terminal weight is passed separately as Qf" if M.shape[-3] == horizon + 1
+                   else ""))
         wbatch = tuple(M.shape[:-3])
         try:
             backend.broadcast_shapes(wbatch, tuple(batch_shape))

@@ -50,6 +50,25 @@ class StageFactor(NamedTuple):
     SA: Any
 
 
+def _as_arrays(be: Any, S_next: Any, A: Any, B: Any, Q: Any, R: Any, N: Any) -> tuple:
+    """Arrays of one backend; Python scalars ``Q``/``R`` mean ``c·I`` (in ``S_next``'s dtype)."""
+    like = S_next if be.is_array(S_next) else A
+    device = be.device_of(like) if be.is_array(like) else None
+    dtype = be.dtype_of(like) if be.is_array(like) else None
+
+    def conv(x: Any) -> Any:
+        return x if x is None or be.is_array(x) else be.asarray(x, dtype=dtype, device=device)
+
+    S_next, A, B, N = conv(S_next), conv(A), conv(B), conv(N)
+    n = A.shape[-1]
+    m = n if B is None else B.shape[-1]
+    if not be.is_array(Q) and np.ndim(Q) == 0:
+        Q = float(Q) * be.eye(n, dtype=be.dtype_of(A), device=device)
+    if not be.is_array(R) and np.ndim(R) == 0:
+        R = float(R) * be.eye(m, dtype=be.dtype_of(A), device=device)
+    return S_next, A, B, conv(Q), conv(R), N
+
+
 def _check_shapes(S_next: Any, A: Any, B: Any, Q: Any, R: Any, N: Any) -> tuple[int, int]:
     n = A.shape[-1]
     if A.ndim < 2 or A.shape[-2] != n:
@@ -202,10 +221,10 @@ def riccati_step(S_next: Any, A: Any, B: Any, Q: Any, R: Any, N: Any = None, *,
     B : array (*batch, n, m) or None
         Input matrix; ``None`` means the identity (``m = n``) and skips the
         products with it.
-    Q : array (*batch, n, n)
-        Symmetric state weight.
-    R : array (*batch, m, m)
-        Symmetric positive definite input weight.
+    Q : array (*batch, n, n) or float
+        Symmetric state weight (a scalar ``q`` means ``q·I``).
+    R : array (*batch, m, m) or float
+        Symmetric positive definite input weight (a scalar ``r`` means ``r·I``).
     N : array (*batch, n, m), optional
         Cross weight of the term ``2 xᵀN u``.
     step : int, optional
@@ -216,8 +235,9 @@ def riccati_step(S_next: Any, A: Any, B: Any, Q: Any, R: Any, N: Any = None, *,
     K : array (*batch, m, n)
     S : array (*batch, n, n)
         numpy in, numpy out; torch in, torch out on the same device. Batch
-        dimensions broadcast. All inputs should share one dtype (no conversion
-        is done here; :func:`ltv_control.finite_horizon_lqr` converts).
+        dimensions broadcast. Inputs should share one dtype (no dtype conversion is
+        done here, and no symmetry/definiteness validation: this is the inner loop;
+        :func:`ltv_control.finite_horizon_lqr` validates and converts).
 
     Raises
     ------
@@ -227,6 +247,7 @@ def riccati_step(S_next: Any, A: Any, B: Any, Q: Any, R: Any, N: Any = None, *,
         When the trailing matrix shapes do not fit together.
     """
     be = get_backend(S_next, A, B, Q, R, N)
+    S_next, A, B, Q, R, N = _as_arrays(be, S_next, A, B, Q, R, N)
     _check_shapes(S_next, A, B, Q, R, N)
     L, W, SA = factor_stage(S_next, A, B, R, N, step=step, backend=be)
     K = be.solve_triangular(L, W, lower=True, trans=True)

@@ -352,6 +352,23 @@ def test_riccati_step_identity_input(rng):
     K2, S2 = riccati_step(S_next, A, np.eye(n), Q, R)
     np.testing.assert_allclose(K1, K2, rtol=1e-12)
     np.testing.assert_allclose(S1, S2, rtol=1e-12)
+    # scalars mean c·I
+    K3, S3 = riccati_step(S_next, A, None, 0.5, 2.0)
+    K4, S4 = riccati_step(S_next, A, None, 0.5 * np.eye(n), 2.0 * np.eye(n))
+    np.testing.assert_array_equal(K3, K4)
+    np.testing.assert_array_equal(S3, S4)
+
+
+def test_riccati_step_on_torch_keeps_type(rng):
+    torch = pytest.importorskip("torch")
+    n, m = 4, 2
+    S_next, Q, R = _random_spd(rng, n), _random_spd(rng, n), _random_spd(rng, m)
+    A, B = rng.normal(size=(3, n, n)), rng.normal(size=(n, m))
+    K, S = riccati_step(S_next, A, B, Q, R)
+    Kt, St = riccati_step(*(torch.as_tensor(v) for v in (S_next, A, B, Q, R)))
+    assert isinstance(Kt, torch.Tensor) and Kt.shape == (3, m, n)
+    np.testing.assert_allclose(Kt.numpy(), K, rtol=1e-12)
+    np.testing.assert_allclose(St.numpy(), S, rtol=1e-12)
 
 
 def test_riccati_step_reports_step_and_batch_member(rng):

@@ -39,6 +39,8 @@ def test_weight_shapes_name_argument_expected_and_found(system):
         lc.finite_horizon_lqr(system, 1.0, np.eye(3))
     with pytest.raises(lc.DimensionError, match=r"Q: .*per-step stack, and its length 3 != T = 4"):
         lc.finite_horizon_lqr(system, np.stack([np.eye(3)] * 3), 1.0)
+    with pytest.raises(lc.DimensionError, match="terminal weight is passed separately as Qf"):
+        lc.finite_horizon_lqr(system, np.stack([np.eye(3)] * 5), 1.0)
     with pytest.raises(lc.DimensionError, match=r"N: .*found shape \(2, 3\)"):
         lc.finite_horizon_lqr(system, 1.0, 1.0, N=np.zeros((2, 3)))
     with pytest.raises(lc.DimensionError, match=r"N: a scalar means c·I and needs a square \(3, 2\)"):
