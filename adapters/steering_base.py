@@ -47,7 +47,8 @@ A subclass sets the class attributes
 
 ``kind``
     short name stored in controller files (``"alqr"``, ``"actadd"``, ...); a
-    subclass with a ``kind`` is registered so :meth:`Steerer.load` can dispatch.
+    subclass that sets its own ``kind`` is registered (first class per kind wins) so
+    :meth:`Steerer.load` can dispatch on the kind stored in a file.
 ``tensor_names``
     names of its per-layer float32 tensors, each of shape ``(T,)`` or ``(T, n)``;
     they are attributes of the instance and are what :meth:`save` writes.
@@ -237,28 +238,20 @@ class SteeringHandle:
     def __exit__(self, *exc_info: Any) -> None:
         self.remove()
 
-    def __del__(self) -> None:  # pragma: no cover - best effort when the user forgets
-        try:
-            self.remove()
-        except Exception:
-            pass
-
 
 class _MaskState:
     """Attention mask of the current forward pass, shared by the hooks of one attachment."""
 
-    __slots__ = ("mask", "pad_free", "cache", "state", "first_layer")
+    __slots__ = ("mask", "cache", "state", "first_layer")
 
     def __init__(self, first_layer: int) -> None:
         self.mask = None
-        self.pad_free = True
         self.cache: dict = {}
         self.state: dict = {}
         self.first_layer = first_layer
 
     def clear(self) -> None:
         self.mask = None
-        self.pad_free = True
         self.cache = {}
 
 
@@ -310,8 +303,10 @@ class Steerer:
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        if cls.kind:
-            Steerer._registry[cls.kind] = cls
+        # only classes that name their own kind are registered (the first one wins), so a
+        # subclass that merely inherits a kind (e.g. a test double) never hijacks loading
+        if "kind" in cls.__dict__ and cls.kind:
+            Steerer._registry.setdefault(cls.kind, cls)
 
     def __init__(
         self,
@@ -482,10 +477,8 @@ class Steerer:
                 if mask is None and mask_index is not None and len(args) > mask_index:
                     mask = args[mask_index]
                 shared.clear()
-                if mask is not None and hasattr(mask, "ndim") and mask.ndim == 2:
-                    mask = mask.to(dtype=torch.bool)
+                if isinstance(mask, torch.Tensor) and mask.ndim == 2:
                     shared.mask = mask
-                    shared.pad_free = bool(mask.all())
                 return None
 
             def post_hook(module, args, kwargs, output):
@@ -516,10 +509,14 @@ class Steerer:
         cache = {params[next(iter(params))].device if params else None: params}
         control = self._control
         last = positions == "last"
+        hidden_size = self.hidden_size
 
         def position_mask(hidden):
-            """float32 (B, 1) or (B, L, 1) mask of real positions, or None when all are real."""
-            if shared.mask is None or shared.pad_free:
+            """float32 (B, 1) or (B, L, 1) mask of the real steered positions; None if all real.
+
+            Computed once per forward pass, device and length (cached in ``shared.cache``).
+            """
+            if shared.mask is None:
                 return None
             batch, length = hidden.shape[0], hidden.shape[1]
             key = (hidden.device, length)
@@ -527,12 +524,11 @@ class Steerer:
             if m is None:
                 mask = shared.mask
                 if mask.shape[0] != batch or mask.shape[1] < length:
-                    m = False  # mask does not describe this call: every position is real
+                    m = False  # the mask does not describe this call: every position is real
                 else:
-                    cols = mask[:, -1:] if last else mask[:, -length:]
-                    m = cols.to(device=hidden.device, dtype=torch.float32).unsqueeze(-1)
-                    if last:
-                        m = m[:, 0]
+                    cols = mask[:, -1] if last else mask[:, -length:]
+                    cols = cols.to(device=hidden.device) != 0
+                    m = False if bool(cols.all()) else cols.to(torch.float32).unsqueeze(-1)
                 shared.cache[key] = m
             return None if m is False else m
 
@@ -546,6 +542,11 @@ class Steerer:
             if p is None:
                 p = {name: t.to(z_full.device) for name, t in params.items()}
                 cache[z_full.device] = p
+            if z_full.shape[-1] != hidden_size:
+                raise DimensionError(
+                    f"block {k}: the steerer was fitted for hidden size {hidden_size}, the block "
+                    f"input has size {z_full.shape[-1]}"
+                )
             if last:
                 z = z_full[:, -1].to(torch.float32)
             else:

@@ -546,7 +546,7 @@ def test_embedded_alqr_moves_feature_towards_setpoint(embedded_plant):
                "The food was delicious and the staff were kind."]
     undesired = ["I hated this movie, it was awful.", "What a terrible and sad day!",
                  "The food was disgusting and the staff were rude."]
-    st = ALQRSteerer.fit(plant, desired, undesired, jacobian_prompts=desired[:2], max_tokens=8,
+    st = ALQRSteerer.fit(plant, desired, undesired, jacobian_prompts=desired[:1], max_tokens=6,
                          lam=1.0, progress=False)
     assert st.w.shape == (plant.horizon, plant.state_dim) and torch.isfinite(st.w).all()
     tests = ["The service at this hotel was", "My week has been"]
