@@ -43,6 +43,7 @@ __all__ = [
     "forward_kwargs",
     "clean_capture",
     "step_capture",
+    "step_capture_pair",
     "verify_replay",
     "batch_layout",
     "materialize",
@@ -262,7 +263,49 @@ def _cache_out(output: Any) -> Any:
     return None
 
 
-def step_capture(model: Any, blocks: list, ids: Any, mask: Any, positions: Any) -> list[BlockCall]:
+def step_capture_pair(
+    model: Any, blocks: list, ids: Any, mask: Any, positions: Any
+) -> tuple[list[BlockCall], list[BlockCall]]:
+    """:func:`step_capture` at batch B and at batch 2B (the batch twice), sharing one prefill.
+
+    The 2B capture only serves :func:`batch_layout`. The prefilled cache is copied and
+    doubled with ``reorder_cache``; caches without it get a second prefill.
+    """
+    import copy
+
+    import torch
+
+    calls_2b: list = []
+    doubled = None
+
+    def fork(cache: Any) -> None:
+        nonlocal doubled
+        try:
+            twin = copy.deepcopy(cache)
+            index = torch.arange(ids.shape[0], device=ids.device)
+            twin.reorder_cache(torch.cat([index, index]))
+            doubled = twin
+        except Exception:  # no reorder_cache / not copyable: a second prefill below
+            doubled = None
+
+    calls_b = step_capture(model, blocks, ids, mask, positions, _fork=fork)
+
+    def twice(t: Any) -> Any:
+        return None if t is None else torch.cat([t, t], dim=0)
+
+    if doubled is not None:
+        calls_2b = step_capture(
+            model, blocks, twice(ids), twice(mask), twice(positions), _prefilled=doubled
+        )
+    else:
+        calls_2b = step_capture(model, blocks, twice(ids), twice(mask), twice(positions))
+    return calls_b, calls_2b
+
+
+def step_capture(
+    model: Any, blocks: list, ids: Any, mask: Any, positions: Any, *, _fork: Any = None,
+    _prefilled: Any = None,
+) -> list[BlockCall]:
     """Record every block call of a one-token decoding step after a prefill of the first L-1 tokens.
 
     Returns
@@ -288,11 +331,16 @@ def step_capture(model: Any, blocks: list, ids: Any, mask: Any, positions: Any) 
         use_cache=True,
         logits_to_keep=1,
     )
-    with torch.no_grad(), _Hooks(blocks, None if pad is None else pad[:, :-1]):
-        prefill = model(input_ids=ids[:, :-1], **prefill_kwargs)
-    cache = _cache_out(prefill)
+    if _prefilled is not None:
+        cache = _prefilled
+    else:
+        with torch.no_grad(), _Hooks(blocks, None if pad is None else pad[:, :-1]):
+            prefill = model(input_ids=ids[:, :-1], **prefill_kwargs)
+        cache = _cache_out(prefill)
     if cache is None or not hasattr(cache, "update"):
         raise ReplayError(f"{type(model).__name__} returned no KV cache from a use_cache=True pass")
+    if _fork is not None:
+        _fork(cache)
     step_kwargs = forward_kwargs(
         model,
         attention_mask=mask,

@@ -61,7 +61,7 @@ from ltv_control.adapters._replay import (
     block_input_of,
     clean_capture,
     materialize,
-    step_capture,
+    step_capture_pair,
     verify_replay,
 )
 from ltv_control.adapters.model_loading import model_id_of
@@ -226,9 +226,7 @@ class LLMPlant:
         import torch
 
         mask = batch.mask if self._accepts_mask() else None
-        step = step_capture(self.model, self.layers, batch.ids, mask, batch.positions)
-        ids2, mask2, pos2 = self._doubled(batch)
-        step2 = step_capture(self.model, self.layers, ids2, mask2 if mask is not None else None, pos2)
+        step, step2 = step_capture_pair(self.model, self.layers, batch.ids, mask, batch.positions)
         layouts = []
         for k, (block, call, call2, clean) in enumerate(zip(self.layers, step, step2, batch.clean, strict=True)):
             layout = batch_layout(call, call2, with_kv=True)
