@@ -47,6 +47,7 @@ __all__ = [
     "StreamedFeedback",
     "iter_lqr_gains",
     "streamed_feedback",
+    "scaled_identity_step",
     "dense_memory_bytes",
     "streamed_memory_bytes",
 ]
@@ -77,6 +78,14 @@ class StreamedFeedback(NamedTuple):
 # ----------------------------------------------------------------------------------------------
 # small helpers
 # ----------------------------------------------------------------------------------------------
+
+
+def _is_scalar(x: Any) -> bool:
+    if isinstance(x, bool):
+        return False
+    if isinstance(x, (int, float, np.integer, np.floating)):
+        return True
+    return hasattr(x, "ndim") and x.ndim == 0
 
 
 def _shape(x: Any) -> tuple[int, ...]:
@@ -131,6 +140,75 @@ def _backward_matrices(provider: Any, horizon: int | None, name: str = "provider
         raise DimensionError(f"{name}: the provider yielded no stage")
     if expected_k != -1:
         raise DimensionError(f"{name}: the provider stopped before stage 0 (stage {expected_k} missing)")
+
+
+# ----------------------------------------------------------------------------------------------
+# memory-lean step for the activation-steering case (B = I, Q = qI, R = rI)
+# ----------------------------------------------------------------------------------------------
+
+
+def scaled_identity_step(S_next: Any, A: Any, q: float, r: float, *, step: Any = None) -> tuple[Any, Any]:
+    """One Riccati step for ``B = I``, ``Q = q·I``, ``R = r·I``, with few ``n × n`` temporaries.
+
+    Same equations as :func:`ltv_control.riccati.riccati_step` (``G = rI + S``, ``G = LLᵀ``,
+    ``W = L⁻¹ S A``, ``K = L⁻ᵀ W``, ``S_k = qI + Aᵀ S A − Wᵀ W``, symmetrised), but ``Q`` and
+    ``R`` are never materialised as matrices and intermediate products are updated in place, so
+    the step holds about 7 ``n × n`` arrays (inputs included) instead of about 15.  numpy or torch
+    (any device); unbatched ``(n, n)`` only.
+
+    Raises
+    ------
+    NumericalError
+        When ``S_{k+1} + rI`` is not positive definite.
+    """
+    from ltv_control._exceptions import NumericalError
+
+    where = "" if step is None else f" at step {step}"
+    if type(S_next).__module__.split(".")[0] == "torch":
+        import torch
+
+        G = S_next.clone()
+        G.diagonal().add_(r)
+        L, info = torch.linalg.cholesky_ex(G)
+        del G
+        if int(info) != 0 or not bool(torch.isfinite(L.diagonal()).all()):
+            raise NumericalError(f"Riccati recursion{where}: S + rI is not positive definite "
+                                 "(Cholesky factorisation failed)")
+        SA = S_next @ A
+        S_new = A.mT @ SA
+        W = torch.linalg.solve_triangular(L, SA, upper=False)
+        del SA
+        K = torch.linalg.solve_triangular(L.mT, W, upper=True)
+        del L
+        S_new.sub_(W.mT @ W)
+        del W
+        S_new.diagonal().add_(q)
+        S_new.add_(S_new.mT.clone()).mul_(0.5)
+        return K, S_new
+    import scipy.linalg
+
+    G = S_next.copy()
+    G[np.diag_indices_from(G)] += r
+    try:
+        L = scipy.linalg.cholesky(G, lower=True, overwrite_a=True, check_finite=False)
+    except np.linalg.LinAlgError:
+        L = None
+    del G
+    if L is None or not np.isfinite(np.diagonal(L)).all():
+        raise NumericalError(f"Riccati recursion{where}: S + rI is not positive definite "
+                             "(Cholesky factorisation failed)")
+    SA = S_next @ A
+    S_new = A.T @ SA
+    W = scipy.linalg.solve_triangular(L, SA, lower=True, overwrite_b=True, check_finite=False)
+    del SA
+    K = scipy.linalg.solve_triangular(L, W, lower=True, trans=1, check_finite=False)
+    del L
+    S_new -= W.T @ W
+    del W
+    S_new[np.diag_indices_from(S_new)] += q
+    S_new += S_new.T.copy()
+    S_new *= 0.5
+    return K, S_new
 
 
 # ----------------------------------------------------------------------------------------------
@@ -195,12 +273,26 @@ def _run(
                 B_first = B_fn(k)
                 m = n if B_first is None else _shape(B_first)[-1]
                 common = dict(horizon=steps, backend=bk, dtype=dt, device=device)
-                Qw = as_weight(Q, "Q", rows=n, definiteness="psd", **common)
-                Rw = as_weight(R, "R", rows=m, definiteness="pd", **common)
-                if Qw.batch_shape or Rw.batch_shape:
-                    raise DimensionError("Q, R: batched weights are not supported by the streamed path")
+                # scalar Q and R: validated here, materialised as matrices only if a step needs them
+                lean = _is_scalar(Q) and _is_scalar(R)
+                weights: dict = {}
+
+                def weight_matrices(k: int) -> tuple[Any, Any]:
+                    if "Q" not in weights:
+                        weights["Q"] = as_weight(Q, "Q", rows=n, definiteness="psd", **common)
+                        weights["R"] = as_weight(R, "R", rows=m, definiteness="pd", **common)
+                        if weights["Q"].batch_shape or weights["R"].batch_shape:
+                            raise DimensionError("Q, R: batched weights are not supported by the streamed path")
+                    return weights["Q"].at(k), weights["R"].at(k)
+
+                if lean:
+                    as_weight(Q, "Q", rows=1, definiteness="psd", **common)
+                    as_weight(R, "R", rows=1, definiteness="pd", **common)
+                    q_scalar, r_scalar = float(Q), float(R)
+                else:
+                    weight_matrices(steps - 1)
                 if Qf is None:
-                    S_next = Qw.last()
+                    S_next = q_scalar * bk.eye(n, dtype=dt, device=device) if lean else weights["Q"].last()
                 else:
                     S_next = as_terminal_weight(Qf, "Qf", n=n, backend=bk, dtype=dt, device=device)
                     if S_next.ndim != 2:
@@ -214,7 +306,12 @@ def _run(
                 B_k = as_array(B_k, f"B[{k}]", bk, dtype=dt, device=device)
                 if _shape(B_k) != (n, m):
                     raise DimensionError(f"B[{k}]: expected shape ({n}, {m}), found {_shape(B_k)}")
-            K_k, S_k = riccati_step(S_next, A, B_k, Qw.at(k), Rw.at(k), step=k)
+            if lean and B_k is None:
+                K_k, S_k = scaled_identity_step(S_next, A, q_scalar, r_scalar, step=k)
+            else:
+                Q_k, R_k = weight_matrices(k)
+                K_k, S_k = riccati_step(S_next, A, B_k, Q_k, R_k, step=k)
+                del Q_k, R_k
             S_next = S_k  # the previous S_{k+1} is released here
             del S_k
             yield k, A, K_k

@@ -164,3 +164,39 @@ def test_import_without_torch():
 
     code = "import sys, ltv_control.streaming; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "torch"])
+def test_scaled_identity_step_equals_generic_step(rng, backend):
+    from ltv_control.riccati import riccati_step
+    from ltv_control.streaming import scaled_identity_step
+
+    n, q, r = 30, 0.3, 1.7
+    S = _spd(rng, n)
+    A = _random_plant(rng, 1, n)[0]
+    if backend == "torch":
+        torch = pytest.importorskip("torch")
+        S, A = torch.as_tensor(S), torch.as_tensor(A)
+        eye = torch.eye(n, dtype=torch.float64)
+    else:
+        eye = np.eye(n)
+    K, S_new = scaled_identity_step(S, A, q, r, step=3)
+    K_ref, S_ref = riccati_step(S, A, None, q * eye, r * eye)
+    assert type(K) is type(K_ref)
+    assert _rel(np.asarray(K), np.asarray(K_ref)) < 1e-12
+    assert _rel(np.asarray(S_new), np.asarray(S_ref)) < 1e-12
+    assert np.array_equal(np.asarray(S_new), np.asarray(S_new).T)
+    with pytest.raises(lc.NumericalError, match="step 3"):
+        scaled_identity_step(-10 * S, A, q, r, step=3)
+
+
+def test_lean_step_peak_memory_in_matrices(rng):
+    """The A-LQR case (B = I, scalar Q, R) holds at most ~9 n×n arrays at its peak."""
+    n, T = 200, 3
+    A = _random_plant(rng, T, n)
+    V = rng.standard_normal((T, n))
+    tracemalloc.start()
+    streamed_feedback(lambda k: A[k], V, 0.1, 1.0, horizon=T)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert peak < 9 * n * n * 8
