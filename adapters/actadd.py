@@ -16,13 +16,13 @@ from typing import Any
 import numpy as np
 
 from ltv_control._exceptions import ArgumentError
+from ltv_control._validation import public_api
 from ltv_control.adapters.steering_base import (
     SteeringHandle,
     Steerer,
     check_layer_indices,
     check_positions,
     check_scalar,
-    reject_unknown,
 )
 
 __all__ = ["ActAddSteerer"]
@@ -50,6 +50,7 @@ class ActAddSteerer(Steerer):
     default_positions = "all"
 
     @classmethod
+    @public_api
     def fit(
         cls,
         plant: Any,
@@ -60,7 +61,6 @@ class ActAddSteerer(Steerer):
         coeff: float = 1.0,
         positions: str = "all",
         batch_size: int = 8,
-        **unknown: Any,
     ) -> ActAddSteerer:
         """Fit the mean-difference vectors on ``plant``.
 
@@ -76,7 +76,6 @@ class ActAddSteerer(Steerer):
         batch_size : int, default 8
             Batch size of :meth:`LLMPlant.last_token_states`.
         """
-        reject_unknown(unknown, "ActAddSteerer.fit")
         if layers is _REQUIRED or layers is None:
             raise ArgumentError("ActAddSteerer.fit: layers is required (a list of layer indices)")
         coeff = check_scalar(coeff, "coeff")
@@ -94,6 +93,7 @@ class ActAddSteerer(Steerer):
             model_id=getattr(plant, "model_id", None),
         )
 
+    @public_api
     def attach(
         self,
         model: Any,
@@ -101,13 +101,23 @@ class ActAddSteerer(Steerer):
         positions: str | None = None,
         coeff: float | None = None,
         layers: Sequence[int] | None = None,
-        **unknown: Any,
     ) -> SteeringHandle:
         """Add ``coeff · e_k`` to block ``k``'s output (see :meth:`Steerer.attach`).
 
-        ``coeff=None`` uses the fitted value; ``layers`` restricts the fitted layers.
+        Parameters
+        ----------
+        model : torch.nn.Module
+        positions : {"last", "all"} or None, default None
+            ``None``: the fitted default.
+        coeff : float or None, default None
+            ``None``: the fitted coefficient.
+        layers : list of int or None, default None
+            Restrict the fitted layers to these.
+
+        Returns
+        -------
+        SteeringHandle
         """
-        reject_unknown(unknown, "ActAddSteerer.attach")
         if coeff is not None:
             coeff = check_scalar(coeff, "coeff")
         return super().attach(model, positions=positions, layers=layers, coeff=coeff)

@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from ltv_control._validation import public_api
 from ltv_control.adapters.steering_base import (
     SteeringHandle,
     Steerer,
@@ -42,7 +43,6 @@ from ltv_control.adapters.steering_base import (
     check_positions,
     check_prompts,
     check_scalar,
-    reject_unknown,
 )
 
 __all__ = ["ALQRSteerer"]
@@ -78,6 +78,7 @@ class ALQRSteerer(Steerer):
     default_positions = "last"
 
     @classmethod
+    @public_api
     def fit(
         cls,
         plant: Any,
@@ -94,7 +95,6 @@ class ALQRSteerer(Steerer):
         max_tokens: int = 24,
         batch_size: int = 8,
         progress: bool = True,
-        **unknown: Any,
     ) -> ALQRSteerer:
         """Fit an A-LQR steerer on ``plant`` from contrastive prompts.
 
@@ -115,7 +115,7 @@ class ALQRSteerer(Steerer):
             Controlled layers (``None``: every layer with ``‖e_k‖`` above the threshold).
         positions : {"last", "all"}, default "last"
             Default positions of :meth:`attach` (``"all"`` is A-LQR+).
-        max_tokens, batch_size, progress
+        max_tokens, batch_size, progress : int, int, bool; defaults 24, 8, True
             Passed to :meth:`LLMPlant.linearize` (``batch_size`` also to
             :meth:`LLMPlant.last_token_states`).
 
@@ -133,7 +133,6 @@ class ALQRSteerer(Steerer):
         from ltv_control import LTVSystem, finite_horizon_lqr
         from ltv_control.setpoint import feedback_directions
 
-        reject_unknown(unknown, "ALQRSteerer.fit")
         q = check_scalar(q, "q", nonnegative=True)
         r = check_scalar(r, "r", positive=True)
         qf = check_scalar(qf, "qf", nonnegative=True)
@@ -174,6 +173,7 @@ class ALQRSteerer(Steerer):
 
     # ------------------------------------------------------------------ runtime
 
+    @public_api
     def attach(
         self,
         model: Any,
@@ -181,7 +181,6 @@ class ALQRSteerer(Steerer):
         positions: str | None = None,
         lam: float | None = None,
         layers: Sequence[int] | None = None,
-        **unknown: Any,
     ) -> SteeringHandle:
         """Steer ``model`` with ``u_k = (β*_k - v_kᵀz_k) w_k`` (see :meth:`Steerer.attach`).
 
@@ -194,8 +193,12 @@ class ALQRSteerer(Steerer):
             ``β*_k = lam·e_norm_k``; ``None``: the fitted ``lam``.
         layers : list of int or None, default None
             Restrict control to these layers.
+
+        Returns
+        -------
+        SteeringHandle
+            Context manager; hooks removed on exit (also on error).
         """
-        reject_unknown(unknown, "ALQRSteerer.attach")
         if lam is not None:
             lam = check_scalar(lam, "lam")
         return super().attach(model, positions=positions, layers=layers, lam=lam)

@@ -31,13 +31,13 @@ from typing import Any
 import numpy as np
 
 from ltv_control._exceptions import PropertyError
+from ltv_control._validation import public_api
 from ltv_control.adapters.steering_base import (
     SteeringHandle,
     Steerer,
     check_layer_indices,
     check_positions,
     check_scalar,
-    reject_unknown,
 )
 
 __all__ = ["PIDSteerer"]
@@ -62,6 +62,7 @@ class PIDSteerer(Steerer):
     default_positions = "last"
 
     @classmethod
+    @public_api
     def fit(
         cls,
         plant: Any,
@@ -76,7 +77,6 @@ class PIDSteerer(Steerer):
         positions: str = "last",
         layers: Sequence[int] | None = None,
         batch_size: int = 8,
-        **unknown: Any,
     ) -> PIDSteerer:
         """Fit the LFS setpoint used by the PID law.
 
@@ -95,7 +95,6 @@ class PIDSteerer(Steerer):
             Controlled layers (``None``: all with a direction).
         batch_size : int, default 8
         """
-        reject_unknown(unknown, "PIDSteerer.fit")
         kp = check_scalar(kp, "kp")
         ki = check_scalar(ki, "ki")
         kd = check_scalar(kd, "kd")
@@ -120,6 +119,7 @@ class PIDSteerer(Steerer):
             model_id=getattr(plant, "model_id", None),
         )
 
+    @public_api
     def attach(
         self,
         model: Any,
@@ -127,10 +127,23 @@ class PIDSteerer(Steerer):
         positions: str | None = None,
         lam: float | None = None,
         layers: Sequence[int] | None = None,
-        **unknown: Any,
     ) -> SteeringHandle:
-        """Steer ``model`` with the S-PID law (see :meth:`Steerer.attach`); ``lam=None``: fitted."""
-        reject_unknown(unknown, "PIDSteerer.attach")
+        """Steer ``model`` with the S-PID law (see :meth:`Steerer.attach`).
+
+        Parameters
+        ----------
+        model : torch.nn.Module
+        positions : {"last", "all"} or None, default None
+            ``None``: the fitted default.
+        lam : float or None, default None
+            ``β*_k = lam·e_norm_k``; ``None``: the fitted ``lam``.
+        layers : list of int or None, default None
+            Restrict control to these layers.
+
+        Returns
+        -------
+        SteeringHandle
+        """
         if lam is not None:
             lam = check_scalar(lam, "lam")
         return super().attach(model, positions=positions, layers=layers, lam=lam)

@@ -592,6 +592,15 @@ class Steerer:
         """Write this steerer to one ``.safetensors`` controller file (atomically).
 
         See :mod:`ltv_control.adapters.controller_file` for the layout.
+
+        Parameters
+        ----------
+        path : str or PathLike
+            Destination file (its folder must exist); replaced atomically if present.
+
+        Returns
+        -------
+        pathlib.Path
         """
         from ltv_control.adapters.controller_file import save_controller_file
 

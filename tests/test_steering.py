@@ -558,3 +558,40 @@ def test_embedded_alqr_moves_feature_towards_setpoint(embedded_plant):
     gap_steered = (beta - torch.einsum("ptn,tn->pt", steered, v)).abs()
     late = slice(plant.horizon // 2, plant.horizon)  # the effect accumulates over the layers
     assert gap_steered[:, late].mean() < 0.8 * gap_plain[:, late].mean()
+
+
+# --------------------------------------------------------------------------- API meta-tests
+
+
+def _documented(doc: str) -> set[str]:
+    import re
+
+    section = re.split(r"\n\s*Parameters\n\s*-+\n", doc, maxsplit=1)
+    assert len(section) == 2, "no numpydoc 'Parameters' section"
+    body = re.split(r"\n\s*(Returns|Raises|Notes|Examples|Yields)\n\s*-+\n", section[1])[0]
+    names = set()
+    for match in re.finditer(r"^\s*([\w*, ]+?) :", body, re.M):
+        names.update(n.strip().lstrip("*") for n in match.group(1).split(","))
+    return names
+
+
+@pytest.mark.parametrize("cls", [ALQRSteerer, ActAddSteerer, PIDSteerer])
+@pytest.mark.parametrize("method", ["fit", "attach", "save", "load"])
+def test_every_parameter_is_documented(cls, method):
+    import inspect
+
+    func = getattr(cls, method)
+    params = [p.name for p in inspect.signature(func).parameters.values()
+              if p.name not in ("self", "cls") and p.kind is not p.VAR_KEYWORD]
+    missing = set(params) - _documented(inspect.getdoc(func) or "")
+    assert not missing, f"{cls.__name__}.{method}: {sorted(missing)} undocumented"
+
+
+@pytest.mark.parametrize("cls", [ALQRSteerer, ActAddSteerer, PIDSteerer])
+def test_unknown_keywords_raise_argument_error(cls, llama):
+    plant = _FakePlant()
+    with pytest.raises(ArgumentError, match="not_a_parameter"):
+        cls.fit(plant, ["good"], ["bad"], layers=[0], not_a_parameter=1)
+    st = _steerer(cls=cls, layers=[0]) if cls is ActAddSteerer else _steerer(cls=cls)
+    with pytest.raises(ArgumentError, match="not_a_parameter"):
+        st.attach(llama, not_a_parameter=1)
