@@ -19,10 +19,12 @@ optimal cost equals ``V_0(x_0)`` of :func:`ltv_control.tracking_lqr`
 Two solution methods share one problem definition:
 
 ``method="cvxpy"`` (default, the reference)
-    A cvxpy problem built **once** in DPP form: ``x_0`` and ``r`` are cvxpy Parameters, the
-    cost is ``sum_squares`` of constant factors ``F`` with ``FᵀF = Q`` (Cholesky, or a
-    symmetric square root for singular PSD weights), so every :meth:`ConstrainedLQR.solve`
-    re-uses the compiled problem (only the parameter values change).  Solver: Clarabel
+    A cvxpy problem built **once** in DPP form: ``x_0`` and the reference (as ``F_k r_k``)
+    are cvxpy Parameters, the cost is ``sum_squares(F_k x_k - F_k r_k)`` with constant
+    factors ``F_kᵀF_k = Q_k`` (Cholesky, or a symmetric square root with the null space
+    dropped for singular PSD weights — a rank-one feature weight costs one parameter per
+    step), so every :meth:`ConstrainedLQR.solve` re-uses the compiled problem (only the
+    parameter values change).  Solver: Clarabel
     (shipped with cvxpy) unless ``solver=`` names another installed conic solver.
 ``method="admm"`` (fast path)
     A Riccati-factored ADMM (:mod:`ltv_control._constrained_admm`): the equality-constrained
@@ -40,8 +42,10 @@ returned plan is checked against every constraint.
 
 Batches of initial states are solved in a loop over the compiled problem (warm-started
 from the previous member).  A stacked problem with one copy per member was measured
-slower (see ``benchmarks/constrained.py``: its compile time grows with the batch size and
-Clarabel's time per member does not drop), so the loop is the implementation.
+(``benchmarks/constrained.py``, T=30, r=32, batch 4 on 2 loaded cores): it compiles ~10x
+slower (22 s against 2 s), must be recompiled for every batch size and its memory grows
+with copies x parameters, for a re-solve only ~25 % faster than the loop; so the loop is
+the implementation.
 
 cvxpy is an optional extra (``pip install ltv-control[cvxpy]``) and is imported lazily: this
 module (and ``method="admm"``) works without it, except for the cvxpy method and the
@@ -437,7 +441,11 @@ class ConstrainedLQR:
         x = cp.Variable((T + 1, n), name="x")
         u = cp.Variable((T, m), name="u")
         x0 = cp.Parameter(n, name="x0")
-        xref = cp.Parameter((T + 1, n), name="x_ref")
+        # The reference enters only through F_k r_k (one entry per row of the cost factor
+        # F_k, F_kᵀF_k = Q_k): a rank-one feature weight costs one parameter per step, not n.
+        factors = self._cost_factors()
+        total = sum(F.shape[0] for F in factors)
+        xref = cp.Parameter(max(total, 1), name="weighted_x_ref")
         cons = [x[0] == x0]
         for k in range(T):
             drift = 0 if self.c is None else self.c[k]
@@ -481,14 +489,14 @@ class ConstrainedLQR:
                 cons.append(lhs >= b / scale)
         if objective == "cost":
             terms = []
-            for k in range(T):
-                FQ = _psd_factor(self.Q[k])
-                if FQ.shape[0]:
-                    terms.append(cp.sum_squares(FQ @ (x[k] - xref[k])))
-                terms.append(cp.sum_squares(_psd_factor(self.R[k]) @ u[k]))
-            FQf = _psd_factor(self.Qf)
-            if FQf.shape[0]:
-                terms.append(cp.sum_squares(FQf @ (x[T] - xref[T])))
+            offset = 0
+            for k, F in enumerate(factors):
+                rows = F.shape[0]
+                if rows:
+                    terms.append(cp.sum_squares(F @ x[k] - xref[offset:offset + rows]))
+                offset += rows
+                if k < T:
+                    terms.append(cp.sum_squares(_psd_factor(self.R[k]) @ u[k]))
             obj = cp.Minimize(cp.sum(terms))
         elif objective == "slack":
             obj = cp.Minimize(cp.sum(slack_terms) if slack_terms else 0)
@@ -498,6 +506,20 @@ class ConstrainedLQR:
         if objective == "cost" and not problem.is_dpp():  # pragma: no cover - guarded by design
             raise RuntimeError("internal error: the constrained LQR problem is not DPP")
         return {"problem": problem, "x": x, "u": u, "x0": x0, "xref": xref, "slacks": slacks}
+
+    def _cost_factors(self) -> list:
+        """``F_k`` with ``F_kᵀF_k = Q_k`` (k < T) and ``Q_f`` (k = T), computed once."""
+        if getattr(self, "_factors", None) is None:
+            self._factors = [_psd_factor(self.Q[k]) for k in range(self.horizon)] + \
+                [_psd_factor(self.Qf)]
+        return self._factors
+
+    def _set_parameters(self, problem: dict, x0: np.ndarray, xref: np.ndarray) -> None:
+        """Parameter values for ``x0`` and the weighted reference ``F_k r_k``."""
+        problem["x0"].value = x0
+        weighted = [F @ xref[k] for k, F in enumerate(self._cost_factors())]
+        flat = np.concatenate(weighted) if weighted else np.zeros(0)
+        problem["xref"].value = flat if flat.size else np.zeros(1)
 
     def _build_admm(self) -> RiccatiADMM:
         T, n = self.horizon, self.n_states
@@ -617,8 +639,7 @@ class ConstrainedLQR:
         if self._cvx is None:
             self._cvx = self._build_cvxpy()
         prob = self._cvx["problem"]
-        self._cvx["x0"].value = x0
-        self._cvx["xref"].value = xref
+        self._set_parameters(self._cvx, x0, xref)
         cache = getattr(prob, "_cache", None)
         compiled_before = getattr(cache, "param_prog", None) is not None
         status = self._run_solver(prob, warm_start, self.solver_options)
@@ -723,7 +744,7 @@ class ConstrainedLQR:
         freed = []
         for fam in present:
             variant = self._build_cvxpy(drop=fam, objective="feasibility")
-            variant["x0"].value, variant["xref"].value = x0, xref
+            self._set_parameters(variant, x0, xref)
             try:
                 variant["problem"].solve(solver=self.solver)
                 ok = variant["problem"].status in _ACCEPTED
@@ -742,7 +763,7 @@ class ConstrainedLQR:
         state_fams = [f for f in ("x_box", "feature_constraints") if f in present]
         if state_fams and status.startswith("infeasible"):
             elastic = self._build_cvxpy(elastic=True, objective="slack")
-            elastic["x0"].value, elastic["xref"].value = x0, xref
+            self._set_parameters(elastic, x0, xref)
             try:
                 elastic["problem"].solve(solver=self.solver)
                 if elastic["problem"].status in _ACCEPTED:

@@ -310,3 +310,21 @@ def test_import_does_not_need_cvxpy_for_the_admm_path():
             "    assert 'cvxpy' in str(e)\nelse:\n    raise SystemExit('no ImportError')\n")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize("func, owner", [
+    (ConstrainedLQR.__init__, ConstrainedLQR),
+    (ConstrainedLQR.solve, ConstrainedLQR.solve),
+])
+def test_every_parameter_is_documented(func, owner):
+    import inspect
+    import re
+
+    doc = inspect.getdoc(owner)
+    body = re.split(r"\n\s*Parameters\n\s*-+\n", doc, maxsplit=1)[1]
+    body = re.split(r"\n\s*(Returns|Raises|Attributes|Examples)\n\s*-+\n", body)[0]
+    documented = set()
+    for match in re.finditer(r"^\s*([\w*, ]+?) :", body, re.M):
+        documented.update(n.strip() for n in match.group(1).split(","))
+    params = [p for p in inspect.signature(func).parameters if p != "self"]
+    assert not [p for p in params if p not in documented]
