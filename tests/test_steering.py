@@ -69,6 +69,13 @@ def _hf_model(family: str, dtype=torch.float32):
         cfg = transformers.GPTNeoXConfig(hidden_size=N, intermediate_size=32, num_hidden_layers=T,
                                          num_attention_heads=2, use_parallel_residual=True, **common)
         model = transformers.GPTNeoXForCausalLM(cfg)
+    elif family in ("qwen2", "mistral", "gemma2", "phi3"):
+        config_cls = {"qwen2": transformers.Qwen2Config, "mistral": transformers.MistralConfig,
+                      "gemma2": transformers.Gemma2Config, "phi3": transformers.Phi3Config}[family]
+        extra = {"head_dim": 8} if family == "gemma2" else {}
+        cfg = config_cls(hidden_size=N, intermediate_size=32, num_hidden_layers=T, num_attention_heads=2,
+                         num_key_value_heads=1, **extra, **common)
+        model = transformers.AutoModelForCausalLM.from_config(cfg)
     elif family == "tuple":
         return _TupleLM().to(dtype).eval()
     else:  # pragma: no cover
@@ -231,6 +238,36 @@ def test_pid_law_matches_reference_with_integral_reset(llama):
 
 
 # --------------------------------------------------------------------------- generation
+
+
+FAMILIES = ["llama", "qwen2", "mistral", "gemma2", "phi3", "gpt2", "gpt_neox"]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_families_steer_only_where_asked_with_cache_on_and_off(family):
+    model = _hf_model(family)
+    blocks, _ = find_decoder_layers(model)
+    st = _steerer()
+    ids, mask = _batch(lengths=(5, 3))
+    before = _hook_counts(model)
+    with torch.no_grad():
+        with st.attach(model, positions="last", layers=[1]):
+            probe = _Probe(blocks)
+            model(ids, attention_mask=mask)
+            probe.remove()
+            last_cached, _ = _generate(model, ids, mask, use_cache=True)
+            last_plain, _ = _generate(model, ids, mask, use_cache=False)
+        with st.attach(model, positions="all"):
+            all_cached, s_cached = _generate(model, ids, mask, use_cache=True)
+            all_plain, s_plain = _generate(model, ids, mask, use_cache=False)
+    for k in (0, 2):
+        assert torch.equal(probe.steered[k], probe.raw[k])
+    diff = probe.steered[1] - probe.raw[1]
+    assert torch.all(diff[:, :-1] == 0) and torch.all(diff[:, -1].abs().sum(-1) > 0)
+    assert last_cached.shape == last_plain.shape == (2, 4)
+    assert torch.equal(all_cached, all_plain)
+    torch.testing.assert_close(s_cached, s_plain, rtol=1e-4, atol=1e-4)
+    assert _hook_counts(model) == before
 
 
 def _generate(model, ids, mask, **kw):
