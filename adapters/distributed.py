@@ -195,8 +195,8 @@ def iter_distributed_jacobians(
         default all layers ascending.
     shard : {"prompts", "layers"}
         Split prompts (default) or layers across ranks (see the module docstring).
-    max_tokens, batch_size, progress, method
-        Forwarded to ``plant.iter_jacobians`` (progress is shown on rank 0 only).
+    max_tokens, batch_size, progress, method : see :meth:`LLMPlant.iter_jacobians`
+        Forwarded to the plant (the progress bar is shown on rank 0 only).
     group : ProcessGroup, optional
         Process group; default the world group.
     reduce_device : str or torch.device, optional
@@ -294,9 +294,17 @@ def distributed_jacobians(
 ) -> Any:
     """Stack of Jacobian means ``(len(layers), n, n)`` float64, computed over all ranks.
 
-    Same arguments as :func:`iter_distributed_jacobians`; holds every layer at once (use the
-    iterator with :mod:`ltv_control.streaming` to keep memory at O(n²)).  Rows follow the order
-    of ``layers``.
+    Holds every layer at once (use :func:`iter_distributed_jacobians` with
+    :mod:`ltv_control.streaming` to keep memory at O(n²)).  Rows follow the order of ``layers``.
+
+    Parameters
+    ----------
+    plant, prompts, layers, shard, max_tokens, batch_size, progress, method, group, reduce_device : see :func:`iter_distributed_jacobians`
+        Same meaning.
+
+    Returns
+    -------
+    torch.Tensor, shape (len(layers), n, n), float64 on the CPU
     """
     import torch
 

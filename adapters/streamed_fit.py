@@ -79,7 +79,7 @@ def fit_alqr_streamed(
         Controlled layers (``B_k = I`` there, ``B_k = 0`` elsewhere); ``None``: all.
     positions : {"last", "all"}, default "last"
         Default positions of ``attach`` (``"all"`` is A-LQR+).
-    max_tokens, batch_size, progress
+    max_tokens, batch_size, progress : see :meth:`LLMPlant.iter_jacobians`
         As in :meth:`LLMPlant.iter_jacobians` (``batch_size`` also for the setpoint states).
     dtype : {"float64", "float32"} or a torch dtype, default "float64"
         Precision of the Riccati recursion (``S_k``, ``K_k``).

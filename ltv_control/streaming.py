@@ -156,6 +156,22 @@ def scaled_identity_step(S_next: Any, A: Any, q: float, r: float, *, step: Any =
     the step holds about 7 ``n × n`` arrays (inputs included) instead of about 15.  numpy or torch
     (any device); unbatched ``(n, n)`` only.
 
+    Parameters
+    ----------
+    S_next : array (n, n)
+        Symmetric ``S_{k+1}``.
+    A : array (n, n)
+        ``A_k`` (same backend, dtype and device as ``S_next``).
+    q, r : float
+        ``Q = q·I`` (q >= 0) and ``R = r·I`` (r > 0).
+    step : int, optional
+        ``k``, named in error messages.
+
+    Returns
+    -------
+    K : array (n, n)
+    S : array (n, n)
+
     Raises
     ------
     NumericalError
@@ -401,8 +417,8 @@ def streamed_feedback(
         The plant matrices in backward order.
     directions : array (T, n)
         ``v_k`` per stage (rows may be zero, giving ``w_k = 0``).
-    Q, R, Qf, B, horizon, dtype, device
-        As in :func:`iter_lqr_gains`.
+    Q, R, Qf, B, horizon, dtype, device : see :func:`iter_lqr_gains`
+        Weights, input matrices, horizon check, precision and device of the recursion.
     progress : bool
         Show a tqdm progress bar over the stages (needs ``horizon`` or a sized provider).
 

@@ -200,3 +200,37 @@ def test_lean_step_peak_memory_in_matrices(rng):
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     assert peak < 9 * n * n * 8
+
+
+def _documented(doc):
+    import re
+
+    section = re.split(r"\n\s*Parameters\n\s*-+\n", doc, maxsplit=1)
+    assert len(section) == 2, "no Parameters section"
+    body = re.split(r"\n\s*(Returns|Raises|Notes|Examples|Yields)\n\s*-+\n", section[1])[0]
+    names = set()
+    for match in re.finditer(r"^\s*([\w*, ]+?) :", body, re.M):
+        names.update(n.strip().lstrip("*") for n in match.group(1).split(","))
+    return names
+
+
+def test_every_parameter_documented_and_unknown_keywords_refused(rng):
+    import inspect
+
+    from ltv_control.streaming import scaled_identity_step
+
+    funcs = [streamed_feedback, iter_lqr_gains, scaled_identity_step]
+    try:
+        from ltv_control.adapters import distributed, streamed_fit
+
+        funcs += [distributed.iter_distributed_jacobians, distributed.distributed_jacobians,
+                  distributed.init_distributed, distributed.distributed_context, streamed_fit.fit_alqr_streamed]
+    except ImportError:  # torch extra absent
+        pass
+    for func in funcs:
+        params = [p for p, v in inspect.signature(func).parameters.items() if v.kind is not v.VAR_KEYWORD]
+        missing = set(params) - _documented(inspect.getdoc(func))
+        assert not missing, f"{func.__name__}: {missing} undocumented"
+    A = _random_plant(rng, 2, 3)
+    with pytest.raises(lc.ArgumentError, match="nope"):
+        list(iter_lqr_gains(A, 0.1, 1.0, nope=1))
