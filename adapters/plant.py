@@ -24,11 +24,13 @@ query/key/value and MLP). The plant therefore
 2. runs the model's own cached decoding (prefill of the first ``L-1`` tokens,
    then one step) to record each block's one-token call and the prefix
    keys/values its attention reads;
-3. replays each block on ``c·B`` copies of the last-token inputs of a batch of
-   ``B`` prompts (copy ``j`` of prompt ``b`` is differentiated along output
-   coordinate ``j``), with the prefix keys/values fixed, and one reverse-mode
-   pass gives ``c`` rows of all ``B`` Jacobians. The cost is about three
-   one-token passes per direction, the flop floor of the problem.
+3. replays each block once on the last tokens of a batch of ``B`` prompts, with
+   the prefix keys/values fixed, and takes vector-Jacobian products for all ``n``
+   output coordinates at once (``torch.autograd.grad(..., is_grads_batched=True)``):
+   one batched reverse pass gives every row of all ``B`` Jacobians, about one
+   one-token pass per direction. (Where an operation cannot be batched this way,
+   ``c`` copies of the batch are replayed instead and one reverse pass gives ``c``
+   rows; about twice the work.)
 
 When a model does not decode through a cache this replay understands (checked:
 the replayed step must reproduce the clean last-token output), the plant falls
@@ -147,6 +149,7 @@ class LLMPlant:
         self.state_dim = int(hidden)
         self.model_id = model_id_of(model)
         self._method_cache: str | None = None
+        self._batched_vjp: bool | None = None  # None: untried; False: unsupported by the model
 
     def __repr__(self) -> str:
         path = f", layers={self.layer_path!r}" if self.layer_path else ""
@@ -319,19 +322,66 @@ class LLMPlant:
         B, n = x.shape[0], x.shape[-1]
         if n != self.state_dim:
             raise DimensionError(f"block {k}: hidden size {n}, expected state_dim {self.state_dim}")
+        prefix = clean_in[:, :-1, :].detach()
+
+        def last_output(inputs: Any, copies: int) -> Any:
+            if method == "cached":
+                y = self._replay_step(block, batch.step_layout[k], inputs, copies=copies, grad=True)
+            else:
+                y = self._replay_full(block, batch.full_layout[k], prefix, inputs, copies=copies)
+            return y[:, -1, :]
+
+        if self._batched_vjp is not False:
+            try:
+                out = self._jacobians_batched_vjp(last_output, x)
+                self._batched_vjp = True
+                return out
+            except Exception:  # an op without a batching rule that also has no fallback
+                if self._batched_vjp:
+                    raise
+                self._batched_vjp = False
+        return self._jacobians_replicated(last_output, x)
+
+    @staticmethod
+    def _jacobians_batched_vjp(last_output: Any, x: Any) -> Any:
+        """One forward pass of the B prompts, then vector-Jacobian products for all n output
+        coordinates at once (``is_grads_batched``): about one one-token pass per direction."""
+        import torch
+
+        B, n = x.shape[0], x.shape[-1]
+        copies = max(1, min(n, _ROWS_PER_PASS // B))
+        out = torch.empty((B, n, n), dtype=x.dtype, device=x.device)
+        X = x.clone().requires_grad_(True)
+        with torch.enable_grad(), warnings.catch_warnings():
+            # attention backward kernels without a vmap rule are looped over the directions
+            warnings.filterwarnings("ignore", message=".*batching rule.*", category=UserWarning)
+            y = last_output(X, 1)  # (B, n)
+            for start in range(0, n, copies):
+                c = min(copies, n - start)
+                rows = torch.arange(c, device=y.device)
+                cot = torch.zeros((c, B, n), dtype=y.dtype, device=y.device)
+                cot[rows, :, start + rows] = 1
+                (grad,) = torch.autograd.grad(
+                    y, X, cot, is_grads_batched=True, retain_graph=start + c < n
+                )
+                out[:, start : start + c, :] = grad[:, :, -1, :].transpose(0, 1)
+        return out
+
+    @staticmethod
+    def _jacobians_replicated(last_output: Any, x: Any) -> Any:
+        """Fallback: ``c`` copies of the batch in one forward pass, one reverse pass gives ``c``
+        rows of every prompt's Jacobian (no vmap; about two one-token passes per direction)."""
+        import torch
+
+        B, n = x.shape[0], x.shape[-1]
         passes = math.ceil(n / max(1, min(n, _ROWS_PER_PASS // B)))
         copies = math.ceil(n / passes)
         out = torch.empty((B, n, n), dtype=x.dtype, device=x.device)
-        prefix = clean_in[:, :-1, :].detach()
         for start in range(0, n, copies):
             c = min(copies, n - start)
             X = torch.cat([x] * c, dim=0).requires_grad_(True)  # (c*B, 1, n), copy-major
             with torch.enable_grad():
-                if method == "cached":
-                    y = self._replay_step(block, batch.step_layout[k], X, copies=c, grad=True)
-                else:
-                    y = self._replay_full(block, batch.full_layout[k], prefix, X, copies=c)
-                y = y[:, -1, :]  # (c*B, n)
+                y = last_output(X, c)  # (c*B, n)
                 cot = torch.zeros((c, B, n), dtype=y.dtype, device=y.device)
                 rows = torch.arange(c, device=y.device)
                 cot[rows, :, start + rows] = 1
