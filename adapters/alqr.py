@@ -212,6 +212,10 @@ class ALQRSteerer(Steerer):
         return [k for k in range(self.num_layers) if float(self.e_norm[k]) > 0.0]
 
     def _control(self, k: int, z: Any, params: dict, state: dict) -> Any:
+        import torch
+
+        if z.ndim == 2:  # "last": two fused kernels, α = β* − z v and u = α ⊗ w
+            return torch.outer(torch.addmv(params["beta"], z, params["v"], alpha=-1.0), params["w"])
         alpha = params["beta"] - z @ params["v"]
         return alpha.unsqueeze(-1) * params["w"]
 

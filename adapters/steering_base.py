@@ -532,9 +532,13 @@ class Steerer:
                 shared.cache[key] = m
             return None if m is False else m
 
+        Tensor = torch.Tensor
+        float32 = torch.float32
+
         def hook(module, args, kwargs, output):
-            z_full = get_block_input(args, kwargs)
-            hidden = get_block_output(output)
+            # fast paths for the common conventions; the _blocks helpers handle the rest
+            z_full = args[0] if args and type(args[0]) is Tensor else get_block_input(args, kwargs)
+            hidden = output if type(output) is Tensor else get_block_output(output)
             if k == shared.first_layer:
                 shared.state = {}
                 self._begin_forward(shared.state)
@@ -547,29 +551,33 @@ class Steerer:
                     f"block {k}: the steerer was fitted for hidden size {hidden_size}, the block "
                     f"input has size {z_full.shape[-1]}"
                 )
-            if last:
-                z = z_full[:, -1].to(torch.float32)
-            else:
-                z = z_full.to(torch.float32)
+            z = z_full[:, -1] if last else z_full
+            if z.dtype != float32:
+                z = z.to(float32)
             u = control(k, z, p, shared.state)
             if u is None:
                 return None
             m = position_mask(hidden)
             if m is not None:
                 u = u * m
-            u = u.to(hidden.device)
+            if u.device != hidden.device:
+                u = u.to(hidden.device)
             handle.calls += 1
-            if last:
-                new = hidden.clone()
-                if hidden.dtype == torch.float32:
-                    new[:, -1] += u
-                else:
-                    new[:, -1] = (hidden[:, -1].to(torch.float32) + u).to(hidden.dtype)
+            # In place when nothing can observe the difference: no autograd graph through the
+            # output, and the output is its own storage (not the block input, not a view).
+            inplace = (
+                not (hidden.requires_grad and torch.is_grad_enabled())
+                and hidden._base is None
+                and hidden.data_ptr() != z_full.data_ptr()
+            )
+            new = hidden if inplace else hidden.clone()
+            target = new[:, -1] if last else new
+            if new.dtype == float32:
+                target.add_(u)
             else:
-                if hidden.dtype == torch.float32:
-                    new = hidden + u
-                else:
-                    new = (hidden.to(torch.float32) + u).to(hidden.dtype)
+                target.copy_(target.to(float32).add_(u))
+            if new is hidden:
+                return None  # output modified in place
             return replace_block_output(output, new)
 
         return hook
