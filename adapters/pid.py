@@ -11,16 +11,20 @@ layer index as time, S-PID applies along ``v_k``
 
 where ``S(k)`` are the controlled layers of ``k``'s reset window
 ``[⌊k/R⌋·R, ⌊k/R⌋·R + R)`` with ``R = reset_every`` (the integral is reset every
-``R`` layers, ``R = 10`` as in arXiv 2604.19018), and ``k⁻`` is the previous
+``R`` layers; the default ``R = 10`` follows the A-LQR paper, arXiv 2604.19018), and ``k⁻`` is the previous
 controlled layer in the same window (the derivative term is zero at the first
 controlled layer of a window).  Errors are computed independently for every
 steered position and batch row, within one forward pass (the integrator never
 carries over from one forward pass or token to the next).  ``u_k`` is added to
 block ``k``'s output.
 
-This document's definition: the error, integral and derivative are scalars
-along the setpoint direction, so the input stays in ``span(v_k)``; with
-``ki = kd = 0`` it is a proportional controller ``u_k = k_p ε_k v_k``.
+This is ltv-control's definition of S-PID (the paper's own formula was not
+available when this was written; PID steering in the sense of Nguyen et al.,
+arXiv 2510.04309, feeds a PID of the mean-difference error back over the layer
+index, and S-PID here applies the same idea to the scalar LFS error): the error,
+integral and derivative are scalars along the setpoint direction, so the input
+stays in ``span(v_k)``; with ``ki = kd = 0`` it is the proportional controller
+``u_k = k_p ε_k v_k``, i.e. A-LQR with ``w_k = k_p v_k``.
 """
 
 from __future__ import annotations
