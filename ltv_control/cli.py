@@ -300,11 +300,10 @@ def demo_settings(args, *, quick: bool = False):
 
     base = ExperimentSettings()
     if quick:
-        base = ExperimentSettings(n_fit=32, n_eval=16, n_jacobian=2, max_jacobian_tokens=12,
-                                  decoding=Decoding(max_new_tokens=16, batch_size=16),
-                                  sweep={"actadd": [2.0, 4.0, 8.0], "pid": [1.0],
-                                         "alqr": [1.0, 2.0], "alqr_plus": [1.0],
-                                         "constrained": [1.0]})
+        base = ExperimentSettings(n_fit=32, n_eval=16, n_jacobian=1, max_jacobian_tokens=10,
+                                  decoding=Decoding(max_new_tokens=12, batch_size=16),
+                                  sweep={"actadd": [4.0], "pid": [1.0], "alqr": [1.0],
+                                         "alqr_plus": [1.0], "constrained": [1.0]})
     updates = {}
     if args.methods is not None:
         names = tuple(m.strip() for m in args.methods.split(",") if m.strip())

@@ -73,22 +73,22 @@ class ExperimentSettings:
     methods: tuple[str, ...] = ("unsteered", "actadd", "pid", "alqr", "alqr_plus", "constrained")
     n_fit: int | None = 64
     n_eval: int | None = 48
-    n_jacobian: int | None = 6
-    decoding: Decoding = field(default_factory=Decoding)
+    n_jacobian: int | None = 2
+    decoding: Decoding = field(default_factory=lambda: Decoding(max_new_tokens=20))
     q: float = 0.1
     r: float = 1.0
     qf: float = 0.1
     lam: float = 1.0
-    max_jacobian_tokens: int = 16
+    max_jacobian_tokens: int = 12
     actadd_layers: tuple[int, ...] | None = None
     actadd_coeff: float = 4.0
     pid: dict = field(default_factory=lambda: {"kp": 0.5, "ki": 0.5, "kd": 0.0, "reset_every": 10})
     constrained: dict = field(default_factory=dict)
     sweep: dict = field(default_factory=lambda: {
-        "actadd": [1.0, 2.0, 4.0, 8.0],
-        "pid": [0.5, 1.0, 2.0],
-        "alqr": [0.5, 1.0, 2.0],
-        "alqr_plus": [0.5, 1.0, 2.0],
+        "actadd": [2.0, 4.0, 6.0],
+        "pid": [1.0],
+        "alqr": [0.5, 1.0, 1.5],
+        "alqr_plus": [1.0],
         "constrained": [1.0],
     })
     perplexity_batch_size: int = 16
