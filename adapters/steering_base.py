@@ -36,8 +36,9 @@ than 2-D (custom 4-D masks) are not interpreted: every position counts as real.
 Numerics
 --------
 The law is computed in float32 whatever the model's dtype (the block input is
-cast to float32, ``u_k`` is added to the float32 copy of the output, and the
-result is cast back).  Each hook keeps its tensors on its layer's device (a model
+cast to float32).  For float16/bfloat16 models ``u_k`` is added to a float32 copy
+of the output, which is rounded back once; float64 outputs get ``u_k`` widened
+exactly.  Each hook keeps its tensors on its layer's device (a model
 spread over several devices works); a tensor arriving on another device moves
 the parameters there once.
 
@@ -533,7 +534,7 @@ class Steerer:
             return None if m is False else m
 
         Tensor = torch.Tensor
-        float32 = torch.float32
+        float32, float64 = torch.float32, torch.float64
 
         def hook(module, args, kwargs, output):
             # fast paths for the common conventions; the _blocks helpers handle the rest
@@ -574,7 +575,9 @@ class Steerer:
             target = new[:, -1] if last else new
             if new.dtype == float32:
                 target.add_(u)
-            else:
+            elif new.dtype == float64:
+                target.add_(u.to(float64))  # exact widening: no precision lost
+            else:  # half types: add in float32, round once
                 target.copy_(target.to(float32).add_(u))
             if new is hidden:
                 return None  # output modified in place

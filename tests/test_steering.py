@@ -632,3 +632,19 @@ def test_unknown_keywords_raise_argument_error(cls, llama):
     st = _steerer(cls=cls, layers=[0]) if cls is ActAddSteerer else _steerer(cls=cls)
     with pytest.raises(ArgumentError, match="not_a_parameter"):
         st.attach(llama, not_a_parameter=1)
+
+
+def test_float64_model_keeps_float64_outputs():
+    model = _hf_model("llama", torch.float64)
+    blocks, _ = find_decoder_layers(model)
+    st = _steerer()
+    ids, _ = _batch(lengths=(4, 4))
+    with torch.no_grad(), st.attach(model, positions="all"):
+        probe = _Probe(blocks)
+        model(ids)
+        probe.remove()
+    for k in range(T):
+        assert probe.steered[k].dtype == torch.float64
+        z = probe.z[k].float()
+        u = ((st.beta_star[k] - z @ st.v[k])[..., None] * st.w[k]).double()
+        assert torch.equal(probe.steered[k], probe.raw[k] + u)  # float32 law, exact widening
