@@ -120,6 +120,18 @@ def test_fit_generate_roundtrip_on_a_tiny_model(tiny_dirs, tmp_path, capsys):
     assert runs["50"] != runs[0]
 
 
+def test_seeded_sampling_is_reproducible(tiny_dirs, capsys):
+    def run(seed):
+        assert main(["generate", "--model", str(tiny_dirs["a"]), "--prompt", "The soup was",
+                     "--prompt", "My commute to work is", "--sample", "--seed", str(seed),
+                     "--max-new-tokens", "8", "--quiet", "--json"]) == 0
+        return json.loads(capsys.readouterr().out)["continuations"]
+
+    first = run(3)
+    assert run(3) == first
+    assert any(run(seed) != first for seed in (4, 5, 6))
+
+
 def test_mismatched_and_corrupt_controller_files(tiny_dirs, tmp_path, capsys):
     a, b, data = str(tiny_dirs["a"]), str(tiny_dirs["b"]), tiny_dirs["data"]
     ctrl = tmp_path / "act.safetensors"
