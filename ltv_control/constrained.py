@@ -44,8 +44,8 @@ Batches of initial states are solved in a loop over the compiled problem (warm-s
 from the previous member).  A stacked problem with one copy per member was measured
 (``benchmarks/constrained.py``, T=30, r=32, batch 4 on 2 loaded cores): it compiles ~10x
 slower (22 s against 2 s), must be recompiled for every batch size and its memory grows
-with copies x parameters, for a re-solve only ~25 % faster than the loop; so the loop is
-the implementation.
+with copies x parameters, while its re-solve time stayed within a factor of two of the
+loop's either way (0.4x to 1.8x over four runs); so the loop is the implementation.
 
 cvxpy is an optional extra (``pip install ltv-control[cvxpy]``) and is imported lazily: this
 module (and ``method="admm"``) works without it, except for the cvxpy method and the
