@@ -72,7 +72,7 @@ __all__ = ["LLMPlant"]
 
 _METHODS = ("auto", "cached", "full")
 #: rows (copies x prompts) replayed per reverse pass; bounds the replay's activation memory
-_ROWS_PER_PASS = 1024
+_ROWS_PER_PASS = 2048
 
 
 def _check_positive_int(value: Any, name: str) -> int:
@@ -149,7 +149,14 @@ class LLMPlant:
         self.state_dim = int(hidden)
         self.model_id = model_id_of(model)
         self._method_cache: str | None = None
+        self._cached_unsupported = False
         self._batched_vjp: bool | None = None  # None: untried; False: unsupported by the model
+
+    @property
+    def jacobian_method(self) -> str | None:
+        """The replay the last Jacobian computation used: ``"cached"`` (one-token replay with
+        the prefix keys/values fixed), ``"full"`` (full-sequence replay), or ``None`` before any."""
+        return self._method_cache
 
     def __repr__(self) -> str:
         path = f", layers={self.layer_path!r}" if self.layer_path else ""
@@ -411,31 +418,33 @@ class LLMPlant:
         return y[:, -1, :]
 
     def _choose_method(self, batch: _Batch, method: str) -> str:
+        """The replay for this batch; ``auto`` tries the cached one-token replay once per plant
+        and keeps to the full-sequence replay after a failure (warned once)."""
         if method == "full" or batch.ids.shape[1] < 2:
             if batch.full_layout is None:
                 self._prepare_full(batch)
+            if method == "full" or self._method_cache is None:
+                self._method_cache = "full"
             return "full"
-        if method == "cached":
-            if batch.step_layout is None:
-                self._prepare_step(batch)
-            return "cached"
-        if self._method_cache != "full":
+        if method == "cached" or not self._cached_unsupported:
             try:
                 if batch.step_layout is None:
                     self._prepare_step(batch)
                 self._method_cache = "cached"
                 return "cached"
             except Exception as exc:  # any failure of the fast path: use the exact full replay
-                if self._method_cache is None:
-                    warnings.warn(
-                        f"{self.model_id}: one-token cached replay unavailable ({exc}); "
-                        "using the full-sequence replay (exact, about L times slower)",
-                        RuntimeWarning,
-                        stacklevel=4,
-                    )
-                self._method_cache = "full"
+                if method == "cached":
+                    raise
+                warnings.warn(
+                    f"{self.model_id}: one-token cached replay unavailable ({exc}); "
+                    "using the full-sequence replay (exact, about L times slower)",
+                    RuntimeWarning,
+                    stacklevel=4,
+                )
+                self._cached_unsupported = True
         if batch.full_layout is None:
             self._prepare_full(batch)
+        self._method_cache = "full"
         return "full"
 
     # ----------------------------------------------------------------------------- public API

@@ -37,15 +37,25 @@ import sys
 import time
 from typing import Any
 
+# Prompts of at least 24 tokens: the plant's default max_tokens=24 cuts them to 24, the
+# setting the paper and the contract use (the speed-up grows with the sequence length).
 PROMPTS = [
-    "The movie was surprisingly good, and the actors",
-    "Write a short story about a dragon who",
-    "My favourite food is",
-    "In the morning the city was quiet and the streets",
-    "Explain why the sky is blue in simple terms:",
-    "I was so disappointed by the service at this restaurant because",
-    "Here is a list of things to pack for a hiking trip:",
-    "The results of the experiment suggest that",
+    "The movie was surprisingly good, and the actors gave performances that I will remember for a "
+    "long time, especially the scene in the old train station",
+    "Write a short story about a dragon who lives in a library, reads every book it can find, and "
+    "one day discovers a book about itself",
+    "My favourite food is a warm bowl of noodle soup with fresh herbs, a little chili, and plenty "
+    "of vegetables from the market",
+    "In the morning the city was quiet and the streets were empty, except for a baker carrying "
+    "bread to the small cafe on the corner",
+    "Explain in simple terms why the sky is blue during the day and turns orange and red when the "
+    "sun goes down in the evening",
+    "I was so disappointed by the service at this restaurant because we waited for an hour and the "
+    "food arrived cold and without any apology",
+    "Here is a list of things to pack for a hiking trip in the mountains: water, a map, warm "
+    "clothes, snacks, and a first aid kit",
+    "The results of the experiment suggest that the new material conducts heat much better than "
+    "copper at low temperatures, which could matter for",
 ]
 
 
@@ -124,6 +134,7 @@ def run(
                 max_rel = max(max_rel, rel)
 
     pairs = len(chosen) * len(layers)
+    tokens = [min(len(plant.tokenizer(p)["input_ids"]), max_tokens) for p in chosen]
     result = {
         "benchmark": "jacobians",
         "model": plant.model_id,
@@ -134,7 +145,8 @@ def run(
         "state_dim": plant.state_dim,
         "batch_size": batch_size,
         "max_tokens": max_tokens,
-        "method": plant._method_cache,
+        "tokens_per_prompt": tokens,
+        "method": plant.jacobian_method,
         "load_s": load_s,
         "plant_s": plant_s,
         "baseline_s": baseline_s,

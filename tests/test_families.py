@@ -74,7 +74,7 @@ def test_jacobians_match_autograd_and_finite_differences(family_plant):
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)  # the fast path must work on every family
         per_prompt = dict(plant.iter_jacobians(PROMPTS, reduce="none", progress=False))
-    assert plant._method_cache == "cached"
+    assert plant.jacobian_method == "cached"
     for k in range(plant.horizon):
         f, x0 = _block_function(plant, PROMPTS[0], k)
         reference = torch.func.jacrev(f)(x0)

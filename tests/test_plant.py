@@ -255,3 +255,11 @@ def test_embedded_jacobians_match_full_sequence_jacrev(embedded_plant):
         rel = ((per_prompt[k][0] - reference).norm() / reference.norm()).item()
         assert rel < 1e-4  # float32 model: agreement to float32 rounding
         assert np.isfinite(per_prompt[k].numpy()).all()
+
+
+def test_method_choice_is_reported_and_not_sticky(llama_plant):
+    list(llama_plant.iter_jacobians(PROMPTS[:1], layers=[0], method="full", progress=False))
+    assert llama_plant.jacobian_method == "full"
+    list(llama_plant.iter_jacobians(PROMPTS[:1], layers=[0], progress=False))
+    assert llama_plant.jacobian_method == "cached"  # auto still prefers the fast path
+
