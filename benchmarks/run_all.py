@@ -26,6 +26,7 @@ import json
 import math
 import os
 import platform
+import re
 import subprocess
 import sys
 import tempfile
@@ -48,7 +49,14 @@ def discover() -> list[str]:
     )
     return list(MODULES) + extra
 
-RATIO_WORDS = ("ratio", "speedup", "slope", "_over_", "_vs_", "times_faster", "relative", "error")
+RATIO_WORDS = ("ratio", "speedup", "slope", "over", "vs", "relative", "error")
+"""Tokens (of a ``_``/``.``-split key path) that mark a figure worth a table row."""
+
+SKIP_WORDS = ("target", "targets", "seconds", "iterations")
+"""Tokens that mark settings or raw counts rather than figures."""
+
+LABEL_KEYS = ("name", "case", "method", "label", "n", "T", "dtype", "batch", "batch_size")
+"""Keys whose values name an entry of a list of result dicts."""
 
 
 def load_module(name: str) -> Any:
@@ -141,7 +149,7 @@ def _flatten(d: Any, prefix: str = "") -> list[tuple[str, Any]]:
             items += _flatten(v, f"{prefix}.{k}" if prefix else str(k))
     elif isinstance(d, list) and d and all(isinstance(x, dict) for x in d) and len(d) <= 50:
         for i, v in enumerate(d):
-            label = next((str(v[key]) for key in ("name", "case", "n", "label", "method") if key in v), str(i))
+            label = ",".join(f"{key}={v[key]}" for key in LABEL_KEYS if key in v and not isinstance(v[key], (dict, list))) or str(i)
             items += _flatten(v, f"{prefix}[{label}]")
     else:
         items.append((prefix, d))
@@ -167,8 +175,8 @@ def table_rows(name: str, record: dict) -> list[dict]:
     for key, value in _flatten(result):
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             continue
-        leaf = key.lower()
-        if any(word in leaf for word in RATIO_WORDS):
+        tokens = set(re.split(r"[._\[\],=]+", key.lower()))
+        if tokens & set(RATIO_WORDS) and not tokens & set(SKIP_WORDS):
             rows.append({"benchmark": name, "figure": key, "value": float(value), "unit": "", "baseline": ""})
     if not rows:
         rows.append({"benchmark": name, "figure": "(no ratio figures reported)", "value": float("nan"),
@@ -245,13 +253,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", default=None, help="comma-separated module names")
     parser.add_argument("--timeout", type=float, default=None, help="per-module limit in seconds")
     parser.add_argument("--markdown", default=None, help="also write the table as Markdown here")
+    parser.add_argument("--from-json", default=None, help="re-print the table of a saved run (no benchmark runs)")
     parser.add_argument("--_child", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--_child-out", dest="child_out", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args._child:
         return _child(args._child, args.quick, args.child_out)
     only = [s.strip() for s in args.only.split(",")] if args.only else None
-    res = run(quick=args.quick, only=only, timeout=args.timeout)
+    if args.from_json:
+        with open(args.from_json) as fh:
+            res = json.load(fh)
+        res["table"] = [row for name, record in res["modules"].items() for row in table_rows(name, record)]
+    else:
+        res = run(quick=args.quick, only=only, timeout=args.timeout)
     print(format_table(res["table"]))
     if args.out:
         tmp = args.out + ".tmp"
