@@ -42,9 +42,9 @@ def test_rows_from_summary_or_ratio_leaves(run_all):
     assert run_all.table_rows("m", ok) == [{"benchmark": "m", "figure": "x", "value": 2.0, "unit": "ratio",
                                             "baseline": "b"}]
     leaves = {"status": "ok", "result": {"cases": [{"n": 64, "speedup": 3.0, "seconds": 1.0}], "ratio_a": 0.5,
-                                         "flag": True}}
+                                         "flag": True, "admm_iterations": 7, "targets": {"speedup_min": 10}}}
     rows = run_all.table_rows("m", leaves)
-    assert {r["figure"]: r["value"] for r in rows} == {"cases[64].speedup": 3.0, "ratio_a": 0.5}
+    assert {r["figure"]: r["value"] for r in rows} == {"cases[n=64].speedup": 3.0, "ratio_a": 0.5}
     md = run_all.format_table(rows, markdown=True)
     assert md.splitlines()[0].startswith("| benchmark") and md.count("\n") == 3
 
