@@ -164,7 +164,7 @@ def llama_size(T: int = 32, n: int = 4096, *, seed: int = 0, progress: bool = Fa
     V = _directions(T, n, seed).astype(np.float32)
     G = np.random.default_rng(seed).standard_normal((n, n), dtype=np.float32)
     t_gemm = _best_time(lambda: G @ G, 2)
-    del G
+    G = None  # release before the traced run
     out, peak, seconds = _traced(
         lambda: streamed_feedback(
             lambda k: _random_layer(n, seed, k, np.float32), V, 0.1, 1.0, Qf=0.1, horizon=T,

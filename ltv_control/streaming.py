@@ -34,7 +34,7 @@ arrives: ``import ltv_control.streaming`` does not import torch.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any, NamedTuple
 
 import numpy as np
