@@ -319,17 +319,30 @@ def run_experiment(model, tokenizer, task: SentimentTask, settings: ExperimentSe
         attachers["alqr_plus"] = lambda lam, s=alqr: (lambda: s.attach(model, positions="all",
                                                                        lam=lam))
     timings["fit_alqr_s"] = time.perf_counter() - began
+    baselines = [m for m in ("actadd", "pid", "constrained") if m in settings.methods]
+    fit_bar = None
+    if progress and baselines:
+        from tqdm.auto import tqdm
+
+        fit_bar = tqdm(total=len(baselines), desc="fitting baselines", unit="steerer")
     if "actadd" in settings.methods:
+        _log("fitting ActAdd", quiet)
         act = classes["ActAddSteerer"].fit(plant, desired, undesired, layers=actadd_layers,
                                            coeff=settings.actadd_coeff, positions="all")
         steerers["actadd"] = act
         attachers["actadd"] = lambda c, s=act: (lambda: s.attach(model, coeff=c))
+        if fit_bar is not None:
+            fit_bar.update(1)
     if "pid" in settings.methods:
+        _log("fitting S-PID", quiet)
         pid = classes["PIDSteerer"].fit(plant, desired, undesired, lam=settings.lam,
                                         positions="last", **settings.pid)
         steerers["pid"] = pid
         attachers["pid"] = lambda lam, s=pid: (lambda: s.attach(model, lam=lam))
+        if fit_bar is not None:
+            fit_bar.update(1)
     if "constrained" in settings.methods:
+        _log("fitting the constrained steerer", quiet)
         if classes["ConstrainedSteerer"] is None:
             notes.append("constrained: ConstrainedSteerer not available; skipped")
         else:
@@ -346,6 +359,9 @@ def run_experiment(model, tokenizer, task: SentimentTask, settings: ExperimentSe
                 attachers["constrained"] = lambda lam, s=con: (lambda: s.attach(model, lam=lam))
             except Exception as exc:  # report, do not lose the other methods
                 notes.append(f"constrained: fit failed ({type(exc).__name__}: {exc}); skipped")
+    if fit_bar is not None:
+        fit_bar.update(fit_bar.total - fit_bar.n)
+        fit_bar.close()
     timings["fit_total_s"] = time.perf_counter() - began
     for note in notes:
         _log(note, quiet)
@@ -472,9 +488,8 @@ def _maybe(function, **candidates) -> dict:
         params = inspect.signature(function).parameters
     except (TypeError, ValueError):
         return {}
-    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
-        return {}
-    return {k: v for k, v in candidates.items() if k in params}
+    named = {k for k, p in params.items() if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}
+    return {k: v for k, v in candidates.items() if k in named}
 
 
 def _model_id(model) -> str:
