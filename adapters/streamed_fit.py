@@ -50,7 +50,7 @@ def fit_alqr_streamed(
     max_tokens: int = 24,
     batch_size: int = 8,
     progress: bool = True,
-    dtype: Any = "float64",
+    dtype: Any = None,
     device: Any = None,
     shard: str = "prompts",
     group: Any = None,
@@ -81,8 +81,9 @@ def fit_alqr_streamed(
         Default positions of ``attach`` (``"all"`` is A-LQR+).
     max_tokens, batch_size, progress : see :meth:`LLMPlant.iter_jacobians`
         As in :meth:`LLMPlant.iter_jacobians` (``batch_size`` also for the setpoint states).
-    dtype : {"float64", "float32"} or a torch dtype, default "float64"
-        Precision of the Riccati recursion (``S_k``, ``K_k``).
+    dtype : {"float64", "float32"}, a torch dtype or None, default None
+        Precision of the Riccati recursion (``S_k``, ``K_k``); ``None`` means float64 (the
+        device's own float dtype on devices without float64, such as Apple MPS).
     device : str or torch.device, optional
         Where the Riccati recursion runs; default the device of the model's first parameter
         (a GPU model runs its O(n³) steps on the GPU although Jacobians come back on the CPU).
