@@ -23,7 +23,7 @@ from typing import Any
 from ltv_control.backends.numpy_backend import NumpyBackend, numpy_backend
 
 __all__ = ["get_backend", "backend_by_name", "is_torch_tensor", "numpy_backend",
-           "get_torch_backend", "torch_backend", "NumpyBackend"]
+           "get_torch_backend", "NumpyBackend"]
 
 
 def is_torch_tensor(x: Any) -> bool:
@@ -58,16 +58,6 @@ def get_backend(*arrays: Any):
         if is_torch_tensor(a):
             return get_torch_backend()
     return numpy_backend
-
-
-def torch_backend():
-    """Alias of :func:`get_torch_backend`, kept for callers that wrote ``torch_backend()``.
-
-    Once ``ltv_control.backends.torch_backend`` (the module) has been imported, this package
-    attribute is that module; the module is callable and returns the same singleton, so
-    ``from ltv_control.backends import torch_backend; torch_backend()`` always works.
-    """
-    return get_torch_backend()
 
 
 def backend_by_name(name: str):

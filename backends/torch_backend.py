@@ -15,8 +15,6 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-import sys
-import types
 
 import numpy as np
 import torch
@@ -279,17 +277,3 @@ class TorchBackend:
 
 
 torch_backend = TorchBackend()
-
-
-class _CallableModule(types.ModuleType):
-    """This module, callable: ``ltv_control.backends.torch_backend()`` returns the singleton.
-
-    Importing a submodule rebinds the package attribute of the same name to the module, so
-    the package-level helper ``torch_backend()`` keeps working only if the module is callable.
-    """
-
-    def __call__(self) -> TorchBackend:
-        return torch_backend
-
-
-sys.modules[__name__].__class__ = _CallableModule

@@ -42,7 +42,7 @@ __all__ = [
 
 # Submodules written on top of the core, imported on first attribute access so
 # that ``import ltv_control`` stays light (and never imports torch).
-_LAZY_SUBMODULES = frozenset({"bounds", "plants", "constrained", "setpoint", "streaming"})
+_LAZY_SUBMODULES = frozenset({"bounds", "bound_plots", "plants", "constrained", "setpoint", "streaming"})
 
 
 def __getattr__(name: str) -> Any:

@@ -249,7 +249,7 @@ def _run(
     Backend, device and compute dtype are fixed by the first ``A_k``; the weights are validated
     once (symmetry, PSD ``Q``/``Qf``, PD ``R``) by the core's validation gatekeeper.
     """
-    from ltv_control.backends import get_backend, torch_backend
+    from ltv_control.backends import get_backend, get_torch_backend
     from ltv_control.riccati import riccati_step
 
     stream = _backward_matrices(provider, horizon)
@@ -264,7 +264,7 @@ def _run(
                 else:
                     import torch
 
-                    bk = torch_backend()
+                    bk = get_torch_backend()
                     device = torch.device(device)
                 dt = resolve_dtype(dtype, bk, A_k if bk.is_array(A_k) else None)
                 shape = _shape(A_k)

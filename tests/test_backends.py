@@ -147,9 +147,9 @@ def test_property_optimal_cost_and_backend_parity(problem, backend):
         np.testing.assert_allclose(Sn, S_np, rtol=1e-12, atol=1e-13)
 
 
-def test_torch_backend_callable_before_and_after_submodule_import():
+def test_torch_backend_accessors_return_the_singleton():
     import ltv_control.backends as backends
-    from ltv_control.backends import torch_backend as via_package
 
-    assert via_package() is torch_backend
     assert backends.get_torch_backend() is torch_backend
+    assert backends.backend_by_name("torch") is torch_backend
+    assert backends.get_backend(torch.zeros(2)) is torch_backend
