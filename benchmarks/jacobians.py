@@ -14,7 +14,7 @@ the same blocks, in the same run, this times
 The baseline is slow (≈ 25 s per prompt for all 30 blocks in float32 on 2 cores), so by default
 it runs on a subset of blocks (``--layers``); both methods run on exactly that subset and the
 ratio is per (prompt, block). ``full_linearize_s`` additionally times the plant on all blocks
-(``--full``) and ``baseline_all_blocks_est_s`` extrapolates the baseline linearly in the
+(skip with ``--no-full``) and ``baseline_all_blocks_est_s`` extrapolates the baseline linearly in the
 number of blocks (the per-block cost is roughly constant along the stack; the JSON keeps the
 per-block times so the extrapolation can be checked).
 
@@ -24,7 +24,8 @@ Agreement: max over prompts and blocks of ``‖J_plant − J_jacrev‖_F / ‖J_
 Usage::
 
     python benchmarks/jacobians.py [--prompts 4] [--layers 0,10,20,29] [--dtype float64]
-                                   [--batch-size 8] [--max-tokens 24] [--full] [--out FILE]
+                                   [--batch-size 8] [--max-tokens 24] [--no-full] [--quick]
+                                   [--out FILE]
 """
 
 from __future__ import annotations
@@ -93,10 +94,16 @@ def run(
     dtype: str = "float64",
     batch_size: int = 8,
     max_tokens: int = 24,
-    full: bool = False,
+    full: bool = True,
+    quick: bool = False,
     plant: Any = None,
 ) -> dict:
-    """Time both methods on the same prompts and blocks; return the JSON-able result."""
+    """Time both methods on the same prompts and blocks; return the JSON-able result.
+
+    ``quick=True`` uses 2 prompts, the first and last block, and skips the all-blocks run.
+    """
+    if quick:
+        prompts, layers, full = min(prompts, 2), (layers[0], layers[-1]), False
     import warnings
 
     import torch
@@ -195,16 +202,13 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--dtype", choices=("float64", "float32"), default="float64")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--max-tokens", type=int, default=24)
-    parser.add_argument("--full", action="store_true", help="also time the plant on all blocks")
+    parser.add_argument("--no-full", action="store_true", help="skip timing the plant on all blocks")
     parser.add_argument("--quick", action="store_true", help="2 prompts, 2 blocks")
     parser.add_argument("--out", default=None, help="write the JSON here too")
     args = parser.parse_args(argv)
     layers = [int(k) for k in args.layers.split(",") if k.strip()]
-    prompts = args.prompts
-    if args.quick:
-        prompts, layers = 2, layers[:2]
-    result = run(prompts=prompts, layers=layers, dtype=args.dtype, batch_size=args.batch_size,
-                 max_tokens=args.max_tokens, full=args.full)
+    result = run(prompts=args.prompts, layers=layers, dtype=args.dtype, batch_size=args.batch_size,
+                 max_tokens=args.max_tokens, full=not args.no_full, quick=args.quick)
     text = json.dumps(result, indent=2)
     print(text)
     print(_table(result), file=sys.stderr)
