@@ -234,9 +234,13 @@ def linearity_diagnostics(
 
     with plant._run_guard():
         batches = plant._batches(encoded, batch_size)
-        for batch in batches:
-            plant._capture_clean(batch)
-        methods = [plant._choose_method(batch, "auto") for batch in batches]
+        plant._active_layers = set(order)
+        try:
+            for batch in batches:
+                plant._capture_clean(batch)
+            methods = [plant._choose_method(batch, "auto") for batch in batches]
+        finally:
+            plant._active_layers = None
         bar = _progress(len(order) * len(batches), progress, "Linearity")
         try:
             for row, k in enumerate(order):

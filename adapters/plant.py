@@ -152,6 +152,7 @@ class LLMPlant:
         self.model_id = model_id_of(model)
         self._method_cache: str | None = None
         self._cached_unsupported = False
+        self._active_layers: set | None = None  # blocks the current computation replays
         self._batched_vjp: bool | None = None  # None: untried; False: unsupported by the model
 
     @property
@@ -225,7 +226,7 @@ class LLMPlant:
     def _capture_clean(self, batch: _Batch) -> None:
         mask = batch.mask if self._accepts_mask() else None
         batch.clean = clean_capture(self.model, self.layers, batch.ids, mask, batch.positions)
-        verify_replay(self.layers, batch.clean, mask)
+        verify_replay(self.layers, batch.clean, mask, only=self._active_layers)
 
     @staticmethod
     def _doubled(batch: _Batch) -> tuple:
@@ -242,6 +243,9 @@ class LLMPlant:
         layouts = []
         for k, (block, call, call2, clean) in enumerate(zip(self.layers, step, step2, batch.clean, strict=True)):
             layout = batch_layout(call, call2, with_kv=True)
+            if self._active_layers is not None and k not in self._active_layers:
+                layouts.append(layout)  # never replayed in this computation: checks skipped
+                continue
             args, kwargs, kv = layout
             # the read-only prefix replay must reproduce the decoding step bit for bit ...
             replay = self._replay_step(block, layout, block_input_of(call), copies=1, grad=False)
@@ -559,9 +563,13 @@ class LLMPlant:
         n = self.state_dim
         with self._run_guard():
             batches = self._batches(encoded, batch_size)
-            for batch in batches:
-                self._capture_clean(batch)
-            methods = [self._choose_method(batch, method) for batch in batches]
+            self._active_layers = set(order)
+            try:
+                for batch in batches:
+                    self._capture_clean(batch)
+                methods = [self._choose_method(batch, method) for batch in batches]
+            finally:
+                self._active_layers = None
             bar = _progress(len(order) * len(batches), progress, "Jacobians")
             try:
                 for k in order:
