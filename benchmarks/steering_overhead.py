@@ -16,7 +16,9 @@ interleaved round by round so that machine drift hits them alike:
     layer (memory ``T·n²``, one matrix–vector product per layer and position).
 
 Reported ratios: ``alqr_over_unsteered`` (target ≥ 0.95; the paper lost 22 % on a GPU) and
-``alqr_over_full_gain``.  The gains do not change the cost of a hook, so by default the
+``alqr_over_full_gain``, from wall-clock time, and the same from the CPU time of this process
+(``*_cpu``; on a shared CPU machine wall-clock rates swing with the other processes' load, CPU
+time much less — run with ``OMP_NUM_THREADS=1`` there).  The gains do not change the cost of a hook, so by default the
 setpoint is fitted on a few sentiment prompts and the gains come from
 :func:`ltv_control.finite_horizon_lqr` on an identity plant (``A_k = I``: no Jacobians, the
 benchmark starts in seconds); ``--fit`` linearizes the model instead (slow on a CPU).
@@ -113,10 +115,12 @@ def _build(plant: Any, fit: bool, quick: bool) -> tuple[Any, Any]:
     return steerer, torch.as_tensor(K, dtype=torch.float32)
 
 
-def _time_generate(model: Any, batch: dict, new_tokens: int) -> float:
+def _time_generate(model: Any, batch: dict, new_tokens: int) -> tuple[float, float]:
+    """``(tokens per wall-clock second, tokens per CPU second of this process)``."""
     import torch
 
     sync = getattr(torch, model.device.type, None)
+    cpu_start = time.process_time()
     start = time.perf_counter()
     with torch.no_grad():
         out = model.generate(
@@ -129,8 +133,9 @@ def _time_generate(model: Any, batch: dict, new_tokens: int) -> float:
     if sync is not None and hasattr(sync, "synchronize"):
         sync.synchronize()
     elapsed = time.perf_counter() - start
+    cpu = time.process_time() - cpu_start
     generated = (out.shape[1] - batch["input_ids"].shape[1]) * out.shape[0]
-    return generated / elapsed
+    return generated / elapsed, generated / cpu
 
 
 def run(
@@ -198,8 +203,9 @@ def run(
         prompts = (PROMPTS * ((bs + len(PROMPTS) - 1) // len(PROMPTS)))[:bs]
         batch = {k: t.to(lm.device) for k, t in tok(prompts, return_tensors="pt", padding=True).items()}
         rates: dict[str, list[float]] = {"unsteered": [], "alqr": [], "full_gain": []}
+        cpu_rates: dict[str, list[float]] = {"unsteered": [], "alqr": [], "full_gain": []}
 
-        def once(variant: str) -> float:
+        def once(variant: str) -> tuple[float, float]:
             if variant == "alqr":
                 with steerer.attach(lm, positions="last"):
                     return _time_generate(lm, batch, new_tokens)
@@ -217,14 +223,22 @@ def run(
         for r in range(repeats):
             order = list(rates) if r % 2 == 0 else list(reversed(rates))
             for variant in order:
-                rates[variant].append(once(variant))
+                wall, cpu = once(variant)
+                rates[variant].append(wall)
+                cpu_rates[variant].append(cpu)
+            print(f"batch {bs}, round {r + 1}/{repeats} done", file=sys.stderr)
         med = {k: statistics.median(v) for k, v in rates.items()}
+        cpu_med = {k: statistics.median(v) for k, v in cpu_rates.items()}
         results["batches"][str(bs)] = {
             "tokens_per_s": med,
             "alqr_over_unsteered": med["alqr"] / med["unsteered"],
             "full_gain_over_unsteered": med["full_gain"] / med["unsteered"],
             "alqr_over_full_gain": med["alqr"] / med["full_gain"],
+            "tokens_per_cpu_s": cpu_med,
+            "alqr_over_unsteered_cpu": cpu_med["alqr"] / cpu_med["unsteered"],
+            "alqr_over_full_gain_cpu": cpu_med["alqr"] / cpu_med["full_gain"],
             "all_rates": rates,
+            "all_cpu_rates": cpu_rates,
         }
     return results
 
@@ -235,13 +249,14 @@ def table(results: dict) -> str:
         f"steering overhead: {results['model']} on {results['device']} ({results['device_name']}), "
         f"{results['dtype']}, {results['new_tokens']} new tokens, median of {results['repeats']}",
         f"{'batch':>5} {'unsteered tok/s':>16} {'A-LQR tok/s':>12} {'full-K tok/s':>13} "
-        f"{'A-LQR/unst.':>12} {'A-LQR/full-K':>13}",
+        f"{'A-LQR/unst.':>12} {'A-LQR/full-K':>13} {'A-LQR/unst. (CPU s)':>20}",
     ]
     for bs, r in results["batches"].items():
         t = r["tokens_per_s"]
         lines.append(
             f"{bs:>5} {t['unsteered']:>16.1f} {t['alqr']:>12.1f} {t['full_gain']:>13.1f} "
-            f"{r['alqr_over_unsteered']:>12.3f} {r['alqr_over_full_gain']:>13.3f}"
+            f"{r['alqr_over_unsteered']:>12.3f} {r['alqr_over_full_gain']:>13.3f} "
+            f"{r['alqr_over_unsteered_cpu']:>20.3f}"
         )
     return "\n".join(lines)
 
