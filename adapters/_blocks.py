@@ -34,8 +34,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from ltv_control._validation import public_api
 from ltv_control._exceptions import ArgumentError, ControlError
+from ltv_control._validation import public_api
 
 __all__ = [
     "LayerDiscoveryError",

@@ -29,12 +29,13 @@ import inspect
 from dataclasses import dataclass, field
 from typing import Any
 
-from ltv_control._exceptions import ControlError
 from ltv_control.adapters._blocks import (
     get_block_input,
     get_block_output,
     replace_block_output,
 )
+
+from ltv_control._exceptions import ControlError
 
 __all__ = [
     "ReplayError",

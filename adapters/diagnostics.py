@@ -36,8 +36,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from ltv_control._validation import public_api
 from ltv_control._exceptions import ArgumentError, DimensionError
+from ltv_control._validation import public_api
 
 __all__ = [
     "LinearityDiagnostics",

@@ -32,8 +32,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from ltv_control._validation import public_api
 from ltv_control._exceptions import ArgumentError, ControlError
+from ltv_control._validation import public_api
 
 __all__ = [
     "EMBEDDED_MODEL_ID",

@@ -50,8 +50,6 @@ import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
-from ltv_control._validation import public_api
-from ltv_control._exceptions import ArgumentError, DimensionError
 from ltv_control.adapters._blocks import (
     config_hidden_size,
     find_decoder_layers,
@@ -68,6 +66,9 @@ from ltv_control.adapters._replay import (
     verify_replay,
 )
 from ltv_control.adapters.model_loading import model_id_of
+
+from ltv_control._exceptions import ArgumentError, DimensionError
+from ltv_control._validation import public_api
 
 __all__ = ["LLMPlant"]
 
@@ -268,7 +269,6 @@ class LLMPlant:
     def _prepare_full(self, batch: _Batch) -> None:
         """Full-sequence replay layouts. A padded batch is split into unpadded single prompts:
         pad query rows can hold NaN (eager float64 attention) whose gradient would spread."""
-        import torch
 
         if bool((batch.mask == 0).any()):
             parts = []
@@ -313,7 +313,6 @@ class LLMPlant:
     @staticmethod
     def _replay_full(block: Any, layout: tuple, prefix: Any, x: Any, *, copies: int) -> Any:
         import torch
-
         from ltv_control.adapters._blocks import get_block_output
 
         args, kwargs, _ = layout
@@ -332,7 +331,7 @@ class LLMPlant:
         block = self.layers[k]
         clean_in = block_input_of(batch.clean[k])
         x = clean_in[:, -1:, :].detach()  # (B, 1, n)
-        B, n = x.shape[0], x.shape[-1]
+        n = x.shape[-1]
         if n != self.state_dim:
             raise DimensionError(f"block {k}: hidden size {n}, expected state_dim {self.state_dim}")
         prefix = clean_in[:, :-1, :].detach()

@@ -63,7 +63,6 @@ PROMPTS = [
 def _baseline(plant: Any, prompt: str, layers: list[int], max_tokens: int) -> tuple[dict, list]:
     """Per-prompt full-sequence jacrev for each block in ``layers``; returns Jacobians and times."""
     import torch
-
     from ltv_control.adapters._blocks import get_block_output, replace_block_input
     from ltv_control.adapters._replay import block_input_of, clean_capture
 
@@ -107,7 +106,6 @@ def run(
     import warnings
 
     import torch
-
     from ltv_control.adapters import LLMPlant, load_embedded_model
 
     if not 1 <= prompts <= len(PROMPTS):

@@ -6,7 +6,6 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from ltv_control import ArgumentError, ControlError  # noqa: E402
 from ltv_control.adapters._blocks import (  # noqa: E402
     LayerDiscoveryError,
     find_decoder_layers,
@@ -15,6 +14,8 @@ from ltv_control.adapters._blocks import (  # noqa: E402
     replace_block_input,
     replace_block_output,
 )
+
+from ltv_control import ArgumentError, ControlError  # noqa: E402
 
 
 class _Config:

@@ -9,8 +9,6 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
 from _tiny_families import tiny_model  # noqa: E402
-
-from ltv_control import ArgumentError, DimensionError  # noqa: E402
 from ltv_control.adapters import LLMPlant  # noqa: E402
 from ltv_control.adapters.diagnostics import (  # noqa: E402
     LinearityDiagnostics,
@@ -20,6 +18,8 @@ from ltv_control.adapters.diagnostics import (  # noqa: E402
     similarity_matrix,
     subspace_similarity,
 )
+
+from ltv_control import ArgumentError, DimensionError  # noqa: E402
 
 
 def _with_spectrum(U, s, V):

@@ -16,7 +16,6 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
 from _tiny_families import FAMILIES, tiny_model  # noqa: E402
-
 from ltv_control.adapters import LLMPlant  # noqa: E402
 from ltv_control.adapters._blocks import get_block_output, replace_block_input  # noqa: E402
 from ltv_control.adapters._replay import block_input_of, clean_capture, verify_replay  # noqa: E402

@@ -12,8 +12,6 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
 from _tiny_families import tiny_model  # noqa: E402
-
-from ltv_control import ArgumentError, ControlError  # noqa: E402
 from ltv_control.adapters import model_loading  # noqa: E402
 from ltv_control.adapters.model_loading import (  # noqa: E402
     cache_dir,
@@ -21,6 +19,8 @@ from ltv_control.adapters.model_loading import (  # noqa: E402
     load_model,
     model_id_of,
 )
+
+from ltv_control import ArgumentError, ControlError  # noqa: E402
 
 
 def _save_tiny(directory):

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 import pytest
 
@@ -11,8 +9,6 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
 from _tiny_families import char_tokenizer, tiny_model  # noqa: E402
-
-from ltv_control import ArgumentError, DimensionError, LTVSystem  # noqa: E402
 from ltv_control.adapters import LLMPlant  # noqa: E402
 from ltv_control.adapters._blocks import get_block_output, replace_block_input  # noqa: E402
 from ltv_control.adapters._replay import (  # noqa: E402
@@ -21,6 +17,8 @@ from ltv_control.adapters._replay import (  # noqa: E402
     clean_capture,
     verify_replay,
 )
+
+from ltv_control import ArgumentError, DimensionError, LTVSystem  # noqa: E402
 
 PROMPTS = ["The cat sat", "Hi there, friend", "ok"]
 
