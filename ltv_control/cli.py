@@ -116,6 +116,8 @@ def _eval_options(p: argparse.ArgumentParser, *, quick: bool) -> None:
                        help="smaller run (fewer prompts, shorter continuations, short sweep)")
     p.add_argument("--out", type=Path, default=Path("ltv-control-report"), metavar="DIR",
                    help="report folder (default: ./ltv-control-report)")
+    p.add_argument("--no-bound", action="store_true",
+                   help="skip the tracking-error bound experiment and figure (skipped by --quick)")
     p.add_argument("--methods", default=None,
                    help="comma-separated subset of unsteered,actadd,pid,alqr,alqr_plus,"
                         "constrained (default: all available)")
@@ -302,8 +304,9 @@ def demo_settings(args, *, quick: bool = False):
     if quick:
         base = ExperimentSettings(n_fit=32, n_eval=16, n_jacobian=1, max_jacobian_tokens=10,
                                   decoding=Decoding(max_new_tokens=12, batch_size=16),
-                                  sweep={"actadd": [4.0], "pid": [1.0], "alqr": [1.0],
-                                         "alqr_plus": [1.0], "constrained": [1.0]})
+                                  sweep={"actadd": [4.0, 6.0], "pid": [1.0], "alqr": [1.0],
+                                         "alqr_plus": [1.0], "constrained": [1.0]},
+                                  methods=("unsteered", "actadd", "pid", "alqr", "alqr_plus"))
     updates = {}
     if args.methods is not None:
         names = tuple(m.strip() for m in args.methods.split(",") if m.strip())
@@ -346,11 +349,13 @@ def _run_evaluation(args, task, *, quick: bool) -> int:
     if args.out.exists() and not args.out.is_dir():
         raise CLIError(f"--out {str(args.out)!r} exists and is not a directory")
     settings = demo_settings(args, quick=quick)
+    skip_bound = args.no_bound or quick
     model, tokenizer = _load(args)
     args.out.mkdir(parents=True, exist_ok=True)
     report, details = run_experiment(model, tokenizer, task, settings, seed=args.seed,
                                      progress=not args.quiet, quiet=args.quiet,
-                                     return_details=True, bound_figure=args.out / "bound.png")
+                                     return_details=True,
+                                     bound_figure=None if skip_bound else args.out / "bound.png")
     files = write_report(args.out, report, details)
     claim = details.get("claim", {})
     text = [format_table(report), ""]

@@ -180,7 +180,8 @@ def claim_check(sweep: list[dict], method: str = "alqr", baseline: str = "actadd
                 lam: float | None = None) -> dict:
     """Compare a method's perplexity with the baseline's at the same positive rate.
 
-    The baseline's perplexity at the method's positive rate is read off its sweep by linear
+    The baseline needs at least two sweep points (otherwise ``{"available": False}``).  Its
+    perplexity at the method's positive rate is read off its sweep by linear
     interpolation in positive rate (its points sorted by positive rate; outside their range the
     nearest point is used and ``extrapolated`` is set).
 
@@ -192,8 +193,8 @@ def claim_check(sweep: list[dict], method: str = "alqr", baseline: str = "actadd
     """
     mine = [p for p in sweep if p["method"] == method]
     base = sorted((p for p in sweep if p["method"] == baseline), key=lambda p: p["positive_rate"])
-    if not mine or not base:
-        return {"available": False}
+    if not mine or len(base) < 2:
+        return {"available": False}  # one baseline point gives no curve to compare against
     point = (next((p for p in mine if p["lam"] == lam), None) if lam is not None else None) or \
         max(mine, key=lambda p: p["positive_rate"])
     rates = np.array([p["positive_rate"] for p in base])
@@ -296,10 +297,12 @@ def run_experiment(model, tokenizer, task: SentimentTask, settings: ExperimentSe
 
     steerers: dict[str, object] = {}
     system = None
+    began = time.perf_counter()
     if "constrained" in settings.methods or bound_figure is not None:
         _log(f"linearizing {T} layers on {len(task.jacobian_prompts)} prompts", quiet)
         system = plant.linearize(list(task.jacobian_prompts),
                                  max_tokens=settings.max_jacobian_tokens, progress=progress)
+    timings["linearize_shared_s"] = time.perf_counter() - began
     # steering(method, lam) -> context-manager factory
     attachers: dict[str, Callable[[float], Callable]] = {}
 

@@ -258,6 +258,11 @@ def write_report(out_dir: str | os.PathLike, report: dict, details: dict | None 
         files["bound.png"] = out / "bound.png"  # written by the bound experiment itself
     if "examples" in details:
         files["examples.png"] = _plot_examples(details["examples"], out / "examples.png")
+    plain = {k: v for k, v in details.items() if k in ("beta", "examples", "claim", "timings",
+                                                        "notes", "bound")}
+    if plain:
+        files["details.json"] = atomic_write_text(
+            out / "details.json", json.dumps(_clean(plain), indent=2, default=_json_default) + "\n")
     files["report.md"] = atomic_write_text(out / "report.md", _markdown(report, details, files))
     return files
 
@@ -321,9 +326,14 @@ def _markdown(report: dict, details: dict, files: dict) -> str:
                 if m != "prompts":
                     parts.append(f"- *{_LABELS.get(m, m)}*: {' '.join(ex[m][i].split())}")
             parts.append("")
-    if details.get("bound"):
-        parts += ["## Bound", "", "```", json.dumps(_clean(details["bound"]), indent=2,
-                                                      default=_json_default), "```", ""]
+    bound = details.get("bound")
+    if bound:
+        parts += ["## Tracking-error bound", "",
+                  f"LQR tracking of one prompt's last-token trajectory while the model reads "
+                  f"other prompts; the {bound.get('mode', '?')} bound holds on "
+                  f"{_fmt(100 * bound.get('coverage', float('nan')), 1)} % of held-out steps "
+                  f"({bound.get('violations', '?')} violations of {bound.get('n_steps', '?')}). "
+                  "Per-step data: `details.json`.", ""]
     if details.get("notes"):
         parts += ["## Notes", ""] + [f"- {n}" for n in details["notes"]] + [""]
     if details.get("timings"):

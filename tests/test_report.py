@@ -69,7 +69,7 @@ def test_write_report_files_and_roundtrip(tmp_path):
     }
     files = write_report(tmp_path / "out", report, details)
     assert set(files) == {"report.json", "report.md", "beta.png", "tradeoff.png",
-                          "examples.png"}
+                          "examples.png", "details.json"}
     for path in files.values():
         assert path.is_file() and path.stat().st_size > 0
     for name in ("beta.png", "tradeoff.png", "examples.png"):
