@@ -211,6 +211,12 @@ class ALQRSteerer(Steerer):
     def _active_layers(self, options: dict) -> list[int]:
         return [k for k in range(self.num_layers) if float(self.e_norm[k]) > 0.0]
 
+    def _control_last_inplace(self, k: int, z: Any, target: Any, params: dict) -> None:
+        """Fused ``target += (β* − z v) ⊗ w`` (two kernels: addmv, addr_)."""
+        import torch
+
+        target.addr_(torch.addmv(params["beta"], z, params["v"], alpha=-1.0), params["w"])
+
     def _control(self, k: int, z: Any, params: dict, state: dict) -> Any:
         import torch
 

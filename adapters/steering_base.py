@@ -79,6 +79,12 @@ and implements
     maps each name of ``_layer_parameters`` to its row ``k`` on ``z``'s device;
     return ``u`` with ``z``'s shape (float32), or ``None`` for no input.  The
     base class zeroes ``u`` at pad positions and adds it to the block output.
+``_control_last_inplace(k, z, target, params)`` (optional)
+    a fused fast path for ``"last"`` on float32 models without padding in the
+    newest column: add ``u`` (as ``_control`` would compute it from ``z (B, n)``)
+    into ``target`` (the output's newest column, ``(B, n)``) in place.  Used only
+    when it is unobservable (no autograd, no aliasing); it must agree with
+    ``_control``.
 ``_from_file(tensors, metadata)`` (classmethod)
     rarely needed: the default passes the tensors and hyper-parameters back to
     ``cls.__init__``.
@@ -509,6 +515,7 @@ class Steerer:
 
         cache = {params[next(iter(params))].device if params else None: params}
         control = self._control
+        fused = getattr(self, "_control_last_inplace", None)
         last = positions == "last"
         hidden_size = self.hidden_size
 
@@ -553,6 +560,21 @@ class Steerer:
                     f"input has size {z_full.shape[-1]}"
                 )
             z = z_full[:, -1] if last else z_full
+            if (
+                fused is not None
+                and last
+                and hidden.dtype == float32
+                and z.dtype == float32
+                and hidden.device == z.device
+                and not (hidden.requires_grad and torch.is_grad_enabled())
+                and hidden._base is None
+                and hidden.data_ptr() != z_full.data_ptr()
+                and position_mask(hidden) is None
+            ):
+                # float32, newest position only, no pads: one fused in-place update
+                fused(k, z, hidden[:, -1], p)
+                handle.calls += 1
+                return None
             if z.dtype != float32:
                 z = z.to(float32)
             u = control(k, z, p, shared.state)

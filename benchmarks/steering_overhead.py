@@ -16,7 +16,9 @@ interleaved round by round so that machine drift hits them alike:
     layer (memory ``T·n²``, one matrix–vector product per layer and position).
 
 Reported ratios: ``alqr_over_unsteered`` (target ≥ 0.95; the paper lost 22 % on a GPU) and
-``alqr_over_full_gain``, from wall-clock time, and the same from the CPU time of this process
+``alqr_over_full_gain``, from wall-clock time; ``single_step.alqr_over_unsteered``, from
+single-token forward passes alternated with and without the hooks (robust to drift; see
+:func:`_paired_step_times`), with the hook overhead per layer in microseconds; and the same from the CPU time of this process
 (``*_cpu``; on a shared CPU machine wall-clock rates swing with the other processes' load, CPU
 time much less — run with ``OMP_NUM_THREADS=1`` there).  The gains do not change the cost of a hook, so by default the
 setpoint is fitted on a few sentiment prompts and the gains come from
@@ -138,6 +140,39 @@ def _time_generate(model: Any, batch: dict, new_tokens: int) -> tuple[float, flo
     return generated / elapsed, generated / cpu
 
 
+def _paired_step_times(model: Any, steerer: Any, input_ids: Any, iters: int) -> dict:
+    """Median time of one single-token forward pass, unsteered vs A-LQR, alternated per iteration.
+
+    Alternating the two variants at every iteration cancels machine drift, so the ratio is far
+    less noisy than whole-generation timings on a shared machine.  The single-token pass (no
+    cache, so no attention over a history) is the cheapest decode-like step: the ratio is a
+    conservative estimate of the per-token throughput ratio.
+    """
+    import torch
+
+    sync = getattr(torch, model.device.type, None)
+    times: dict[str, list[float]] = {"unsteered": [], "alqr": []}
+    with torch.no_grad():
+        for i in range(iters + 3):
+            for variant in ("unsteered", "alqr") if i % 2 == 0 else ("alqr", "unsteered"):
+                handle = steerer.attach(model) if variant == "alqr" else None
+                start = time.perf_counter()
+                model(input_ids=input_ids, use_cache=False)
+                if sync is not None and hasattr(sync, "synchronize"):
+                    sync.synchronize()
+                elapsed = time.perf_counter() - start
+                if handle is not None:
+                    handle.remove()
+                if i >= 3:  # warm-up
+                    times[variant].append(elapsed)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    return {
+        "median_s": med,
+        "alqr_over_unsteered": med["unsteered"] / med["alqr"],
+        "hook_overhead_per_layer_us": (med["alqr"] - med["unsteered"]) / len(steerer.w) * 1e6,
+    }
+
+
 def run(
     *,
     quick: bool = False,
@@ -229,7 +264,9 @@ def run(
             print(f"batch {bs}, round {r + 1}/{repeats} done", file=sys.stderr)
         med = {k: statistics.median(v) for k, v in rates.items()}
         cpu_med = {k: statistics.median(v) for k, v in cpu_rates.items()}
+        step = _paired_step_times(lm, steerer, batch["input_ids"][:, -1:], 30 if quick else 150)
         results["batches"][str(bs)] = {
+            "single_step": step,
             "tokens_per_s": med,
             "alqr_over_unsteered": med["alqr"] / med["unsteered"],
             "full_gain_over_unsteered": med["full_gain"] / med["unsteered"],
@@ -249,14 +286,15 @@ def table(results: dict) -> str:
         f"steering overhead: {results['model']} on {results['device']} ({results['device_name']}), "
         f"{results['dtype']}, {results['new_tokens']} new tokens, median of {results['repeats']}",
         f"{'batch':>5} {'unsteered tok/s':>16} {'A-LQR tok/s':>12} {'full-K tok/s':>13} "
-        f"{'A-LQR/unst.':>12} {'A-LQR/full-K':>13} {'A-LQR/unst. (CPU s)':>20}",
+        f"{'A-LQR/unst.':>12} {'A-LQR/full-K':>13} {'A-LQR/unst. (CPU s)':>20} "
+        f"{'A-LQR/unst. (paired step)':>26}",
     ]
     for bs, r in results["batches"].items():
         t = r["tokens_per_s"]
         lines.append(
             f"{bs:>5} {t['unsteered']:>16.1f} {t['alqr']:>12.1f} {t['full_gain']:>13.1f} "
             f"{r['alqr_over_unsteered']:>12.3f} {r['alqr_over_full_gain']:>13.3f} "
-            f"{r['alqr_over_unsteered_cpu']:>20.3f}"
+            f"{r['alqr_over_unsteered_cpu']:>20.3f} {r['single_step']['alqr_over_unsteered']:>26.3f}"
         )
     return "\n".join(lines)
 

@@ -648,3 +648,19 @@ def test_float64_model_keeps_float64_outputs():
         z = probe.z[k].float()
         u = ((st.beta_star[k] - z @ st.v[k])[..., None] * st.w[k]).double()
         assert torch.equal(probe.steered[k], probe.raw[k] + u)  # float32 law, exact widening
+
+
+def test_last_position_that_is_padding_is_not_steered(llama):
+    blocks, _ = find_decoder_layers(llama)
+    st = _steerer()
+    ids, mask = _batch(lengths=(6, 4), left=False)  # row 1 ends in padding
+    with torch.no_grad(), st.attach(llama, positions="last"):
+        probe = _Probe(blocks)
+        llama(ids, attention_mask=mask)
+        probe.remove()
+    for k in range(T):
+        diff = probe.steered[k] - probe.raw[k]
+        assert torch.all(diff[1] == 0) and torch.all(diff[0, :-1] == 0)
+        z = probe.z[k][0, -1]
+        expected = (st.beta_star[k] - z @ st.v[k]) * st.w[k]
+        torch.testing.assert_close(diff[0, -1], expected, rtol=0, atol=1e-5)
