@@ -18,7 +18,7 @@ from pathlib import Path
 
 from ltv_control._exceptions import ControlError
 
-__all__ = ["main", "build_parser", "demo_settings"]
+__all__ = ["build_parser", "demo_settings", "main"]
 
 _DTYPES = ("float32", "float16", "bfloat16", "float64")
 _METHOD_KINDS = ("alqr", "actadd", "pid", "constrained")
@@ -289,9 +289,7 @@ def _emit(args, payload: dict, text: str) -> None:
         from ltv_control.report import _clean, _json_default
 
         print(json.dumps(_clean(payload), indent=2, default=_json_default))
-    elif not args.quiet:
-        print(text)
-    elif text and args.command in ("generate",):
+    elif not args.quiet or text and args.command in ("generate",):
         print(text)
 
 
@@ -408,7 +406,7 @@ def _cmd_eval(args) -> int:
 
 
 def _steerer_class(kind: str):
-    import ltv_control.adapters as adapters
+    from ltv_control import adapters
 
     name = {"alqr": "ALQRSteerer", "actadd": "ActAddSteerer", "pid": "PIDSteerer",
             "constrained": "ConstrainedSteerer"}[kind]
@@ -489,7 +487,7 @@ def _cmd_generate(args) -> int:
             if "coeff" not in accepted:
                 raise CLIError(f"--coeff does not apply to a {type(steerer).__name__}")
             options["coeff"] = args.coeff
-        steering = lambda: steerer.attach(model, **options)  # noqa: E731
+        steering = lambda: steerer.attach(model, **options)
     decoding = Decoding(max_new_tokens=args.max_new_tokens, do_sample=args.sample,
                         seed=args.seed, use_cache=not args.no_cache, batch_size=8)
     gen = generate_continuations(model, tokenizer, prompts, decoding=decoding, steering=steering,
@@ -539,7 +537,7 @@ def _diagnostics(plant, system, prompts, args) -> dict:
     diag_module = importlib.import_module("ltv_control.adapters.diagnostics")
     from ltv_control.report import atomic_write_text
 
-    run = getattr(diag_module, "linearity_diagnostics")
+    run = diag_module.linearity_diagnostics
     result = run(plant, prompts, **_accepted(run, system=system, progress=not args.quiet))
     summary = _summary(result)
     plot = getattr(diag_module, "plot_linearity_diagnostics", None)

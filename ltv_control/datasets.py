@@ -47,7 +47,7 @@ class SentimentTask:
     jacobian_prompts: tuple[str, ...]
 
     def subset(self, *, n_fit: int | None = None, n_eval: int | None = None,
-               n_jacobian: int | None = None) -> "SentimentTask":
+               n_jacobian: int | None = None) -> SentimentTask:
         """Return a task with the first ``n_fit`` fitting pairs, ``n_eval`` evaluation prompts and
         ``n_jacobian`` Jacobian prompts (``None`` keeps all)."""
         for name, value in (("n_fit", n_fit), ("n_eval", n_eval), ("n_jacobian", n_jacobian)):

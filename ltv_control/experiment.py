@@ -30,8 +30,16 @@ from ltv_control._exceptions import ArgumentError, PropertyError
 from ltv_control.datasets import SentimentTask
 from ltv_control.generation import Decoding, Generation, generate_continuations
 
-__all__ = ["ExperimentSettings", "METHODS", "METRIC_KEYS", "run_experiment",
-           "evaluate_generation", "claim_check", "feature_strengths", "run_bound_figure"]
+__all__ = [
+    "METHODS",
+    "METRIC_KEYS",
+    "ExperimentSettings",
+    "claim_check",
+    "evaluate_generation",
+    "feature_strengths",
+    "run_bound_figure",
+    "run_experiment",
+]
 
 METHODS = ("unsteered", "actadd", "pid", "alqr", "alqr_plus", "constrained")
 """Every method name a report may hold, in report order."""
@@ -215,7 +223,7 @@ def claim_check(sweep: list[dict], method: str = "alqr", baseline: str = "actadd
 
 
 def _steerer_classes() -> dict:
-    import ltv_control.adapters as adapters
+    from ltv_control import adapters
 
     found = {}
     for name in ("ALQRSteerer", "ActAddSteerer", "PIDSteerer", "ConstrainedSteerer"):

@@ -22,13 +22,13 @@ from ltv_control._exceptions import ArgumentError, DimensionError, PropertyError
 
 __all__ = [
     "POSITIVE_THRESHOLD",
+    "continuation_perplexity",
+    "distinct_n",
+    "left_pad",
+    "positive_rate",
+    "tokens_per_second",
     "vader_compound",
     "vader_mean",
-    "positive_rate",
-    "distinct_n",
-    "continuation_perplexity",
-    "tokens_per_second",
-    "left_pad",
 ]
 
 POSITIVE_THRESHOLD = 0.05

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ltv_control._exceptions import ArgumentError, DimensionError
 
-__all__ = ["REPORT_KEYS", "validate_report", "format_table", "write_report", "atomic_write_text"]
+__all__ = ["REPORT_KEYS", "atomic_write_text", "format_table", "validate_report", "write_report"]
 
 REPORT_KEYS = ("version", "settings", "seed", "methods", "sweep")
 """Top-level keys of ``report.json``."""
@@ -130,7 +130,7 @@ def format_table(report: dict, *, markdown: bool = False) -> str:
         lines += ["| " + " | ".join(r) + " |" for r in rows]
         return "\n".join(lines)
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
-    line = lambda cells: "  ".join(c.ljust(w) if i == 0 else c.rjust(w)  # noqa: E731
+    line = lambda cells: "  ".join(c.ljust(w) if i == 0 else c.rjust(w)
                                    for i, (c, w) in enumerate(zip(cells, widths)))
     return "\n".join([line(header), line(["-" * w for w in widths])] + [line(r) for r in rows])
 

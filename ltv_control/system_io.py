@@ -17,7 +17,7 @@ import numpy as np
 
 from ltv_control._exceptions import ArgumentError, ControllerFileError
 
-__all__ = ["save_system", "load_system", "SYSTEM_FORMAT"]
+__all__ = ["SYSTEM_FORMAT", "load_system", "save_system"]
 
 SYSTEM_FORMAT = "ltv-control/ltv-system"
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import sys
 
 import pytest
 
@@ -220,7 +219,7 @@ def test_parser_defaults_are_documented():
 
 @pytest.mark.slow
 def test_demo_quick_on_the_embedded_model(embedded_model, tmp_path, capsys, monkeypatch):
-    import ltv_control.adapters as adapters
+    from ltv_control import adapters
     from ltv_control.report import validate_report
 
     monkeypatch.setattr(adapters, "load_embedded_model", lambda dtype=None, device="cpu":

@@ -7,8 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from ltv_control import ArgumentError, DimensionError, PropertyError
-from ltv_control import metrics
+from ltv_control import ArgumentError, DimensionError, PropertyError, metrics
 
 
 def test_distinct2_by_hand():
