@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from ltv_control._exceptions import ArgumentError, DimensionError
 from ltv_control._validation import public_api
 from ltv_control.adapters.steering_base import (
     SteeringHandle,
@@ -95,6 +96,7 @@ class ALQRSteerer(Steerer):
         max_tokens: int = 24,
         batch_size: int = 8,
         progress: bool = True,
+        system: Any = None,
     ) -> ALQRSteerer:
         """Fit an A-LQR steerer on ``plant`` from contrastive prompts.
 
@@ -118,6 +120,10 @@ class ALQRSteerer(Steerer):
         max_tokens, batch_size, progress : int, int, bool; defaults 24, 8, True
             Passed to :meth:`LLMPlant.linearize` (``batch_size`` also to
             :meth:`LLMPlant.last_token_states`).
+        system : LTVSystem or None, default None
+            A linearization of this plant already computed (``A`` of shape ``(T, n, n)``,
+            ``B = None``), e.g. by :meth:`LLMPlant.linearize` for another steerer; it is used
+            instead of linearizing again and ``jacobian_prompts``/``max_tokens`` are ignored.
 
         Returns
         -------
@@ -127,6 +133,8 @@ class ALQRSteerer(Steerer):
         ------
         ArgumentError
             Unknown keyword, bad types or ``positions``.
+        DimensionError
+            ``system`` does not match the plant (horizon, state size) or has an input matrix.
         PropertyError
             Non-finite or out-of-range weights.
         """
@@ -143,7 +151,11 @@ class ALQRSteerer(Steerer):
 
         setpoint, desired = cls._plant_setpoint(plant, desired, undesired, lam=lam, batch_size=batch_size)
         prompts = desired[:50] if jacobian_prompts is None else check_prompts(jacobian_prompts, "jacobian_prompts")
-        system = plant.linearize(prompts, max_tokens=max_tokens, batch_size=batch_size, progress=progress)
+        if system is None:
+            system = plant.linearize(prompts, max_tokens=max_tokens, batch_size=batch_size,
+                                     progress=progress)
+        else:
+            _check_plant_system(system, T, n)
         if layers is not None:
             system = _restrict_inputs(system, layers, LTVSystem)
         K, _ = finite_horizon_lqr(system, q, r, Qf=qf)
@@ -260,3 +272,15 @@ def _restrict_inputs(system: Any, layers: list[int], ltv_cls: Any) -> Any:
         for k in layers:
             B[..., k, :, :] = np.eye(n, dtype=A.dtype)
     return ltv_cls(A, B, getattr(system, "c", None))
+
+
+def _check_plant_system(system: Any, T: int, n: int) -> None:
+    """Refuse a precomputed linearization that is not ``A (T, n, n)`` with ``B = I``."""
+    from ltv_control import LTVSystem
+
+    if not isinstance(system, LTVSystem):
+        raise ArgumentError(f"system: expected an LTVSystem, found {type(system).__name__}")
+    if tuple(system.A.shape) != (T, n, n) or system.B is not None:
+        found_b = "None" if system.B is None else str(tuple(system.B.shape))
+        raise DimensionError(f"system: expected A of shape ({T}, {n}, {n}) and B=None for this "
+                             f"plant; found A {tuple(system.A.shape)}, B {found_b}")

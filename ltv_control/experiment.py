@@ -306,7 +306,7 @@ def run_experiment(model, tokenizer, task: SentimentTask, settings: ExperimentSe
     steerers: dict[str, object] = {}
     system = None
     began = time.perf_counter()
-    if "constrained" in settings.methods or bound_figure is not None:
+    if {"alqr", "alqr_plus", "constrained"} & set(settings.methods) or bound_figure is not None:
         _log(f"linearizing {T} layers on {len(task.jacobian_prompts)} prompts", quiet)
         system = plant.linearize(list(task.jacobian_prompts),
                                  max_tokens=settings.max_jacobian_tokens, progress=progress)
@@ -318,8 +318,7 @@ def run_experiment(model, tokenizer, task: SentimentTask, settings: ExperimentSe
     if {"alqr", "alqr_plus"} & set(settings.methods):
         if classes["ALQRSteerer"] is None:
             raise ArgumentError("ALQRSteerer is not available in ltv_control.adapters")
-        _log(f"fitting A-LQR (linearizing {T} layers on {len(task.jacobian_prompts)} prompts)",
-             quiet)
+        _log("fitting A-LQR on the shared linearization", quiet)
         alqr = classes["ALQRSteerer"].fit(
             plant, desired, undesired, q=settings.q, r=settings.r, qf=settings.qf,
             lam=settings.lam, jacobian_prompts=list(task.jacobian_prompts), positions="last",

@@ -531,6 +531,22 @@ def test_alqr_fit_restricted_layers_and_options():
         ALQRSteerer.fit(plant, desired, "bad a")
 
 
+def test_alqr_fit_reuses_a_precomputed_linearization():
+    plant = _FakePlant()
+    desired, undesired = ["good a", "good b"], ["bad a", "bad b"]
+    reference = ALQRSteerer.fit(plant, desired, undesired, jacobian_prompts=["x"], progress=False)
+    system = LTVSystem(np.asarray(plant.A) * 1.0)
+    plant.linearized = None
+    reused = ALQRSteerer.fit(plant, desired, undesired, system=system, progress=False)
+    assert plant.linearized is None  # the plant was not linearized again
+    torch.testing.assert_close(reused.w, reference.w, rtol=1e-6, atol=1e-7)
+    with pytest.raises(DimensionError, match=r"system: expected A of shape \(4, 5, 5\)"):
+        ALQRSteerer.fit(plant, desired, undesired, system=LTVSystem(np.zeros((3, 5, 5))),
+                        progress=False)
+    with pytest.raises(ArgumentError, match="system: expected an LTVSystem"):
+        ALQRSteerer.fit(plant, desired, undesired, system=np.zeros((4, 5, 5)), progress=False)
+
+
 def test_baseline_fits():
     plant = _FakePlant()
     desired, undesired = ["good a", "good b"], ["bad a", "bad b", "bad c"]
