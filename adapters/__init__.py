@@ -30,6 +30,15 @@ _LAZY_EXPORTS: dict[str, str] = {
     "ConstrainedSteerer": "constrained_steerer",
     "save_controller_file": "controller_file",
     "load_controller_file": "controller_file",
+    # tracking-error bound on a language model
+    "llm_bound_experiment": "bound_experiment",
+    "closed_loop_states": "bound_experiment",
+    "BoundExperimentResult": "bound_experiment",
+    # bounded memory and several processes
+    "fit_alqr_streamed": "streamed_fit",
+    "distributed_jacobians": "distributed",
+    "iter_distributed_jacobians": "distributed",
+    "init_distributed": "distributed",
 }
 
 __all__ = sorted(_LAZY_EXPORTS)

@@ -55,11 +55,9 @@ def test_mkdocs_build_strict(tmp_path):
 @pytest.mark.parametrize(
     "page", [pytest.param(p, id=str(p.relative_to(DOCS)),
                           marks=[pytest.mark.slow] if _needs_model(p.read_text()) else [])
-             for p in _pages()])
+             for p in _pages() if python_blocks(p.read_text(encoding="utf-8"))])
 def test_page_code_blocks_run(page, tmp_path):
     blocks = python_blocks(page.read_text(encoding="utf-8"))
-    if not blocks:
-        pytest.skip(f"{page.name} has no python block")
     script = "\n\n".join(f"# --- block {i + 1} of {page.name}\n{b}" for i, b in enumerate(blocks))
     path = tmp_path / "page_blocks.py"
     path.write_text(script, encoding="utf-8")
