@@ -57,8 +57,21 @@ def test_mkdocs_build_strict(tmp_path):
                           marks=[pytest.mark.slow] if _needs_model(p.read_text()) else [])
              for p in _pages() if python_blocks(p.read_text(encoding="utf-8"))])
 def test_page_code_blocks_run(page, tmp_path):
-    blocks = python_blocks(page.read_text(encoding="utf-8"))
-    script = "\n\n".join(f"# --- block {i + 1} of {page.name}\n{b}" for i, b in enumerate(blocks))
+    _run_blocks(python_blocks(page.read_text(encoding="utf-8")), str(page.relative_to(DOCS)),
+                tmp_path)
+
+
+@pytest.mark.slow
+def test_readme_code_blocks_run(tmp_path):
+    readme = ROOT / "README.md"
+    blocks = python_blocks(readme.read_text(encoding="utf-8"))
+    assert len(blocks) >= 2, "the README shows an LQR and a steering example"
+    _run_blocks(blocks, "README.md", tmp_path)
+
+
+def _run_blocks(blocks: list[str], name: str, tmp_path) -> None:
+    """Run ``blocks`` in order as one script in a fresh interpreter, cwd a temp dir."""
+    script = "\n\n".join(f"# --- block {i + 1} of {name}\n{b}" for i, b in enumerate(blocks))
     path = tmp_path / "page_blocks.py"
     path.write_text(script, encoding="utf-8")
     env = {**os.environ, "MPLBACKEND": "Agg", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
@@ -67,5 +80,4 @@ def test_page_code_blocks_run(page, tmp_path):
     work.mkdir()
     result = subprocess.run([sys.executable, str(path)], capture_output=True, text=True,
                             cwd=work, env=env, timeout=900)
-    assert result.returncode == 0, (
-        f"{page.relative_to(DOCS)}: code blocks failed\n{result.stderr[-4000:]}")
+    assert result.returncode == 0, f"{name}: code blocks failed\n{result.stderr[-4000:]}"
