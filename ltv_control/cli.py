@@ -522,39 +522,33 @@ def _cmd_linearize(args) -> int:
     payload = {"system": str(path), "metadata": str(path.with_suffix(".json")),
                "horizon": system.horizon, "n_states": system.n_states}
     if not args.no_diagnostics:
-        try:
-            payload["diagnostics"] = _diagnostics(plant, system, prompts, args)
-        except ImportError as exc:
-            payload["diagnostics"] = {"skipped": f"linearity diagnostics unavailable ({exc})"}
+        payload["diagnostics"] = _diagnostics(plant, prompts, args)
     _emit(args, payload, "\n".join(f"{k}: {v}" for k, v in payload.items()
                                    if not isinstance(v, dict)))
     return 0
 
 
-def _diagnostics(plant, system, prompts, args) -> dict:
-    import importlib
+def _diagnostics(plant, prompts, args) -> dict:
+    """Linearity diagnostics (paper Section 5) beside the system file: JSON + PNG."""
+    import numpy as np
 
-    diag_module = importlib.import_module("ltv_control.adapters.diagnostics")
-    from ltv_control.report import atomic_write_text
+    from ltv_control.adapters.diagnostics import linearity_diagnostics, plot_linearity
+    from ltv_control.report import _clean, _json_default, atomic_write_text
 
-    run = diag_module.linearity_diagnostics
-    result = run(plant, prompts, **_accepted(run, system=system, progress=not args.quiet))
-    summary = _summary(result)
-    plot = getattr(diag_module, "plot_linearity_diagnostics", None)
-    if plot is not None:
-        import matplotlib
-
-        matplotlib.use("Agg", force=False)
-        from ltv_control.report import _save_figure
-
-        figure = plot(result)
-        _save_figure(figure, args.out / "diagnostics.png")
-        summary["figure"] = str(args.out / "diagnostics.png")
-    from ltv_control.report import _clean, _json_default
-
+    result = linearity_diagnostics(plant, prompts, max_tokens=args.max_tokens, seed=args.seed,
+                                   progress=not args.quiet)
+    figure = plot_linearity(result, args.out / "diagnostics.png")
     atomic_write_text(args.out / "diagnostics.json",
                       json.dumps(_clean(_plain(result)), indent=2, default=_json_default))
-    return summary
+    similarity = result.similarity[np.isfinite(result.similarity)]
+    return {
+        "figure": str(figure),
+        "file": str(args.out / "diagnostics.json"),
+        "rank": int(result.rank),
+        "mean_prediction_error": {f"{eps:g}": float(err) for eps, err in
+                                  zip(result.scales, result.prediction_error.mean(axis=0))},
+        "mean_subspace_similarity": float(similarity.mean()) if similarity.size else None,
+    }
 
 
 def _plain(result):

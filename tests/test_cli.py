@@ -193,6 +193,13 @@ def test_linearize_writes_a_system_file(tiny_dirs, tmp_path, capsys):
     assert np.all(np.isfinite(system.A))
     meta = json.loads((out_dir / "system.json").read_text())
     assert meta["horizon"] == 3 and meta["metadata"]["max_tokens"] == 6
+    diagnostics = payload["diagnostics"]
+    assert (out_dir / "diagnostics.png").read_bytes()[:4] == b"\x89PNG"
+    stored = json.loads((out_dir / "diagnostics.json").read_text())
+    assert len(stored["prediction_error"]) == 3  # one row per block
+    assert 0.0 <= diagnostics["mean_subspace_similarity"] <= 1.0 + 1e-9
+    errors = list(diagnostics["mean_prediction_error"].values())
+    assert all(e >= 0 for e in errors) and errors[0] <= errors[-1]  # first order: grows with ε
 
 
 def test_bound_writes_figure_and_summary(tiny_dirs, tmp_path, capsys):
