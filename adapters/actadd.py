@@ -82,15 +82,12 @@ class ActAddSteerer(Steerer):
         positions = check_positions(positions)
         layers = check_layer_indices(layers, plant.horizon)
         setpoint, _ = cls._plant_setpoint(plant, desired, undesired, lam=1.0, batch_size=batch_size)
-        return cls(
+        return cls._for_plant(
+            plant,
             {"e": np.asarray(setpoint.e, dtype=np.float32)},
-            hidden_size=plant.state_dim,
-            num_layers=plant.horizon,
             hyperparameters={"coeff": coeff},
             layers=layers,
             positions=positions,
-            layer_path=getattr(plant, "layer_path", None),
-            model_id=getattr(plant, "model_id", None),
         )
 
     @public_api

@@ -161,27 +161,29 @@ class ALQRSteerer(Steerer):
         K, _ = finite_horizon_lqr(system, q, r, Qf=qf)
         w = _as_numpy(feedback_directions(K, _match(setpoint.v, K)))
         del K, system
-        v = np.asarray(setpoint.v)
+        return cls._from_feedback(plant, setpoint, w, hyperparameters={"q": q, "r": r, "qf": qf, "lam": lam},
+                                  layers=layers, positions=positions)
+
+    @classmethod
+    def _from_feedback(cls, plant: Any, setpoint: Any, w: Any, *, hyperparameters: dict,
+                       layers: list[int] | None, positions: str) -> ALQRSteerer:
+        """The steerer holding ``w (T, n)``, ``v``, ``e_norm`` and ``β*`` (float32).
+
+        ``w_k = K_k v_k`` is zeroed on layers outside ``layers`` (when given).
+        """
+        w = np.array(w, dtype=np.float64)
         if layers is not None:
-            off = np.ones(T, dtype=bool)
+            off = np.ones(w.shape[0], dtype=bool)
             off[layers] = False
             w[off] = 0.0
         tensors = {
             "w": w.astype(np.float32),
-            "v": v.astype(np.float32),
+            "v": np.asarray(setpoint.v, dtype=np.float32),
             "e_norm": np.asarray(setpoint.e_norm, dtype=np.float32),
             "beta_star": np.asarray(setpoint.beta_star, dtype=np.float32),
         }
-        return cls(
-            tensors,
-            hidden_size=n,
-            num_layers=T,
-            hyperparameters={"q": q, "r": r, "qf": qf, "lam": lam},
-            layers=layers,
-            positions=positions,
-            layer_path=getattr(plant, "layer_path", None),
-            model_id=getattr(plant, "model_id", None),
-        )
+        return cls._for_plant(plant, tensors, hyperparameters=hyperparameters, layers=layers,
+                              positions=positions)
 
     # ------------------------------------------------------------------ runtime
 
@@ -259,7 +261,7 @@ def _match(v: np.ndarray, like: Any) -> Any:
 def _restrict_inputs(system: Any, layers: list[int], ltv_cls: Any) -> Any:
     """Same plant with ``B_k = I`` on ``layers`` and ``B_k = 0`` elsewhere."""
     A = system.A
-    T, n = A.shape[-3], A.shape[-1]
+    n = A.shape[-1]
     if type(A).__module__.split(".")[0] == "torch":
         import torch
 

@@ -108,19 +108,16 @@ class PIDSteerer(Steerer):
         positions = check_positions(positions)
         layers = check_layer_indices(layers, plant.horizon)
         setpoint, _ = cls._plant_setpoint(plant, desired, undesired, lam=lam, batch_size=batch_size)
-        return cls(
+        return cls._for_plant(
+            plant,
             {
                 "v": np.asarray(setpoint.v, dtype=np.float32),
                 "e_norm": np.asarray(setpoint.e_norm, dtype=np.float32),
                 "beta_star": np.asarray(setpoint.beta_star, dtype=np.float32),
             },
-            hidden_size=plant.state_dim,
-            num_layers=plant.horizon,
             hyperparameters={"kp": kp, "ki": ki, "kd": kd, "lam": lam, "reset_every": int(reset_every)},
             layers=layers,
             positions=positions,
-            layer_path=getattr(plant, "layer_path", None),
-            model_id=getattr(plant, "model_id", None),
         )
 
     @public_api

@@ -702,6 +702,21 @@ class Steerer:
 
     # ------------------------------------------------------------------ fitting helpers
 
+    @classmethod
+    def _for_plant(cls, plant: Any, tensors: Mapping[str, Any], *, hyperparameters: Mapping[str, Any],
+                   layers: list[int] | None, positions: str) -> Steerer:
+        """A steerer of this class sized for ``plant`` (hidden size, layer count, layer path, model id)."""
+        return cls(
+            tensors,
+            hidden_size=int(plant.state_dim),
+            num_layers=int(plant.horizon),
+            hyperparameters=dict(hyperparameters),
+            layers=layers,
+            positions=positions,
+            layer_path=getattr(plant, "layer_path", None),
+            model_id=getattr(plant, "model_id", None),
+        )
+
     @staticmethod
     def _plant_setpoint(plant: Any, desired: Any, undesired: Any, *, lam: float, batch_size: int = 8):
         """LFS setpoint from the plant's last-token block inputs (``z_0 .. z_{T-1}``)."""

@@ -107,7 +107,6 @@ def fit_alqr_streamed(
     """
     from ltv_control.adapters.alqr import ALQRSteerer
     from ltv_control.adapters.distributed import iter_distributed_jacobians
-    from ltv_control.setpoint import linear_feature_setpoint
     from ltv_control.streaming import streamed_feedback
 
     reject_unknown(unknown, "fit_alqr_streamed")
@@ -123,9 +122,8 @@ def fit_alqr_streamed(
     prompts = desired[:50] if jacobian_prompts is None else check_prompts(jacobian_prompts, "jacobian_prompts")
 
     # 1. setpoint from the block inputs z_0 .. z_{T-1} at the last token
-    zd = plant.last_token_states(desired, batch_size=batch_size)[:, :T]
-    zu = plant.last_token_states(undesired, batch_size=batch_size)[:, :T]
-    setpoint = linear_feature_setpoint(zd.double().numpy(), zu.double().numpy(), lam=lam)
+    setpoint, desired = ALQRSteerer._plant_setpoint(plant, desired, undesired, lam=lam,
+                                                    batch_size=batch_size)
     v = np.asarray(setpoint.v, dtype=np.float64)
 
     # 2.-3. Jacobians streamed backward straight into the Riccati recursion
@@ -156,24 +154,6 @@ def fit_alqr_streamed(
     w = result.w
     if type(w).__module__.split(".")[0] == "torch":
         w = w.detach().to("cpu").double().numpy()
-    w = np.asarray(w, dtype=np.float64)
-    if layers is not None:
-        off = np.ones(T, dtype=bool)
-        off[layers] = False
-        w[off] = 0.0
-    tensors = {
-        "w": w.astype(np.float32),
-        "v": v.astype(np.float32),
-        "e_norm": np.asarray(setpoint.e_norm, dtype=np.float32),
-        "beta_star": np.asarray(setpoint.beta_star, dtype=np.float32),
-    }
-    return ALQRSteerer(
-        tensors,
-        hidden_size=n,
-        num_layers=T,
-        hyperparameters={"q": q, "r": r, "qf": qf, "lam": lam},
-        layers=layers,
-        positions=positions,
-        layer_path=getattr(plant, "layer_path", None),
-        model_id=getattr(plant, "model_id", None),
-    )
+    return ALQRSteerer._from_feedback(plant, setpoint, w,
+                                      hyperparameters={"q": q, "r": r, "qf": qf, "lam": lam},
+                                      layers=layers, positions=positions)
