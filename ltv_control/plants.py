@@ -48,6 +48,16 @@ def _f64(x: Any, name: str) -> np.ndarray:
     return arr
 
 
+
+def _input_matrix(B: Any, T: int, n: int) -> np.ndarray | None:
+    """Validate an optional input stack ``B (T, n, m)`` (``None`` means ``B_k = I``)."""
+    if B is None:
+        return None
+    Bm = _f64(B, "B")
+    if Bm.ndim != 3 or Bm.shape[:2] != (T, n):
+        raise DimensionError(f"B must have shape (T, n, m) = ({T}, {n}, m), found {Bm.shape}")
+    return Bm
+
 def _cholesky_weights(P: Any, T: int, n: int) -> np.ndarray:
     from ltv_control.bounds import _check_weights, _cholesky_stack
 
@@ -294,12 +304,7 @@ class QuadraticResidualPlant(_PlantBase):
         self.A = A
         self.H = 0.5 * (H + np.swapaxes(H, -1, -2))
         self.horizon, self.n_states = T, n
-        self.B = None
-        if B is not None:
-            Bm = _f64(B, "B")
-            if Bm.ndim != 3 or Bm.shape[:2] != (T, n):
-                raise DimensionError(f"B must have shape (T, n, m) = ({T}, {n}, m), found {Bm.shape}")
-            self.B = Bm
+        self.B = _input_matrix(B, T, n)
 
     @classmethod
     @public_api
@@ -389,12 +394,7 @@ class ResidualMLPPlant(_PlantBase):
             raise DimensionError(f"b1 must have shape (T, d) = {(T, d)}, found {b.shape}")
         self.W1, self.W2, self.b1 = W1, W2, b
         self.horizon, self.n_states, self.hidden = T, n, d
-        self.B = None
-        if B is not None:
-            Bm = _f64(B, "B")
-            if Bm.ndim != 3 or Bm.shape[:2] != (T, n):
-                raise DimensionError(f"B must have shape (T, n, m) = ({T}, {n}, m), found {Bm.shape}")
-            self.B = Bm
+        self.B = _input_matrix(B, T, n)
 
     @classmethod
     @public_api
