@@ -13,7 +13,9 @@ Conventions (see ``shared/design/API.md``):
   always a stack, so ``T == n`` is never ambiguous. A terminal weight has no time
   axis: ``(n, n)`` or ``(*batch, n, n)``.
 * Symmetry is relative: ``‖M − Mᵀ‖_F ≤ 1e-8·‖M‖_F`` passes (and ``M`` is then
-  symmetrised), a larger asymmetry raises :class:`PropertyError`.
+  symmetrised), a larger asymmetry raises :class:`PropertyError`. The test runs in the
+  precision the weight is given in, before the cast to the compute dtype (for input below
+  float64 the tolerance is ``max(1e-8, 10·eps)`` of that input's dtype).
 * ``Q``/``Qf`` must be positive semidefinite (eigenvalues ≥ −tol·‖M‖_F, tested by
   a shifted Cholesky factorisation), ``R`` positive definite.
 * Unknown keywords raise :class:`ArgumentError` (use :func:`public_api`).
@@ -231,7 +233,12 @@ def _is_repeated_view(M: Any, backend: Any) -> bool:
 
 
 def check_symmetric(M: Any, name: str, backend: Any, *, per_step: bool = False) -> Any:
-    """Check ``‖M − Mᵀ‖_F ≤ 1e-8·‖M‖_F`` for every matrix in ``M``; return ``(M + Mᵀ)/2``.
+    """Check ``‖M − Mᵀ‖_F ≤ rtol·‖M‖_F`` for every matrix in ``M``; return ``(M + Mᵀ)/2``.
+
+    ``rtol = max(1e-8, 10·eps)`` with ``eps`` the machine epsilon of ``M``'s dtype: exactly
+    ``1e-8`` for float64 input, and no tighter than the rounding of a lower-precision input
+    (a float32 matrix cannot be symmetric to better than about ``eps_32 ≈ 1.2e-7``). Call it
+    on the matrix as given, before any cast to a lower compute precision.
 
     Raises
     ------
@@ -240,18 +247,30 @@ def check_symmetric(M: Any, name: str, backend: Any, *, per_step: bool = False) 
     """
     if M.shape[-1] != M.shape[-2]:
         raise DimensionError(f"{name}: expected square matrices, found shape {format_shape(M.shape)}")
+    rtol = max(SYMMETRY_RTOL, 10.0 * _eps(M, backend))
     MT = backend.mT(M)
     asym = backend.to_host(backend.frobenius(M - MT))
     scale = backend.to_host(backend.frobenius(M))
-    bad = asym > SYMMETRY_RTOL * scale
+    bad = asym > rtol * scale
     if np.any(bad):
         idx = _first_bad(np.atleast_1d(bad)) if bad.ndim else ()
         rel = float(np.atleast_1d(asym / np.where(scale > 0, scale, 1.0))[idx if idx else 0])
         raise PropertyError(
-            f"{name}: expected a symmetric matrix (‖M − Mᵀ‖_F ≤ {SYMMETRY_RTOL:g}·‖M‖_F), "
+            f"{name}: expected a symmetric matrix (‖M − Mᵀ‖_F ≤ {rtol:g}·‖M‖_F), "
             f"found relative asymmetry {rel:.3g}{_where(idx, per_step)}"
         )
     return 0.5 * (M + MT)
+
+
+def _to_compute_dtype(M: Any, name: str, backend: Any, dtype: Any) -> Any:
+    """Cast a validated weight to the compute dtype (refusing values that overflow it)."""
+    if dtype is None or backend.dtype_of(M) == dtype:
+        return M
+    with np.errstate(over="ignore"):  # an overflow is reported below, not warned about
+        M = backend.astype(M, dtype)
+    if not backend.all_finite(M):
+        raise PropertyError(f"{name}: contains values that overflow the compute dtype {dtype}")
+    return M
 
 
 def _eps(M: Any, backend: Any) -> float:
@@ -381,7 +400,9 @@ def as_weight(value: Any, name: str, *, rows: int, cols: int | None = None, hori
             raise PropertyError(f"{name}: expected a positive definite weight, found scalar {c:g} <= 0")
         M = c * backend.eye(rows, dtype=dtype, device=device)
         return Weight(M, False, ())
-    M = as_array(value, name, backend, dtype=dtype, device=device)
+    # Validated in the precision given (the symmetry test must not see the rounding of a
+    # cast to a lower compute precision), then cast to the compute dtype.
+    M = as_array(value, name, backend, device=device)
     expected = (f"a scalar, a constant matrix {format_shape((rows, cols))}, a per-step stack "
                 f"{format_shape((horizon, rows, cols))} or a batched stack "
                 f"{format_shape(('*batch', horizon, rows, cols))}")
@@ -405,6 +426,8 @@ def as_weight(value: Any, name: str, *, rows: int, cols: int | None = None, hori
                 f"system's batch shape {format_shape(tuple(batch_shape))}") from None
     if definiteness is not None:
         M = check_symmetric(M, name, backend, per_step=per_step)
+    M = _to_compute_dtype(M, name, backend, dtype)
+    if definiteness is not None:
         if definiteness == "psd":
             check_psd(M, name, backend, per_step=per_step)
         elif definiteness == "pd":
@@ -421,7 +444,7 @@ def as_terminal_weight(value: Any, name: str, *, n: int, backend: Any, dtype: An
     if _is_scalar(value):
         return as_weight(value, name, rows=n, horizon=1, backend=backend, dtype=dtype,
                          device=device, definiteness="psd").value
-    M = as_array(value, name, backend, dtype=dtype, device=device)
+    M = as_array(value, name, backend, device=device)
     if M.ndim < 2 or tuple(M.shape[-2:]) != (n, n):
         raise DimensionError(f"{name}: expected a scalar, a matrix ({n}, {n}) or a batched "
                              f"(*batch, {n}, {n}); found shape {format_shape(M.shape)}")
@@ -431,7 +454,7 @@ def as_terminal_weight(value: Any, name: str, *, n: int, backend: Any, dtype: An
         raise DimensionError(f"{name}: batch dimensions {format_shape(M.shape[:-2])} do not "
                              f"broadcast with the system's batch shape "
                              f"{format_shape(tuple(batch_shape))}") from None
-    M = check_symmetric(M, name, backend)
+    M = _to_compute_dtype(check_symmetric(M, name, backend), name, backend, dtype)
     check_psd(M, name, backend)
     return M
 

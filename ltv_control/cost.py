@@ -39,7 +39,8 @@ def lqr_cost(system: Any, Q: Any, R: Any, x: Any, u: Any, *, Qf: Any = None, N: 
     Returns
     -------
     cost : scalar or array (*batch,)
-        float64 (numpy scalar / 0-d torch tensor when unbatched).
+        float64 (numpy scalar / 0-d torch tensor when unbatched); one entry per member
+        of the broadcast batch of ``system``, the weights, ``x`` and ``u``.
     """
     p = prepare_problem(system, Q, R, Qf=Qf, N=N)
     be = p.be
@@ -49,7 +50,7 @@ def lqr_cost(system: Any, Q: Any, R: Any, x: Any, u: Any, *, Qf: Any = None, N: 
     u = as_vector_stack(u, "u", length=T, dim=m, backend=be, dtype=p.dtype, device=p.device,
                         allow_constant=False)
     try:
-        be.broadcast_shapes(tuple(x.shape[:-2]), tuple(u.shape[:-2]), p.batch)
+        batch = tuple(be.broadcast_shapes(tuple(x.shape[:-2]), tuple(u.shape[:-2]), p.batch))
     except (ValueError, RuntimeError):
         raise DimensionError(f"x, u: batch dimensions {format_shape(x.shape[:-2])} and "
                              f"{format_shape(u.shape[:-2])} do not broadcast with "
@@ -65,4 +66,7 @@ def lqr_cost(system: Any, Q: Any, R: Any, x: Any, u: Any, *, Qf: Any = None, N: 
         cost = cost + 2.0 * be.sum(xs * be.matvec(stack(p.N), u), axis=(-1, -2))
     xT = x[..., T, :]
     cost = cost + be.sum(xT * be.matvec(p.Qf, xT), axis=-1)
+    if tuple(cost.shape) != batch:
+        # one cost per batch member, also when only the system (or a weight) is batched
+        cost = cost + be.zeros(batch, dtype=p.dtype, device=p.device)
     return cost
