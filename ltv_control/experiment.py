@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -222,6 +223,27 @@ def claim_check(sweep: list[dict], method: str = "alqr", baseline: str = "actadd
     }
 
 
+class _StateCachingPlant:
+    """A plant whose ``last_token_states`` is memoised per prompt list and options.
+
+    Every steerer's fit computes the same setpoint states from the same contrastive prompts;
+    within one experiment they are computed once. Everything else is the wrapped plant's.
+    """
+
+    def __init__(self, plant: Any) -> None:
+        self._plant = plant
+        self._states: dict = {}
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._plant, name)
+
+    def last_token_states(self, prompts: Sequence[str], **options: Any) -> Any:
+        key = (tuple(prompts), tuple(sorted(options.items())))
+        if key not in self._states:
+            self._states[key] = self._plant.last_token_states(list(prompts), **options)
+        return self._states[key]
+
+
 def _steerer_classes() -> dict:
     from ltv_control import adapters
 
@@ -295,7 +317,7 @@ def run_experiment(model, tokenizer, task: SentimentTask, settings: ExperimentSe
     torch.manual_seed(seed)
     model.eval()
 
-    plant = LLMPlant(model, tokenizer)
+    plant = _StateCachingPlant(LLMPlant(model, tokenizer))
     T = plant.horizon
     actadd_layers = list(settings.actadd_layers) if settings.actadd_layers is not None \
         else [max(0, T // 3)]
