@@ -21,7 +21,9 @@ Discovery rule (:func:`find_decoder_layers`)
     Every :class:`torch.nn.ModuleList` whose elements all share one class is a
     candidate. When the model's config states its layer count
     (``num_hidden_layers``, ``n_layer``, ``num_layers`` or ``n_layers``, also
-    inside ``text_config``), candidates of exactly that length are kept. Among
+    inside ``text_config``), candidates of exactly that length are kept; when no
+    same-class list has that length, a ModuleList of mixed classes with exactly
+    that length is taken (hybrid stacks such as Jamba or Zamba2). Among
     the remaining candidates the longest list wins, then the one holding the
     most parameters (so a per-layer list of MoE experts never beats the layer
     list), then the shallowest attribute path. When nothing fits, pass
@@ -167,19 +169,22 @@ def find_decoder_layers(model: Any, layers: Any = None) -> tuple[list, str | Non
     if not isinstance(model, torch.nn.Module):
         raise ArgumentError(f"model: expected a torch.nn.Module, found {type(model).__name__}")
 
-    candidates = []
+    candidates, mixed = [], []
     for name, module in model.named_modules():
         if not isinstance(module, torch.nn.ModuleList) or len(module) == 0:
             continue
-        classes = {type(m) for m in module}
-        if len(classes) != 1:
-            continue
         n_params = sum(p.numel() for p in module.parameters())
-        candidates.append((name, module, n_params))
+        if len({type(m) for m in module}) == 1:
+            candidates.append((name, module, n_params))
+        else:
+            mixed.append((name, module, n_params))
 
     expected = config_num_layers(model)
     if expected is not None:
         matching = [c for c in candidates if len(c[1]) == expected]
+        if not matching:
+            # hybrid stacks (attention and state-space blocks of different classes in one list)
+            matching = [c for c in mixed if len(c[1]) == expected]
         if matching:
             candidates = matching
     if not candidates:

@@ -61,13 +61,16 @@ class BlockCall:
 
     ``output`` is the hidden-states tensor the block returned (pad rows zeroed),
     ``kv`` the ``(keys, values)`` the block's attention read from the cache,
-    without the newest position (step capture only), else ``None``.
+    without the newest position (step capture only), else ``None``;
+    ``queries`` the ``(method name, answer)`` of every read-only query the block
+    made of the cache (e.g. ``get_seq_length``), in call order (step capture only).
     """
 
     args: tuple
     kwargs: dict
     output: Any = None
     kv: list = field(default_factory=list)
+    queries: list = field(default_factory=list)
 
 
 def _is_cache(obj: Any) -> bool:
@@ -189,6 +192,14 @@ def clean_capture(model: Any, blocks: list, ids: Any, mask: Any, positions: Any)
                 f"block {k} was not called during the forward pass; the layers found are not the "
                 "model's decoder blocks (pass layers= explicitly)"
             )
+        hidden = block_input_of(call)
+        for what, tensor in (("input", hidden), ("output", call.output)):
+            if tensor.dim() != 3 or tuple(tensor.shape[:2]) != tuple(ids.shape):
+                raise ReplayError(
+                    f"block {k}: its hidden-states {what} has shape {tuple(tensor.shape)}, expected "
+                    f"(batch, tokens, hidden) = ({ids.shape[0]}, {ids.shape[1]}, n); the layers found "
+                    "do not carry one residual stream (pass layers= explicitly)"
+                )
         call.args = _drop_caches(call.args)
         call.kwargs = _drop_caches(call.kwargs)
     return calls
@@ -231,17 +242,37 @@ def verify_replay(blocks: list, calls: list[BlockCall], mask: Any = None, only: 
             )
 
 
+#: read-only cache queries a block may make during a decoding step (MPT asks the sequence
+#: length); their answers are recorded at step capture and repeated by :class:`PrefixKV`
+CACHE_QUERIES = ("get_seq_length",)
+
+
 class PrefixKV:
     """Read-only stand-in for a KV cache in a replayed block call.
 
     ``update(keys, values, ...)`` returns the recorded prefix keys/values (the
     earlier positions, held fixed) concatenated with the new ones along the
     sequence axis (``-2``); nothing is stored, so replays never accumulate.
+    A read-only query named in :data:`CACHE_QUERIES` returns the answer the real
+    cache gave during the captured step (``queries``: ``(name, answer)`` pairs in
+    call order); the replay is then the captured step exactly, which the plant
+    checks bit for bit.
     """
 
-    def __init__(self, kv: list):
+    def __init__(self, kv: list, queries: list | None = None):
         self._kv = kv
         self._next = 0
+        self._queries = list(queries or [])
+        self._next_query = 0
+
+    def _answer(self, name: str) -> Any:
+        if self._next_query >= len(self._queries) or self._queries[self._next_query][0] != name:
+            raise ReplayError(
+                f"replayed block asked cache.{name} out of the order recorded during the capture"
+            )
+        answer = self._queries[self._next_query][1]
+        self._next_query += 1
+        return answer
 
     def update(self, key_states: Any, value_states: Any, *args: Any, **kwargs: Any) -> tuple:
         import torch
@@ -255,6 +286,8 @@ class PrefixKV:
     def __getattr__(self, name: str) -> Any:
         if name.startswith("_"):
             raise AttributeError(name)
+        if name in CACHE_QUERIES and any(q[0] == name for q in self._queries):
+            return lambda *args, **kwargs: self._answer(name)
         raise AttributeError(
             f"replayed block used cache.{name}, which the prefix replay does not support"
         )
@@ -380,18 +413,32 @@ def step_capture(
 
         return update
 
+    def query_recorder(name: str, original: Any) -> Any:
+        def query(*args: Any, **kwargs: Any) -> Any:
+            answer = original(*args, **kwargs)
+            if hooks.current is not None:  # asked inside a block: replayed from the record
+                hooks.calls[hooks.current].queries.append((name, answer))
+            return answer
+
+        return query
+
     try:
         for target in targets:
-            originals.append((target, target.__dict__.get("update")))
+            originals.append((target, "update", target.__dict__.get("update")))
             target.update = recorder(type(target).update.__get__(target))
+            for name in CACHE_QUERIES:
+                method = getattr(type(target), name, None)
+                if callable(method):
+                    originals.append((target, name, target.__dict__.get(name)))
+                    setattr(target, name, query_recorder(name, method.__get__(target)))
         with torch.no_grad(), hooks:
             model(input_ids=ids[:, -1:], **step_kwargs)
     finally:
-        for target, original in originals:
+        for target, name, original in reversed(originals):
             if original is None:
-                target.__dict__.pop("update", None)
+                target.__dict__.pop(name, None)
             else:
-                target.update = original
+                setattr(target, name, original)
     for k, call in enumerate(hooks.calls):
         if call is None or call.output is None:
             raise ReplayError(f"block {k} was not called during the decoding step")
@@ -449,14 +496,19 @@ def _layout(a: Any, b: Any, where: str) -> Any:
 
 
 def batch_layout(call_b: BlockCall, call_2b: BlockCall, *, with_kv: bool) -> tuple:
-    """Layout of one block call: ``(args, kwargs, kv)`` trees with batched tensors marked.
+    """Layout of one block call: ``(args, kwargs, kv)`` trees with batched tensors marked,
+    plus, with ``with_kv``, a fourth item: the recorded cache queries (see :class:`PrefixKV`).
 
     The hidden-states argument must be batched along dimension 0.
     """
     args = _layout(call_b.args, call_2b.args, "args")
     kwargs = _layout(call_b.kwargs, call_2b.kwargs, "kwargs")
-    kv = _layout(call_b.kv, call_2b.kv, "cache keys/values") if with_kv else None
-    return args, kwargs, kv
+    if not with_kv:
+        return args, kwargs, None
+    kv = _layout(call_b.kv, call_2b.kv, "cache keys/values")
+    if call_b.queries != call_2b.queries:
+        raise ReplayError("the block's cache queries depend on the batch size")
+    return args, kwargs, kv, list(call_b.queries)
 
 
 def materialize(tree: Any, copies: int, cache: Any = None) -> Any:

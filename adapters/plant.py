@@ -41,6 +41,8 @@ differences.
 Padding: prompts of one batch are left-padded and given explicit position ids
 (``cumsum(mask) - 1``), so a padded prompt sees the same positions as alone;
 pad rows are zeroed between blocks (eager float64 attention would make them NaN).
+Models whose forward takes no ``attention_mask`` or no ``position_ids`` are fed
+batches of equal-length prompts only (no padding).
 """
 
 from __future__ import annotations
@@ -198,20 +200,35 @@ class LLMPlant:
 
         return "attention_mask" in forward_kwargs(self.model, attention_mask=True)
 
+    def _accepts_positions(self) -> bool:
+        from ltv_control.adapters._replay import forward_kwargs
+
+        return "position_ids" in forward_kwargs(self.model, position_ids=True)
+
     def _batches(self, encoded: list[list[int]], batch_size: int) -> list[_Batch]:
-        """Left-padded batches; prompts of similar length are grouped to limit padding."""
+        """Left-padded batches; prompts of similar length are grouped to limit padding.
+
+        A model that takes no attention mask, or no position ids (its positions would count
+        the pad tokens), gets batches of equal-length prompts only: no padding at all.
+        """
         import torch
 
-        if not self._accepts_mask():
-            batch_size = 1  # no attention mask: no padding possible
         pad_id = getattr(self.tokenizer, "pad_token_id", None)
         if pad_id is None:
             pad_id = getattr(self.tokenizer, "eos_token_id", None) or 0
         order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
+        if self._accepts_mask() and self._accepts_positions():
+            groups = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+        else:
+            groups = []
+            for i in order:
+                if groups and len(encoded[groups[-1][0]]) == len(encoded[i]) and len(groups[-1]) < batch_size:
+                    groups[-1].append(i)
+                else:
+                    groups.append([i])
         device = self._device()
         batches = []
-        for start in range(0, len(order), batch_size):
-            index = order[start : start + batch_size]
+        for index in groups:
             length = max(len(encoded[i]) for i in index)
             ids = torch.full((len(index), length), int(pad_id), dtype=torch.long)
             mask = torch.zeros((len(index), length), dtype=torch.long)
@@ -247,7 +264,6 @@ class LLMPlant:
             if self._active_layers is not None and k not in self._active_layers:
                 layouts.append(layout)  # never replayed in this computation: checks skipped
                 continue
-            args, kwargs, kv = layout
             # the read-only prefix replay must reproduce the decoding step bit for bit ...
             replay = self._replay_step(block, layout, block_input_of(call), copies=1, grad=False)
             if not torch.equal(replay, call.output):
@@ -300,8 +316,8 @@ class LLMPlant:
         """Block output at the last token for ``x`` (copies*B, 1, n), prefix keys/values fixed."""
         import torch
 
-        args, kwargs, kv = layout
-        cache = PrefixKV(materialize(kv, copies))
+        args, kwargs, kv, queries = layout
+        cache = PrefixKV(materialize(kv, copies), queries)
         args = materialize(args, copies, cache)
         kwargs = materialize(kwargs, copies, cache)
         args, kwargs = replace_block_input(args, kwargs, x)
@@ -315,7 +331,7 @@ class LLMPlant:
         import torch
         from ltv_control.adapters._blocks import get_block_output
 
-        args, kwargs, _ = layout
+        args, kwargs = layout[:2]
         args = materialize(args, copies)
         kwargs = materialize(kwargs, copies)
         hidden = torch.cat([torch.cat([prefix] * copies, dim=0), x], dim=1)
