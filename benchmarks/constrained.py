@@ -240,6 +240,7 @@ def llm_figures(*, quick: bool = False, new_tokens: int = 32, rank: int = 32) ->
             return u
 
         alqr._control = rec
+        alqr._control_last_inplace = None  # the fused fast path would bypass the recorder
         captured = {}
         hook = plant.layers[-1].register_forward_hook(
             lambda m, a, o: captured.__setitem__("z", (o[0] if isinstance(o, tuple) else o)[:, -1].detach().double()))
@@ -249,6 +250,7 @@ def llm_figures(*, quick: bool = False, new_tokens: int = 32, rank: int = 32) ->
         finally:
             hook.remove()
             alqr.__dict__.pop("_control", None)
+            alqr.__dict__.pop("_control_last_inplace", None)
         energy = float(sum((u ** 2).sum(-1) for u in record_alqr).mean())
         return float((captured["z"] @ v_T).mean()), energy
 
