@@ -31,6 +31,16 @@ def _routine(kind: str, name: str, dtype: np.dtype):
     return fn
 
 
+def _fortran_transpose(x: np.ndarray) -> tuple[np.ndarray, int]:
+    """``(f, trans)`` with ``f`` Fortran-ordered and ``op(f) = xᵀ`` (``trans``: BLAS flag), no copy
+    when ``x`` is C- or Fortran-contiguous."""
+    if x.flags.c_contiguous:
+        return x.T, 0
+    if x.flags.f_contiguous:
+        return x, 1
+    return np.ascontiguousarray(x).T, 0
+
+
 class NumpyBackend:
     """Array operations on :class:`numpy.ndarray`.
 
@@ -152,7 +162,20 @@ class NumpyBackend:
     # ------------------------------------------------------------ algebra
     @staticmethod
     def matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        """Batched matrix product ``a @ b``."""
+        """Batched matrix product ``a @ b``.
+
+        Two single float matrices of one dtype go to SciPy's BLAS ``gemm``, the library that
+        also runs the Cholesky and triangular solves of the recursion: numpy and SciPy ship
+        separate OpenBLAS builds, and alternating between their thread pools made a Riccati
+        step up to 2.5× slower on a 2-core machine (see ``benchmarks/README.md``).
+        """
+        if (a.ndim == 2 and b.ndim == 2 and a.dtype == b.dtype
+                and a.dtype in (np.float32, np.float64) and min(a.shape + b.shape) > 0):
+            # a @ b = (bᵀ aᵀ)ᵀ; a C-ordered matrix read in Fortran order is its transpose.
+            gemm = _routine("blas", "gemm", a.dtype)
+            bt, trans_b = _fortran_transpose(b)
+            at, trans_a = _fortran_transpose(a)
+            return gemm(1.0, bt, at, trans_a=trans_b, trans_b=trans_a).T
         return np.matmul(a, b)
 
     @staticmethod
