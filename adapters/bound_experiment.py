@@ -129,21 +129,9 @@ class BoundExperimentResult:
 
 
 def _encode(plant: Any, prompts: Sequence[str], max_tokens: int | None, name: str) -> list[list[int]]:
-    if isinstance(prompts, str):
-        prompts = [prompts]
-    if not isinstance(prompts, Sequence) or not all(isinstance(p, str) for p in prompts):
-        raise ArgumentError(f"{name}: expected a list of strings")
-    if len(prompts) == 0:
-        raise DimensionError(f"{name}: expected at least one prompt, found an empty list")
-    out = []
-    for i, prompt in enumerate(prompts):
-        ids = list(plant.tokenizer(prompt)["input_ids"])
-        if max_tokens is not None:
-            ids = ids[:max_tokens]
-        if not ids:
-            raise DimensionError(f"{name}[{i}]: tokenizes to no tokens")
-        out.append(ids)
-    return out
+    from ltv_control.adapters.plant import token_ids
+
+    return token_ids(plant.tokenizer, prompts, max_tokens, name)
 
 
 def _model_device(model: Any) -> Any:

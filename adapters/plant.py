@@ -102,6 +102,27 @@ class _Batch:
         self.full_parts: list | None = None
 
 
+def token_ids(tokenizer: Any, prompts: Any, max_tokens: int | None,
+              name: str = "prompts") -> list[list[int]]:
+    """Token ids of each prompt (``tokenizer(prompt)``, its own special tokens), cut to the first
+    ``max_tokens``; a single string is one prompt. Errors name the argument ``name``."""
+    if isinstance(prompts, str):
+        prompts = [prompts]
+    if not isinstance(prompts, Sequence) or not all(isinstance(p, str) for p in prompts):
+        raise ArgumentError(f"{name}: expected a list of strings")
+    if len(prompts) == 0:
+        raise DimensionError(f"{name}: expected at least one prompt, found an empty list")
+    encoded = []
+    for i, prompt in enumerate(prompts):
+        ids = list(tokenizer(prompt)["input_ids"])
+        if max_tokens is not None:
+            ids = ids[:max_tokens]
+        if not ids:
+            raise DimensionError(f"{name}[{i}]: tokenizes to no tokens")
+        encoded.append(ids)
+    return encoded
+
+
 class LLMPlant:
     """A causal language model seen as an LTV plant ``z_{k+1} = φ_k(z_k)`` over its decoder blocks.
 
@@ -179,21 +200,7 @@ class LLMPlant:
         return next(self.model.parameters()).device
 
     def _token_ids(self, prompts: Any, max_tokens: int | None) -> list[list[int]]:
-        if isinstance(prompts, str):
-            prompts = [prompts]
-        if not isinstance(prompts, Sequence) or not all(isinstance(p, str) for p in prompts):
-            raise ArgumentError("prompts: expected a list of strings")
-        if len(prompts) == 0:
-            raise DimensionError("prompts: expected at least one prompt, found an empty list")
-        encoded = []
-        for i, prompt in enumerate(prompts):
-            ids = list(self.tokenizer(prompt)["input_ids"])
-            if max_tokens is not None:
-                ids = ids[:max_tokens]
-            if not ids:
-                raise DimensionError(f"prompts[{i}]: tokenizes to no tokens")
-            encoded.append(ids)
-        return encoded
+        return token_ids(self.tokenizer, prompts, max_tokens)
 
     def _accepts_mask(self) -> bool:
         from ltv_control.adapters._replay import forward_kwargs

@@ -31,7 +31,7 @@ from typing import Any, Callable, NamedTuple, Sequence, TypeVar
 import numpy as np
 
 from ltv_control._exceptions import ArgumentError, DimensionError, PropertyError
-from ltv_control.backends import get_backend, is_torch_tensor, numpy_backend
+from ltv_control.backends import get_backend, is_torch_tensor
 
 __all__ = [
     "SYMMETRY_RTOL",
@@ -298,15 +298,7 @@ def check_psd(M: Any, name: str, backend: Any, *, per_step: bool = False) -> Non
     eye = backend.eye(n, dtype=backend.dtype_of(M), device=backend.device_of(M))
     shifted = M + shift[..., None, None] * eye
     _, info = backend.cholesky(shifted)
-    info = np.asarray(info)
-    if np.any(info):
-        idx = _first_bad(np.atleast_1d(info != 0)) if info.ndim else ()
-        member = M[idx] if idx else M
-        lam = float(np.min(np.linalg.eigvalsh(backend.to_host(member).astype(np.float64))))
-        raise PropertyError(
-            f"{name}: expected a positive semidefinite matrix, found smallest eigenvalue "
-            f"{lam:.3g}{_where(idx, per_step)}"
-        )
+    _refuse_failed_cholesky(M, info, name, "positive semidefinite", backend, per_step)
 
 
 def check_pd(M: Any, name: str, backend: Any, *, per_step: bool = False) -> None:
@@ -314,15 +306,23 @@ def check_pd(M: Any, name: str, backend: Any, *, per_step: bool = False) -> None
     if _is_repeated_view(M, backend):
         return check_pd(M[..., :1, :, :], name, backend, per_step=per_step)
     _, info = backend.cholesky(M)
+    _refuse_failed_cholesky(M, info, name, "positive definite", backend, per_step)
+
+
+def _refuse_failed_cholesky(M: Any, info: Any, name: str, expected: str, backend: Any,
+                            per_step: bool) -> None:
+    """Raise PropertyError naming the first member whose Cholesky ``info`` flags a failure,
+    with its smallest eigenvalue (computed only on this error path)."""
     info = np.asarray(info)
-    if np.any(info):
-        idx = _first_bad(np.atleast_1d(info != 0)) if info.ndim else ()
-        member = M[idx] if idx else M
-        lam = float(np.min(np.linalg.eigvalsh(backend.to_host(member).astype(np.float64))))
-        raise PropertyError(
-            f"{name}: expected a positive definite matrix, found smallest eigenvalue "
-            f"{lam:.3g}{_where(idx, per_step)}"
-        )
+    if not np.any(info):
+        return
+    idx = _first_bad(np.atleast_1d(info != 0)) if info.ndim else ()
+    member = M[idx] if idx else M
+    lam = float(np.min(np.linalg.eigvalsh(backend.to_host(member).astype(np.float64))))
+    raise PropertyError(
+        f"{name}: expected a {expected} matrix, found smallest eigenvalue "
+        f"{lam:.3g}{_where(idx, per_step)}"
+    )
 
 
 # --------------------------------------------------------------------------- weights
