@@ -355,8 +355,6 @@ class ConstrainedSteerer(Steerer):
         -------
         ConstrainedSteerer
         """
-        import torch
-
         from ltv_control import LTVSystem, finite_horizon_lqr
 
         reject_unknown(unknown, "ConstrainedSteerer.fit")

@@ -183,7 +183,7 @@ def llm_figures(*, quick: bool = False, new_tokens: int = 32, rank: int = 32) ->
     """Part 2 (see the module docstring)."""
     import torch
 
-    from ltv_control import LTVSystem, finite_horizon_lqr
+    from ltv_control import finite_horizon_lqr
     from ltv_control.adapters import ALQRSteerer, ConstrainedSteerer, LLMPlant, load_embedded_model
     from ltv_control.datasets import load_sentiment_task
     from ltv_control.setpoint import feedback_directions, linear_feature_setpoint

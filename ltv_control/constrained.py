@@ -635,7 +635,7 @@ class ConstrainedLQR:
                     f"(aᵀx0 = {a @ x0:.6g} < b = {b:.6g}); likely binding: feature_constraints")
 
     def _solve_cvxpy(self, x0: np.ndarray, xref: np.ndarray, warm_start: bool):
-        cp = _require_cvxpy()
+        _require_cvxpy()
         if self._cvx is None:
             self._cvx = self._build_cvxpy()
         prob = self._cvx["problem"]

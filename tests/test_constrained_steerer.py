@@ -205,7 +205,6 @@ def test_zero_budget_and_restricted_layers(llama, steerer):
 
 def test_hooks_removed_when_forward_raises(llama, steerer):
     model, tok, _ = llama
-    enc = tok(PROMPTS[:1], return_tensors="pt")
     with pytest.raises(RuntimeError, match="boom"):
         with steerer.attach(model) as handle:
             raise RuntimeError("boom")
