@@ -94,7 +94,7 @@ class ExperimentSettings:
     pid: dict = field(default_factory=lambda: {"kp": 0.5, "ki": 0.5, "kd": 0.0, "reset_every": 10})
     constrained: dict = field(default_factory=dict)
     sweep: dict = field(default_factory=lambda: {
-        "actadd": [2.0, 4.0, 6.0],
+        "actadd": [2.0, 4.0, 6.0, 8.0],
         "pid": [1.0],
         "alqr": [0.5, 1.0, 1.5],
         "alqr_plus": [1.0],
