@@ -448,15 +448,21 @@ def as_terminal_weight(value: Any, name: str, *, n: int, backend: Any, dtype: An
     if M.ndim < 2 or tuple(M.shape[-2:]) != (n, n):
         raise DimensionError(f"{name}: expected a scalar, a matrix ({n}, {n}) or a batched "
                              f"(*batch, {n}, {n}); found shape {format_shape(M.shape)}")
-    try:
-        backend.broadcast_shapes(tuple(M.shape[:-2]), tuple(batch_shape))
-    except (ValueError, RuntimeError):
-        raise DimensionError(f"{name}: batch dimensions {format_shape(M.shape[:-2])} do not "
-                             f"broadcast with the system's batch shape "
-                             f"{format_shape(tuple(batch_shape))}") from None
+    _check_batch_broadcast(name, M.shape[:-2], batch_shape, backend)
     M = _to_compute_dtype(check_symmetric(M, name, backend), name, backend, dtype)
     check_psd(M, name, backend)
     return M
+
+
+def _check_batch_broadcast(name: str, found: Sequence[int], batch_shape: Sequence[int],
+                           backend: Any) -> None:
+    """Refuse batch dimensions ``found`` of ``name`` that do not broadcast with the system's."""
+    try:
+        backend.broadcast_shapes(tuple(found), tuple(batch_shape))
+    except (ValueError, RuntimeError):
+        raise DimensionError(f"{name}: batch dimensions {format_shape(tuple(found))} do not "
+                             f"broadcast with the system's batch shape "
+                             f"{format_shape(tuple(batch_shape))}") from None
 
 
 # --------------------------------------------------------------------------- vectors
@@ -480,12 +486,7 @@ def as_vector_stack(value: Any, name: str, *, length: int, dim: int, backend: An
     if V.ndim < 2 or tuple(V.shape[-2:]) != (length, dim):
         raise DimensionError(f"{name}: expected {forms}; found shape {format_shape(V.shape)}")
     if batch_shape is not None:
-        try:
-            backend.broadcast_shapes(tuple(V.shape[:-2]), tuple(batch_shape))
-        except (ValueError, RuntimeError):
-            raise DimensionError(f"{name}: batch dimensions {format_shape(V.shape[:-2])} do not "
-                                 f"broadcast with the system's batch shape "
-                                 f"{format_shape(tuple(batch_shape))}") from None
+        _check_batch_broadcast(name, V.shape[:-2], batch_shape, backend)
     return V
 
 
@@ -496,12 +497,7 @@ def as_initial_state(value: Any, name: str, *, n: int, backend: Any, dtype: Any,
     if x0.ndim < 1 or x0.shape[-1] != n:
         raise DimensionError(f"{name}: expected ({n},) or (*batch, {n}); found shape "
                              f"{format_shape(x0.shape)}")
-    try:
-        backend.broadcast_shapes(tuple(x0.shape[:-1]), tuple(batch_shape))
-    except (ValueError, RuntimeError):
-        raise DimensionError(f"{name}: batch dimensions {format_shape(x0.shape[:-1])} do not "
-                             f"broadcast with the system's batch shape "
-                             f"{format_shape(tuple(batch_shape))}") from None
+    _check_batch_broadcast(name, x0.shape[:-1], batch_shape, backend)
     return x0
 
 
