@@ -37,6 +37,7 @@ import platform
 import sys
 import time
 from typing import Any
+from ltv_control.report import atomic_write_text
 
 # Prompts of at least 24 tokens: the plant's default max_tokens=24 cuts them to 24, the
 # setting the paper and the contract use (the speed-up grows with the sequence length).
@@ -211,10 +212,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(text)
     print(_table(result), file=sys.stderr)
     if args.out:
-        tmp = f"{args.out}.tmp"
-        with open(tmp, "w") as fh:
-            fh.write(text)
-        os.replace(tmp, args.out)
+        atomic_write_text(args.out, text)
     return result
 
 

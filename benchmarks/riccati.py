@@ -37,6 +37,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 import ltv_control as lc
+from ltv_control.report import atomic_write_text
 
 DEFAULT_NS = (64, 256, 576, 1024)
 QUICK_NS = (64, 256)
@@ -192,10 +193,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     text = json.dumps(result, indent=2)
     print(text)
     if args.out:
-        tmp = args.out + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, args.out)
+        atomic_write_text(args.out, text)
     print(format_table(result))
     return 0
 

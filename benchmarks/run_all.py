@@ -33,6 +33,7 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+from ltv_control.report import atomic_write_text
 
 HERE = Path(__file__).resolve().parent
 
@@ -268,15 +269,9 @@ def main(argv: list[str] | None = None) -> int:
         res = run(quick=args.quick, only=only, timeout=args.timeout)
     print(format_table(res["table"]))
     if args.out:
-        tmp = args.out + ".tmp"
-        with open(tmp, "w") as fh:
-            json.dump(res, fh, indent=2, default=_json_default)
-        os.replace(tmp, args.out)
+        atomic_write_text(args.out, json.dumps(res, indent=2, default=_json_default))
     if args.markdown:
-        tmp = args.markdown + ".tmp"
-        with open(tmp, "w") as fh:
-            fh.write(format_table(res["table"], markdown=True) + "\n")
-        os.replace(tmp, args.markdown)
+        atomic_write_text(args.markdown, format_table(res["table"], markdown=True) + "\n")
     return 0
 
 

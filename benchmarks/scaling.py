@@ -38,6 +38,7 @@ import tracemalloc
 from typing import Any
 
 import numpy as np
+from ltv_control.report import atomic_write_text
 
 __all__ = ["run", "main", "structured_study", "low_rank_identity_feedback"]
 
@@ -520,10 +521,7 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps(res, indent=2, default=float))
     print(format_table(res["summary"]))
     if args.out:
-        tmp = args.out + ".tmp"
-        with open(tmp, "w") as fh:
-            json.dump(res, fh, indent=2, default=float)
-        os.replace(tmp, args.out)
+        atomic_write_text(args.out, json.dumps(res, indent=2, default=float))
     return 0
 
 

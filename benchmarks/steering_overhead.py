@@ -33,12 +33,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import statistics
 import sys
 import time
 from typing import Any
+from ltv_control.report import atomic_write_text
 
 DESIRED = [
     "I loved this film, it was wonderful.",
@@ -325,10 +325,7 @@ def main(argv: list[str] | None = None) -> int:
     print(text)
     print(table(results), file=sys.stderr)
     if args.out:
-        tmp = f"{args.out}.tmp{os.getpid()}"
-        with open(tmp, "w") as fh:
-            fh.write(text)
-        os.replace(tmp, args.out)
+        atomic_write_text(args.out, text)
     return 0
 
 
