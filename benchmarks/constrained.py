@@ -185,7 +185,7 @@ def llm_figures(*, quick: bool = False, new_tokens: int = 32, rank: int = 32) ->
 
     from ltv_control import finite_horizon_lqr
     from ltv_control.adapters import ALQRSteerer, ConstrainedSteerer, LLMPlant, load_embedded_model
-    from ltv_control.datasets import load_sentiment_task
+    from ltv_control.app.datasets import load_sentiment_task
     from ltv_control.setpoint import feedback_directions, linear_feature_setpoint
 
     task = load_sentiment_task()

@@ -37,7 +37,7 @@ import platform
 import sys
 import time
 from typing import Any
-from ltv_control.report import atomic_write_text
+from ltv_control.atomic import atomic_write_text
 
 # Prompts of at least 24 tokens: the plant's default max_tokens=24 cuts them to 24, the
 # setting the paper and the contract use (the speed-up grows with the sequence length).

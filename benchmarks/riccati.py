@@ -37,7 +37,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 import ltv_control as lc
-from ltv_control.report import atomic_write_text
+from ltv_control.atomic import atomic_write_text
 
 DEFAULT_NS = (64, 256, 576, 1024)
 QUICK_NS = (64, 256)

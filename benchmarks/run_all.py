@@ -33,7 +33,7 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
-from ltv_control.report import atomic_write_text
+from ltv_control.atomic import atomic_write_text
 
 HERE = Path(__file__).resolve().parent
 

@@ -38,7 +38,7 @@ import tracemalloc
 from typing import Any
 
 import numpy as np
-from ltv_control.report import atomic_write_text
+from ltv_control.atomic import atomic_write_text
 
 __all__ = ["run", "main", "structured_study", "low_rank_identity_feedback"]
 

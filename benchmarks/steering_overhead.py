@@ -38,7 +38,7 @@ import statistics
 import sys
 import time
 from typing import Any
-from ltv_control.report import atomic_write_text
+from ltv_control.atomic import atomic_write_text
 
 DESIRED = [
     "I loved this film, it was wonderful.",

@@ -49,7 +49,7 @@ def save_system(path: str | os.PathLike, system, *, metadata: dict | None = None
     """
     from safetensors.numpy import save_file
 
-    from ltv_control.report import atomic_write_text
+    from ltv_control.atomic import atomic_write_text
 
     if not hasattr(system, "A") or not hasattr(system, "horizon"):
         raise ArgumentError(f"system must be an LTVSystem, found {type(system).__name__}")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 
 def _vocabulary() -> list[str]:
-    from ltv_control.datasets import load_sentiment_task
+    from ltv_control.app.datasets import load_sentiment_task
 
     task = load_sentiment_task()
     words: set[str] = set()

@@ -12,7 +12,7 @@ import subprocess
 
 import pytest
 
-from ltv_control.cli import build_parser, main
+from ltv_control.app.cli import build_parser, main
 
 SUBCOMMANDS = ("demo", "eval", "fit", "generate", "linearize", "bound")
 
@@ -81,7 +81,7 @@ def tiny_dirs(tmp_path_factory):
     b = save_tiny_llama(root / "tiny-b", seed=1, layers=3, hidden=48)
     data = root / "data"
     data.mkdir()
-    from ltv_control.datasets import load_sentiment_task
+    from ltv_control.app.datasets import load_sentiment_task
 
     task = load_sentiment_task()
     (data / "d.txt").write_text("\n".join(task.desired[:8]))
@@ -154,7 +154,7 @@ def test_mismatched_and_corrupt_controller_files(tiny_dirs, tmp_path, capsys):
 
 
 def test_eval_end_to_end_on_a_tiny_model(tiny_dirs, tmp_path, capsys):
-    from ltv_control.report import validate_report
+    from ltv_control.app.report import validate_report
 
     a, data = str(tiny_dirs["a"]), tiny_dirs["data"]
     out_dir = tmp_path / "report"
@@ -227,7 +227,7 @@ def test_parser_defaults_are_documented():
 @pytest.mark.slow
 def test_demo_quick_on_the_embedded_model(embedded_model, tmp_path, capsys, monkeypatch):
     from ltv_control import adapters
-    from ltv_control.report import validate_report
+    from ltv_control.app.report import validate_report
 
     monkeypatch.setattr(adapters, "load_embedded_model", lambda dtype=None, device="cpu":
                         embedded_model)

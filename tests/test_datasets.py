@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from ltv_control import ArgumentError, PropertyError
-from ltv_control.datasets import SentimentTask, load_sentiment_task, read_lines
+from ltv_control.app.datasets import SentimentTask, load_sentiment_task, read_lines
 
 
 def test_sizes_and_types():
@@ -32,7 +32,7 @@ def test_sets_are_disjoint():
 
 
 def test_sentiment_polarity_of_the_sets():
-    from ltv_control.metrics import positive_rate, vader_mean
+    from ltv_control.app.metrics import positive_rate, vader_mean
 
     task = load_sentiment_task()
     assert positive_rate(list(task.desired)) > 0.8

@@ -50,6 +50,45 @@ def test_mkdocs_build_strict(tmp_path):
     assert result.returncode == 0, result.stderr[-4000:]
     assert (site / "index.html").is_file()
     assert (site / "api" / "index.html").is_file()
+    assert_offline_site(site)
+
+
+_EXTERNAL_RESOURCE = re.compile(
+    r"""<(?:script|img|iframe)\b[^>]*\bsrc\s*=\s*["']?(?:https?:)?//"""
+    r"""|<link\b[^>]*\bhref\s*=\s*["']?(?:https?:)?//"""
+    r"""|@import\s+(?:url\()?["']?(?:https?:)?//"""
+    r"""|url\(\s*["']?(?:https?:)?//""", re.IGNORECASE)
+
+
+def external_resources(html: str) -> list[str]:
+    """Every script, stylesheet, image, frame or CSS url that a page loads from the network."""
+    return [m.group(0) for m in _EXTERNAL_RESOURCE.finditer(html)]
+
+
+def test_external_resource_oracle():
+    assert external_resources('<script src="https://cdn.x/mathjax.js"></script>')
+    assert external_resources("<link rel='stylesheet' href='//fonts.example/css'>")
+    assert external_resources("body { background: url(https://x/y.png) }")
+    assert not external_resources('<script src="js/katex/katex.min.js"></script>'
+                                  '<a href="https://example.org">a link is not a resource</a>')
+
+
+def assert_offline_site(site: Path) -> None:
+    """The built site loads nothing from the network, and its math renderer is bundled."""
+    offenders = {}
+    for page in list(site.rglob("*.html")) + list(site.rglob("*.css")):
+        found = external_resources(page.read_text(encoding="utf-8", errors="replace"))
+        if found:
+            offenders[str(page.relative_to(site))] = found[:3]
+    assert not offenders, offenders
+    concepts = (site / "concepts" / "index.html").read_text(encoding="utf-8")
+    assert 'class="arithmatex"' in concepts, "the concepts page shows equations"
+    for script in ("js/katex/katex.min.js", "js/katex/contrib/auto-render.min.js",
+                   "js/katex-render.js"):
+        assert script in concepts, script
+        assert (site / script).is_file(), script
+    fonts = list((site / "js" / "katex" / "fonts").glob("*.woff2"))
+    assert fonts, "KaTeX's fonts are bundled"
 
 
 @pytest.mark.parametrize(

@@ -7,7 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from ltv_control import ArgumentError, DimensionError, PropertyError, metrics
+from ltv_control import ArgumentError, DimensionError, PropertyError
+from ltv_control.app import metrics
 
 
 def test_distinct2_by_hand():

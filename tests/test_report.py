@@ -8,8 +8,8 @@ import math
 import pytest
 
 from ltv_control import DimensionError
-from ltv_control.experiment import METHODS, METRIC_KEYS, ExperimentSettings, claim_check
-from ltv_control.report import REPORT_KEYS, format_table, validate_report, write_report
+from ltv_control.app.experiment import METHODS, METRIC_KEYS, ExperimentSettings, claim_check
+from ltv_control.app.report import REPORT_KEYS, format_table, validate_report, write_report
 
 
 def _metrics(rate, ppl):

@@ -8,7 +8,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 import ltv_control as lc  # noqa: E402
-from ltv_control.datasets import load_sentiment_task  # noqa: E402
+from ltv_control.app.datasets import load_sentiment_task  # noqa: E402
 
 from _tiny_lm import tiny_llama  # noqa: E402
 

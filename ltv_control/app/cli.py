@@ -1,7 +1,7 @@
 """The ``ltv-control`` command line: a thin layer over the library.
 
 Subcommands: ``demo``, ``eval``, ``fit``, ``generate``, ``linearize``, ``bound``.  Every one of
-them calls library functions (:mod:`ltv_control.experiment`, :mod:`ltv_control.report`,
+them calls library functions (:mod:`ltv_control.app.experiment`, :mod:`ltv_control.app.report`,
 :mod:`ltv_control.adapters`); this module only parses arguments, loads the model and prints.
 Errors a user can cause (bad paths, bad values, mismatched controller files) end the program
 with exit status 2 and a one-line message on stderr, never a traceback.
@@ -10,13 +10,12 @@ with exit status 2 and a one-line message on stderr, never a traceback.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import sys
 from pathlib import Path
 
-from ltv_control._exceptions import ControlError
+from ltv_control import ControlError
 
 __all__ = ["build_parser", "demo_settings", "main"]
 
@@ -141,16 +140,7 @@ def _eval_options(p: argparse.ArgumentParser, *, quick: bool) -> None:
     p.add_argument("--sweep-pid", type=_float_list, help="λ grid of S-PID")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of ``ltv-control`` (all subcommands)."""
-    import ltv_control
-
-    parser = _Parser(prog="ltv-control",
-                     description="Finite-horizon optimal control of LTV systems, and activation "
-                                 "steering of language models by LQR over the layers (A-LQR).")
-    parser.add_argument("--version", action="version", version=f"ltv-control {ltv_control.__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-
+def _add_demo(sub) -> None:
     p = sub.add_parser("demo", help="steer the embedded model from negative to positive sentiment "
                                     "and compare with baselines",
                        description="Fit ActAdd, S-PID, A-LQR, A-LQR+ (and the constrained steerer "
@@ -160,6 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
     _eval_options(p, quick=True)
     p.set_defaults(handler=_cmd_demo)
 
+
+def _add_eval(sub) -> None:
     p = sub.add_parser("eval", help="the demo's evaluation on your own data files",
                        description="Like demo, with your contrastive and prompt files.")
     _common(p)
@@ -174,6 +166,8 @@ def build_parser() -> argparse.ArgumentParser:
     _eval_options(p, quick=False)
     p.set_defaults(handler=_cmd_eval)
 
+
+def _add_fit(sub) -> None:
     p = sub.add_parser("fit", help="fit a steering controller from contrastive files",
                        description="Fit a steerer and save it as one .safetensors controller file.")
     _common(p)
@@ -182,7 +176,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--undesired", type=_existing_file, metavar="FILE",
                    help="undesired sentences (default: packaged negative sentences)")
     p.add_argument("--jacobian-prompts", type=_existing_file, metavar="FILE",
-                   help="linearization prompts (A-LQR; default: packaged neutral prompts)")
+                   help="linearization prompts (A-LQR, constrained; default: packaged "
+                        "neutral prompts)")
     p.add_argument("--method", choices=_METHOD_KINDS, default="alqr", help="default: alqr")
     p.add_argument("--out", type=Path, required=True, metavar="FILE",
                    help="controller file to write (.safetensors)")
@@ -202,6 +197,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="default positions stored in the file")
     p.set_defaults(handler=_cmd_fit)
 
+
+def _add_generate(sub) -> None:
     p = sub.add_parser("generate", help="generate text, optionally steered by a controller file",
                        description="Generate continuations of prompts, with a controller file "
                                    "attached (or unsteered without --controller).")
@@ -220,6 +217,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-cache", action="store_true", help="generate with use_cache=False")
     p.set_defaults(handler=_cmd_generate)
 
+
+def _add_linearize(sub) -> None:
     p = sub.add_parser("linearize", help="linearize the model into an LTV system file",
                        description="Average block Jacobians at the last token over prompts; write "
                                    "system.safetensors + system.json and linearity diagnostics.")
@@ -233,6 +232,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-diagnostics", action="store_true", help="skip the linearity diagnostics")
     p.set_defaults(handler=_cmd_linearize)
 
+
+def _add_bound(sub) -> None:
     p = sub.add_parser("bound", help="tracking-error bound experiment and figure",
                        description="Run the tracking-error bound experiment on the model and "
                                    "write bound.json and bound.png.")
@@ -247,6 +248,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=Path("ltv-control-bound"), metavar="DIR",
                    help="output folder (default: ./ltv-control-bound)")
     p.set_defaults(handler=_cmd_bound)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``ltv-control`` (all subcommands)."""
+    import ltv_control
+
+    parser = _Parser(prog="ltv-control",
+                     description="Finite-horizon optimal control of LTV systems, and activation "
+                                 "steering of language models by LQR over the layers (A-LQR).")
+    parser.add_argument("--version", action="version", version=f"ltv-control {ltv_control.__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    _add_demo(sub)
+    _add_eval(sub)
+    _add_fit(sub)
+    _add_generate(sub)
+    _add_linearize(sub)
+    _add_bound(sub)
     return parser
 
 
@@ -286,17 +304,17 @@ def _first_line(exc: BaseException) -> str:
 
 def _emit(args, payload: dict, text: str) -> None:
     if args.json:
-        from ltv_control.report import _clean, _json_default
+        from ltv_control.app.report import to_json
 
-        print(json.dumps(_clean(payload), indent=2, default=_json_default))
+        print(to_json(payload))
     elif not args.quiet or text and args.command in ("generate",):
         print(text)
 
 
 def demo_settings(args, *, quick: bool = False):
     """ExperimentSettings for ``demo`` / ``eval`` from parsed options (``quick``: --quick sizes)."""
-    from ltv_control.experiment import METHODS, ExperimentSettings
-    from ltv_control.generation import Decoding
+    from ltv_control.app.experiment import METHODS, ExperimentSettings
+    from ltv_control.app.generation import Decoding
 
     base = ExperimentSettings()
     if quick:
@@ -341,8 +359,8 @@ def demo_settings(args, *, quick: bool = False):
 
 
 def _run_evaluation(args, task, *, quick: bool) -> int:
-    from ltv_control.experiment import run_experiment
-    from ltv_control.report import format_table, write_report
+    from ltv_control.app.experiment import run_experiment
+    from ltv_control.app.report import format_table, write_report
 
     if args.out.exists() and not args.out.is_dir():
         raise CLIError(f"--out {str(args.out)!r} exists and is not a directory")
@@ -371,31 +389,16 @@ def _run_evaluation(args, task, *, quick: bool) -> int:
     return 0
 
 
-def _accepted(function, **candidates):
-    from ltv_control.experiment import _maybe
-
-    return _maybe(function, **candidates)
-
-
-def _summary(result) -> dict:
-    if isinstance(result, dict):
-        return {k: v for k, v in result.items() if isinstance(v, (int, float, str, bool))}
-    fields = getattr(result, "_asdict", None)
-    if fields is not None:
-        return {k: v for k, v in fields().items() if isinstance(v, (int, float, str, bool))}
-    return {}
-
-
 # ---------------------------------------------------------------- subcommands
 
 def _cmd_demo(args) -> int:
-    from ltv_control.datasets import load_sentiment_task
+    from ltv_control.app.datasets import load_sentiment_task
 
     return _run_evaluation(args, load_sentiment_task(), quick=args.quick)
 
 
 def _cmd_eval(args) -> int:
-    from ltv_control.datasets import SentimentTask, load_sentiment_task, read_lines
+    from ltv_control.app.datasets import SentimentTask, load_sentiment_task, read_lines
 
     jac = read_lines(args.jacobian_prompts) if args.jacobian_prompts else \
         load_sentiment_task().jacobian_prompts
@@ -408,17 +411,13 @@ def _cmd_eval(args) -> int:
 def _steerer_class(kind: str):
     from ltv_control import adapters
 
-    name = {"alqr": "ALQRSteerer", "actadd": "ActAddSteerer", "pid": "PIDSteerer",
-            "constrained": "ConstrainedSteerer"}[kind]
-    try:
-        return getattr(adapters, name)
-    except (AttributeError, ImportError):
-        raise CLIError(f"--method {kind}: {name} is not available in this installation") from None
+    return {"alqr": adapters.ALQRSteerer, "actadd": adapters.ActAddSteerer,
+            "pid": adapters.PIDSteerer, "constrained": adapters.ConstrainedSteerer}[kind]
 
 
-def _cmd_fit(args) -> int:
-    from ltv_control.adapters import LLMPlant
-    from ltv_control.datasets import load_sentiment_task, read_lines
+def _fit_data(args) -> tuple[list[str], list[str], list[str]]:
+    """The desired, undesired and Jacobian prompts of ``fit`` (files or the packaged task)."""
+    from ltv_control.app.datasets import load_sentiment_task, read_lines
 
     task = load_sentiment_task()
     desired = read_lines(args.desired) if args.desired else task.desired
@@ -426,30 +425,39 @@ def _cmd_fit(args) -> int:
     if args.n_fit:
         desired, undesired = desired[:args.n_fit], undesired[:args.n_fit]
     jac = read_lines(args.jacobian_prompts) if args.jacobian_prompts else task.jacobian_prompts
-    jac = list(jac[:args.n_jacobian])
+    return list(desired), list(undesired), list(jac[:args.n_jacobian])
+
+
+def _fit_steerer(args, plant, desired: list[str], undesired: list[str], jac: list[str]):
+    """``<Steerer>.fit`` of ``--method`` with the options that apply to it."""
+    cls = _steerer_class(args.method)
+    common = {} if args.positions is None else {"positions": args.positions}
+    weights = {"q": args.q, "r": args.r, "qf": args.qf, "lam": args.lam}
+    if args.method == "alqr":
+        return cls.fit(plant, desired, undesired, **weights, jacobian_prompts=jac,
+                       layers=args.layers, max_tokens=args.max_tokens,
+                       progress=not args.quiet, **common)
+    if args.method == "actadd":
+        return cls.fit(plant, desired, undesired, layers=args.layers or [plant.horizon // 3],
+                       coeff=args.coeff, **common)
+    if args.method == "pid":
+        return cls.fit(plant, desired, undesired, lam=args.lam, **common)
+    return cls.fit(plant, desired, undesired, **weights, jacobian_prompts=jac,
+                   max_tokens=args.max_tokens, progress=not args.quiet, **common)
+
+
+def _cmd_fit(args) -> int:
+    from ltv_control.adapters import LLMPlant
+
+    desired, undesired, jac = _fit_data(args)
     if args.out.exists() and args.out.is_dir():
         raise CLIError(f"--out {str(args.out)!r} is a directory; give a .safetensors file path")
     if not args.out.parent.exists():
         raise CLIError(f"--out: folder {str(args.out.parent)!r} does not exist")
-    cls = _steerer_class(args.method)
     model, tokenizer = _load(args)
     plant = LLMPlant(model, tokenizer)
-    common = {} if args.positions is None else {"positions": args.positions}
     _log(args, f"fitting {args.method} on {len(desired)} desired / {len(undesired)} undesired")
-    if args.method == "alqr":
-        steerer = cls.fit(plant, list(desired), list(undesired), q=args.q, r=args.r, qf=args.qf,
-                          lam=args.lam, jacobian_prompts=jac, layers=args.layers,
-                          **_accepted(cls.fit, max_tokens=args.max_tokens,
-                                      progress=not args.quiet), **common)
-    elif args.method == "actadd":
-        layers = args.layers or [plant.horizon // 3]
-        steerer = cls.fit(plant, list(desired), list(undesired), layers=layers, coeff=args.coeff,
-                          **common)
-    elif args.method == "pid":
-        steerer = cls.fit(plant, list(desired), list(undesired), lam=args.lam, **common)
-    else:
-        steerer = cls.fit(plant, list(desired), list(undesired), q=args.q, r=args.r, qf=args.qf,
-                          lam=args.lam, **common)
+    steerer = _fit_steerer(args, plant, desired, undesired, jac)
     steerer.save(args.out)
     payload = {"path": str(args.out), "method": args.method, "num_layers": plant.horizon,
                "hidden_size": plant.state_dim, "n_desired": len(desired),
@@ -459,15 +467,15 @@ def _cmd_fit(args) -> int:
 
 
 def _cmd_generate(args) -> int:
-    from ltv_control.datasets import read_lines
-    from ltv_control.generation import Decoding, generate_continuations
+    from ltv_control.app.datasets import read_lines
+    from ltv_control.app.generation import Decoding, generate_continuations
 
     prompts = list(args.prompt) + (list(read_lines(args.prompts)) if args.prompts else [])
     if not prompts:
         raise CLIError("generate: give at least one --prompt TEXT or --prompts FILE")
     steerer = None
     if args.controller is not None:
-        from ltv_control.adapters.steering_base import Steerer
+        from ltv_control.adapters import Steerer
 
         model, tokenizer = _load(args)
         steerer = Steerer.load(args.controller, model=model)
@@ -502,7 +510,7 @@ def _cmd_generate(args) -> int:
 
 def _cmd_linearize(args) -> int:
     from ltv_control.adapters import LLMPlant
-    from ltv_control.datasets import load_sentiment_task, read_lines
+    from ltv_control.app.datasets import load_sentiment_task, read_lines
     from ltv_control.system_io import save_system
 
     prompts = read_lines(args.prompts) if args.prompts else load_sentiment_task().jacobian_prompts
@@ -532,14 +540,15 @@ def _diagnostics(plant, prompts, args) -> dict:
     """Linearity diagnostics (paper Section 5) beside the system file: JSON + PNG."""
     import numpy as np
 
-    from ltv_control.adapters.diagnostics import linearity_diagnostics, plot_linearity
-    from ltv_control.report import _clean, _json_default, atomic_write_text
+    from ltv_control.adapters import linearity_diagnostics, plot_linearity
+    from ltv_control.app.report import to_json
+    from ltv_control.atomic import atomic_write_text
 
     result = linearity_diagnostics(plant, prompts, max_tokens=args.max_tokens, seed=args.seed,
                                    progress=not args.quiet)
     figure = plot_linearity(result, args.out / "diagnostics.png")
     atomic_write_text(args.out / "diagnostics.json",
-                      json.dumps(_clean(_plain(result)), indent=2, default=_json_default))
+                      to_json(_plain(result)))
     similarity = result.similarity[np.isfinite(result.similarity)]
     return {
         "figure": str(figure),
@@ -565,9 +574,10 @@ def _plain(result):
 
 def _cmd_bound(args) -> int:
     from ltv_control.adapters import LLMPlant
-    from ltv_control.datasets import load_sentiment_task, read_lines
-    from ltv_control.experiment import run_bound_figure
-    from ltv_control.report import _clean, _json_default, atomic_write_text
+    from ltv_control.app.datasets import load_sentiment_task, read_lines
+    from ltv_control.app.experiment import run_bound_figure
+    from ltv_control.app.report import to_json
+    from ltv_control.atomic import atomic_write_text
 
     if args.out.exists() and not args.out.is_dir():
         raise CLIError(f"--out {str(args.out)!r} exists and is not a directory")
@@ -584,7 +594,7 @@ def _cmd_bound(args) -> int:
     summary = run_bound_figure(plant, prompts, system, args.out / "bound.png",
                                max_tokens=args.max_tokens, progress=not args.quiet)
     atomic_write_text(args.out / "bound.json",
-                      json.dumps(_clean(summary), indent=2, default=_json_default) + "\n")
+                      to_json(summary) + "\n")
     payload = {**summary, "figure": str(args.out / "bound.png"),
                "data": str(args.out / "bound.json")}
     text = (f"bound holds on {summary['coverage']:.0%} of held-out steps "

@@ -9,13 +9,14 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 import textwrap
 from pathlib import Path
 
-from ltv_control._exceptions import ArgumentError, DimensionError
+from ltv_control import ArgumentError, DimensionError
+from ltv_control.atomic import atomic_save_figure, atomic_write_text
 
-__all__ = ["REPORT_KEYS", "atomic_write_text", "format_table", "validate_report", "write_report"]
+__all__ = ["REPORT_KEYS", "clean_json", "format_table", "json_default", "to_json", "validate_report",
+           "write_report"]
 
 REPORT_KEYS = ("version", "settings", "seed", "methods", "sweep")
 """Top-level keys of ``report.json``."""
@@ -53,7 +54,9 @@ def validate_report(report: dict) -> dict:
     return report
 
 
-def _json_default(value):
+def json_default(value):
+    """``json.dumps`` fallback: numpy scalars and arrays as Python values, sets and tuples as
+    lists, anything else as its ``str``."""
     try:
         import numpy as np
 
@@ -68,44 +71,25 @@ def _json_default(value):
     return str(value)
 
 
-def _clean(value):
-    """Replace non-finite floats by None so the JSON is standard."""
+def clean_json(value):
+    """``value`` with every non-finite float (at any depth) replaced by None: standard JSON."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):
-        return {k: _clean(v) for k, v in value.items()}
+        return {k: clean_json(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_clean(v) for v in value]
+        return [clean_json(v) for v in value]
     return value
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    """Write ``text`` to ``path`` through a temporary file in the same folder and ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+def to_json(value, *, indent: int = 2) -> str:
+    """Standard JSON text of ``value``: :func:`clean_json`, then ``json.dumps`` with
+    :func:`json_default`."""
+    return json.dumps(clean_json(value), indent=indent, default=json_default)
 
 
 def _save_figure(fig, path: Path) -> Path:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".png")
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=110, bbox_inches="tight")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    return atomic_save_figure(fig, path, bbox_inches="tight")
 
 
 def _fmt(value, digits=3) -> str:
@@ -223,7 +207,7 @@ def write_report(out_dir: str | os.PathLike, report: dict, details: dict | None 
     out_dir : path
         Created if missing.
     report : dict
-        A report as returned by :func:`ltv_control.experiment.run_experiment` (validated).
+        A report as returned by :func:`ltv_control.app.experiment.run_experiment` (validated).
     details : dict, optional
         The details returned with ``return_details=True``: ``beta`` (β_k profiles),
         ``examples``, ``claim``, ``timings``, ``notes``, optional ``bound`` (a summary dict).
@@ -244,7 +228,7 @@ def write_report(out_dir: str | os.PathLike, report: dict, details: dict | None 
     out.mkdir(parents=True, exist_ok=True)
     files: dict[str, Path] = {}
     files["report.json"] = atomic_write_text(
-        out / "report.json", json.dumps(_clean(report), indent=2, default=_json_default) + "\n")
+        out / "report.json", to_json(report) + "\n")
     if "beta" in details:
         files["beta.png"] = _plot_beta(details["beta"], out / "beta.png")
     if report["sweep"]:
@@ -262,7 +246,7 @@ def write_report(out_dir: str | os.PathLike, report: dict, details: dict | None 
                                                         "notes", "bound")}
     if plain:
         files["details.json"] = atomic_write_text(
-            out / "details.json", json.dumps(_clean(plain), indent=2, default=_json_default) + "\n")
+            out / "details.json", to_json(plain) + "\n")
     files["report.md"] = atomic_write_text(out / "report.md", _markdown(report, details, files))
     return files
 

@@ -125,7 +125,7 @@ def generate_continuations(model, tokenizer, prompts: Sequence[str], *,
     """
     import torch
 
-    from ltv_control.metrics import _pad_id, left_pad
+    from ltv_control.app.metrics import _pad_id, left_pad
 
     if isinstance(prompts, str) or not all(isinstance(p, str) for p in prompts):
         raise ArgumentError("prompts must be a sequence of str")

@@ -1,6 +1,6 @@
 """The sentiment steering task shipped with ltv-control.
 
-The four text files in :mod:`ltv_control.data` were written for this project (see
+The four text files in :mod:`ltv_control.app.data` were written for this project (see
 ``docs/data.md``): parallel positive/negative sentences for fitting a steering controller,
 neutral prompt openings for evaluation that appear in no fitting set, and neutral-ish prompts
 for linearizing the model.  They are read with :mod:`importlib.resources`, so they work from
@@ -91,7 +91,7 @@ def read_lines(source: str | Path) -> tuple[str, ...]:
 
 
 def _read_packaged(name: str) -> tuple[str, ...]:
-    text = resources.files("ltv_control.data").joinpath(name).read_text(encoding="utf-8")
+    text = resources.files("ltv_control.app.data").joinpath(name).read_text(encoding="utf-8")
     return tuple(s for s in (line.strip() for line in text.splitlines()) if s)
 
 
