@@ -161,11 +161,14 @@ class EmbeddingJudge:
         Stratified ``k``-fold cross-validated accuracy on the training sets,
         ``k = min(5, smallest class size)``.
     key : str
-        Summary key of the rate; the accuracy goes under ``key + "_accuracy"``.
+        Summary key of the rate; the accuracy goes under ``accuracy_key`` (default
+        ``key + "_accuracy"``).
     """
 
-    def __init__(self, classifier, encoder, accuracy: float, n_train: tuple[int, int], key: str):
+    def __init__(self, classifier, encoder, accuracy: float, n_train: tuple[int, int], key: str,
+                 accuracy_key: str | None = None):
         self._classifier = classifier
+        self.accuracy_key = accuracy_key or key + "_accuracy"
         self._encoder = encoder
         self.accuracy = float(accuracy)
         self.n_train = n_train
@@ -177,14 +180,17 @@ class EmbeddingJudge:
 
     @classmethod
     def fit(cls, desired: Sequence[str], undesired: Sequence[str], *,
-            key: str = "concept_rate_embedding", encoder=None, c: float = 1.0,
-            seed: int = 0) -> EmbeddingJudge:
+            key: str = "concept_rate_embedding", accuracy_key: str | None = None,
+            encoder=None, c: float = 1.0, seed: int = 0) -> EmbeddingJudge:
         """Train on ``desired`` (label 1) against ``undesired`` (label 0).
 
         Parameters
         ----------
         desired, undesired : sequence of str, each at least 2 texts
         key : str
+            Summary key of the rate.
+        accuracy_key : str, optional
+            Summary key of the held-out accuracy (default ``key + "_accuracy"``).
         encoder : callable texts -> (P, d) array, optional
             Default :func:`minilm_encoder`.
         c : float, default 1.0
@@ -210,17 +216,18 @@ class EmbeddingJudge:
                                 random_state=seed)
         make = lambda: LogisticRegression(C=c, max_iter=2000, class_weight="balanced")  # noqa: E731
         accuracy = cross_val_score(make(), x, y, cv=folds, scoring="accuracy").mean()
-        return cls(make().fit(x, y), encoder, accuracy, (len(desired), len(undesired)), key)
+        return cls(make().fit(x, y), encoder, accuracy, (len(desired), len(undesired)), key,
+                   accuracy_key)
 
     def __call__(self, texts: Sequence[str]) -> JudgeResult:
         texts = _texts(texts)
         if not texts:
             return JudgeResult(np.zeros(0), np.zeros(0, bool),
-                               {self.key: float("nan"), self.key + "_accuracy": self.accuracy})
+                               {self.key: float("nan"), self.accuracy_key: self.accuracy})
         proba = self._classifier.predict_proba(np.asarray(self._encoder(texts)))[:, 1]
         hits = proba >= 0.5
         return JudgeResult(proba, hits,
-                           {self.key: _rate(hits), self.key + "_accuracy": self.accuracy})
+                           {self.key: _rate(hits), self.accuracy_key: self.accuracy})
 
     def describe(self) -> dict:
         """What the judge measures and how well it separates its held-out sets."""
@@ -271,6 +278,7 @@ class JudgePanel:
                 if part.keywords else None
             embed = EmbeddingJudge.fit(part.judge_desired, part.judge_undesired,
                                        key="concept_rate_embedding" + suffix,
+                                       accuracy_key="concept_rate_embedding_accuracy" + suffix,
                                        encoder=encoder) if embedding else None
             primary = keyword or embed
             entries.append((suffix, "primary", primary))
