@@ -75,16 +75,19 @@ from ltv_control._validation import (
     public_api,
     require_system,
 )
-from ltv_control.backends import is_torch_tensor, numpy_backend
+from ltv_control.backends import get_torch_backend, is_torch_tensor, numpy_backend
+from ltv_control.constrained_grad import CondensedQP, KKTSensitivity, differentiable_plan
 
 __all__ = ["ConstrainedLQR", "ConstrainedSolution", "CONSTRAINT_FAMILIES"]
 
 CONSTRAINT_FAMILIES = ("u_norm_max", "u_box", "x_box", "feature_constraints")
 """Names of the constraint families, as used in :class:`InfeasibleError` messages."""
 
+_F64 = np.dtype("float64")  # a dtype instance: _validation names dtypes by str()
 _ACCEPTED = ("optimal", "optimal_inaccurate")
 _DEFAULT_SOLVER = "CLARABEL"
 _CONSTRAINT_RTOL = 1e-6
+_CVXPY_SOLVE_KEYWORDS = {"verbose", "ignore_dpp", "canon_backend", "enforce_dpp"}
 _CLARABEL_TOLERANCES = {"tol_gap_abs": 1e-9, "tol_gap_rel": 1e-9, "tol_feas": 1e-9}
 
 
@@ -149,7 +152,7 @@ def _bound_pair(value: Any, name: str, length: int, dim: int) -> tuple[np.ndarra
                             + (f" of length {len(value)}" if isinstance(value, (tuple, list)) else ""))
     out = []
     for side, v in zip(("lo", "hi"), value):
-        arr = np.asarray(as_array(v, f"{name}[{side}]", numpy_backend, dtype=np.float64,
+        arr = np.asarray(as_array(v, f"{name}[{side}]", numpy_backend, dtype=_F64,
                                   finite=False), dtype=np.float64)
         if np.any(np.isnan(arr)):
             raise PropertyError(f"{name}[{side}]: contains NaN values")
@@ -176,11 +179,41 @@ def _bound_pair(value: Any, name: str, length: int, dim: int) -> tuple[np.ndarra
 def _like(result: np.ndarray, reference: Any) -> Any:
     """``result`` as the array type of ``reference`` (torch: same device, its float dtype)."""
     if is_torch_tensor(reference):
-        import torch
-
-        dtype = reference.dtype if reference.is_floating_point() else torch.float64
-        return torch.as_tensor(result, dtype=dtype, device=reference.device)
+        be = get_torch_backend()
+        dtype = be.dtype_of(reference) if be.is_floating(reference) else np.float64
+        return be.asarray(result, dtype=dtype, device=be.device_of(reference))
     return result
+
+
+def _refuse_grad(**values: Any) -> None:
+    """Refuse tensors that require grad where no gradient is propagated (never a silent zero)."""
+    for name, value in values.items():
+        if getattr(value, "requires_grad", False):
+            raise ArgumentError(
+                f"{name}: a torch tensor that requires grad, but ConstrainedLQR propagates "
+                "gradients only to solve()'s x0 and x_ref (the problem data are copied to "
+                f"float64 numpy); pass {name}.detach() or use the unconstrained "
+                "finite_horizon_lqr / tracking_lqr, which are differentiable in them")
+
+
+def _wants_grad(*values: Any) -> bool:
+    """Whether a torch tensor among ``values`` requires grad (and autograd is recording)."""
+    if not any(is_torch_tensor(v) for v in values):
+        return False
+    from ltv_control.backends.torch_autograd import requires_grad
+
+    return requires_grad(*values)
+
+
+def _solver_settings(solver: str) -> set | None:
+    """Names of the settings ``solver`` accepts, when they can be listed without solving."""
+    if solver == "CLARABEL":
+        try:
+            import clarabel
+        except ImportError:  # pragma: no cover - cvxpy ships clarabel
+            return None
+        return {k for k in dir(clarabel.DefaultSettings()) if not k.startswith("_")}
+    return None
 
 
 def _require_cvxpy():
@@ -276,6 +309,14 @@ class ConstrainedLQR:
                  method: str = "cvxpy", solver_options: dict | None = None,
                  admm_options: dict | None = None) -> None:
         system = require_system(system)
+        _refuse_grad(**{"system.A": system.A, "system.B": system.B, "system.c": system.c},
+                     Q=Q, R=R, Qf=Qf, u_norm_max=u_norm_max)
+        for name, pair in (("u_box", u_box), ("x_box", x_box)):
+            if isinstance(pair, (tuple, list)):
+                _refuse_grad(**{f"{name}[{i}]": v for i, v in enumerate(pair)})
+        for j, item in enumerate(feature_constraints or []):
+            if isinstance(item, (tuple, list)):
+                _refuse_grad(**{f"feature_constraints[{j}][{i}]": v for i, v in enumerate(item)})
         if tuple(system.batch_shape) != ():
             raise DimensionError(
                 f"system: expected an unbatched system (batch_shape ()), found batch_shape "
@@ -292,9 +333,9 @@ class ConstrainedLQR:
         self.A, self.B, self.c = A, B, c
         self.horizon, self.n_states, self.n_inputs = T, n, m
 
-        Qw = as_weight(Q, "Q", rows=n, horizon=T, backend=numpy_backend, dtype=np.float64,
+        Qw = as_weight(Q, "Q", rows=n, horizon=T, backend=numpy_backend, dtype=_F64,
                        definiteness="psd")
-        Rw = as_weight(R, "R", rows=m, horizon=T, backend=numpy_backend, dtype=np.float64,
+        Rw = as_weight(R, "R", rows=m, horizon=T, backend=numpy_backend, dtype=_F64,
                        definiteness="pd")
         if Qw.batch_shape or Rw.batch_shape:
             raise DimensionError("Q, R: expected (n, n)/(T, n, n) weights without batch "
@@ -305,7 +346,7 @@ class ConstrainedLQR:
             self.Qf = self.Q[T - 1].copy()
         else:
             Qf_arr = np.asarray(as_terminal_weight(Qf, "Qf", n=n, backend=numpy_backend,
-                                                   dtype=np.float64), dtype=np.float64)
+                                                   dtype=_F64), dtype=np.float64)
             if Qf_arr.shape != (n, n):
                 raise DimensionError(f"Qf: expected ({n}, {n}), found {format_shape(Qf_arr.shape)}")
             self.Qf = Qf_arr
@@ -324,6 +365,7 @@ class ConstrainedLQR:
         self.solver = (solver or _DEFAULT_SOLVER).upper()
         if solver_options is not None and not isinstance(solver_options, dict):
             raise ArgumentError(f"solver_options: expected a dict, found {type(solver_options).__name__}")
+        self._check_solver_options(solver_options)
         defaults = dict(_CLARABEL_TOLERANCES) if self.solver == "CLARABEL" else {}
         self._user_solver_options = dict(solver_options or {})
         self.solver_options = {**defaults, **self._user_solver_options}
@@ -343,6 +385,8 @@ class ConstrainedLQR:
 
         self._cvx = None
         self._admm = None
+        self._qp = None
+        self.last_active: list = []
         if method == "cvxpy" or solver is not None:
             cp = _require_cvxpy()
             if self.solver not in cp.installed_solvers():
@@ -354,11 +398,23 @@ class ConstrainedLQR:
             self._admm = self._build_admm()
 
     # ------------------------------------------------------------------ validation
+    def _check_solver_options(self, options: dict | None) -> None:
+        """Unknown settings of a solver whose settings can be listed raise ArgumentError now."""
+        if not isinstance(options, dict):
+            return
+        known = _solver_settings(self.solver)
+        if known is None:
+            return
+        unknown = sorted(set(options) - known - _CVXPY_SOLVE_KEYWORDS)
+        if unknown:
+            raise ArgumentError(f"solver_options: unknown option(s) {unknown} for solver "
+                                f"{self.solver}; accepted: {sorted(known | _CVXPY_SOLVE_KEYWORDS)}")
+
     @staticmethod
     def _validate_budget(value: Any, T: int) -> np.ndarray | None:
         if value is None:
             return None
-        arr = np.asarray(as_array(value, "u_norm_max", numpy_backend, dtype=np.float64,
+        arr = np.asarray(as_array(value, "u_norm_max", numpy_backend, dtype=_F64,
                                   finite=False), dtype=np.float64)
         if arr.ndim == 0:
             arr = np.full(T, float(arr))
@@ -393,14 +449,14 @@ class ConstrainedLQR:
                                      f"(or -{T + 1}..-1), found {k}")
             k = k % (T + 1)
             a = np.asarray(as_array(a, f"feature_constraints[{i}] a", numpy_backend,
-                                    dtype=np.float64), dtype=np.float64)
+                                    dtype=_F64), dtype=np.float64)
             if a.shape != (n,):
                 raise DimensionError(f"feature_constraints[{i}]: a must have shape ({n},), found "
                                      f"{format_shape(a.shape)}")
             if not np.any(a):
                 raise PropertyError(f"feature_constraints[{i}]: a must be non-zero")
             b_arr = np.asarray(as_array(b, f"feature_constraints[{i}] b", numpy_backend,
-                                        dtype=np.float64))
+                                        dtype=_F64))
             if b_arr.ndim != 0:
                 raise DimensionError(f"feature_constraints[{i}]: b must be a scalar, found shape "
                                      f"{format_shape(b_arr.shape)}")
@@ -409,7 +465,7 @@ class ConstrainedLQR:
 
     def _validate_state(self, x0: Any, x_ref: Any) -> tuple[np.ndarray, np.ndarray, bool]:
         T, n = self.horizon, self.n_states
-        x0a = np.asarray(as_array(x0, "x0", numpy_backend, dtype=np.float64), dtype=np.float64)
+        x0a = np.asarray(as_array(x0, "x0", numpy_backend, dtype=_F64), dtype=np.float64)
         if x0a.ndim not in (1, 2) or x0a.shape[-1] != n:
             raise DimensionError(f"x0: expected ({n},) or (batch, {n}); found {format_shape(x0a.shape)}")
         batched = x0a.ndim == 2
@@ -417,7 +473,7 @@ class ConstrainedLQR:
         if x_ref is None:
             R = np.zeros((X0.shape[0], T + 1, n))
         else:
-            r = np.asarray(as_array(x_ref, "x_ref", numpy_backend, dtype=np.float64), dtype=np.float64)
+            r = np.asarray(as_array(x_ref, "x_ref", numpy_backend, dtype=_F64), dtype=np.float64)
             if r.shape == (n,):
                 R = np.broadcast_to(r, (X0.shape[0], T + 1, n))
             elif r.shape == (T + 1, n):
@@ -602,6 +658,8 @@ class ConstrainedLQR:
         if not isinstance(warm_start, (bool, np.bool_)):
             raise ArgumentError(f"warm_start: expected a bool, found {type(warm_start).__name__}")
         X0, XR, batched = self._validate_state(x0, x_ref)
+        if _wants_grad(x0, x_ref):
+            return self._solve_differentiable(x0, x_ref, X0, XR, batched, warm_start)
         t0 = time.perf_counter()
         xs, us, costs, statuses = [], [], [], []
         for i in range(X0.shape[0]):
@@ -626,6 +684,60 @@ class ConstrainedLQR:
             if batched:
                 cost_out = _like(cost_out, x0)
         return ConstrainedSolution(x_out, u_out, cost_out, status, elapsed)
+
+    def _solve_member(self, x0: np.ndarray, xref: np.ndarray, warm_start: bool):
+        self._check_initial_features(x0)
+        if self.method == "admm":
+            out = self._solve_admm(x0, xref, warm_start)
+        else:
+            out = self._solve_cvxpy(x0, xref, warm_start)
+        self.stats["solves"] += 1
+        return out
+
+    def _solve_differentiable(self, x0: Any, x_ref: Any, X0: np.ndarray, XR: np.ndarray,
+                              batched: bool, warm_start: bool) -> ConstrainedSolution:
+        """Torch path: the plan joins autograd through the KKT sensitivity (implicit function).
+
+        ``u`` comes from the usual solver; its vector-Jacobian product with respect to ``x0``
+        and ``x_ref`` from :class:`ltv_control.constrained_grad.KKTSensitivity`; ``x`` and the
+        cost are recomputed from ``x0``, ``u`` and ``x_ref`` with torch operations.
+        """
+        from ltv_control.backends.torch_autograd import implicit_apply
+
+        be = get_torch_backend()
+        ref = x0 if is_torch_tensor(x0) else x_ref
+        device, f64 = be.device_of(ref), np.float64
+        out_dtype = be.dtype_of(x0) if is_torch_tensor(x0) and be.is_floating(x0) else f64
+        X0_t = be.asarray(x0, dtype=f64, device=device).reshape(X0.shape)
+        if x_ref is None:
+            R_t = be.zeros(XR.shape, dtype=f64, device=device)
+        else:
+            R_t = be.broadcast_to(be.asarray(x_ref, dtype=f64, device=device), XR.shape)
+        if self._qp is None:
+            self._qp = CondensedQP(self.A, self.B, self.c, self.Q, self.R, self.Qf)
+        cons = {"u_norm_max": self.u_norm_max, "u_box": self.u_box, "x_box": self.x_box,
+                "features": self.features}
+        t0 = time.perf_counter()
+        xs, us, costs, statuses, self.last_active = [], [], [], [], []
+
+        def solve(x0_np: np.ndarray, r_np: np.ndarray):
+            _, u, status = self._solve_member(x0_np, r_np, warm_start)
+            sens = KKTSensitivity(self._qp, x0_np, r_np, u, cons)
+            statuses.append(status)
+            self.last_active.append(dict(sens.active.families))
+            return u, sens.vjp
+
+        for i in range(X0.shape[0]):
+            u = implicit_apply(solve, X0_t[i], R_t[i])
+            x, cost = differentiable_plan(be, self._qp, X0_t[i], R_t[i], u)
+            xs.append(x)
+            us.append(u)
+            costs.append(cost)
+        elapsed = time.perf_counter() - t0
+        status = "optimal_inaccurate" if "optimal_inaccurate" in statuses else "optimal"
+        x_out, u_out, c_out = (be.stack(v) if batched else v[0] for v in (xs, us, costs))
+        x_out, u_out, c_out = (be.astype(v, out_dtype) for v in (x_out, u_out, c_out))
+        return ConstrainedSolution(x_out, u_out, c_out, status, elapsed)
 
     def _check_initial_features(self, x0: np.ndarray) -> None:
         for j, (k, a, b) in enumerate(self.features):
@@ -665,7 +777,14 @@ class ConstrainedLQR:
                 warnings.filterwarnings("ignore", message="Solution may be inaccurate")
                 prob.solve(solver=self.solver, warm_start=warm_start, **options)
             return prob.status
+        except TypeError as exc:
+            # cvxpy passes unknown keywords on to the solver, whose own TypeError names them
+            raise ArgumentError(f"solver_options: solver {self.solver} rejected the options "
+                                f"{sorted(options)}: {exc}") from None
         except cp.error.SolverError as exc:
+            if "nrecognized setting" in str(exc) or "nknown setting" in str(exc):
+                raise ArgumentError(f"solver_options: solver {self.solver} rejected the options "
+                                    f"{sorted(options)}: {exc}") from None
             return f"solver_error ({exc})"
 
     def _solve_admm(self, x0: np.ndarray, xref: np.ndarray, warm_start: bool):
