@@ -16,6 +16,9 @@ _LAZY_EXPORTS: dict[str, str] = {
     "load_model": "model_loading",
     "model_id_of": "model_loading",
     "LLMPlant": "plant",
+    "Setpoint": "setpoint",
+    "StreamedSystem": "gains",
+    "tokenize_left_padded": "tokens",
     "find_decoder_layers": "_blocks",
     "linearity_diagnostics": "diagnostics",
     "LinearityDiagnostics": "diagnostics",
@@ -30,6 +33,9 @@ _LAZY_EXPORTS: dict[str, str] = {
     "ConstrainedSteerer": "constrained_steerer",
     "save_controller_file": "controller_file",
     "load_controller_file": "controller_file",
+    # llama.cpp control vectors (export / import)
+    "export_gguf": "control_vector",
+    "load_control_vector": "control_vector",
     # tracking-error bound on a language model
     "llm_bound_experiment": "bound_experiment",
     "closed_loop_states": "bound_experiment",

@@ -81,6 +81,16 @@ def config_hidden_size(model: Any) -> int | None:
     return _config_value(model, _HIDDEN_SIZE_KEYS)
 
 
+def hidden_size_of(model: Any) -> int | None:
+    """Hidden size from ``model.config``, else the input embeddings' width (``None`` if neither)."""
+    hidden = config_hidden_size(model)
+    if hidden is None:
+        get_emb = getattr(model, "get_input_embeddings", None)
+        emb = get_emb() if callable(get_emb) else None
+        hidden = getattr(emb, "embedding_dim", None)
+    return None if hidden is None else int(hidden)
+
+
 def _resolve_path(model: Any, path: str) -> Any:
     """Follow a dotted attribute path (integer parts index into sequences)."""
     obj = model

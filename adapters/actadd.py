@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from ltv_control.adapters.setpoint import measure_setpoint
 from ltv_control._exceptions import ArgumentError
 from ltv_control._validation import public_api
 from ltv_control.adapters.steering_base import (
@@ -81,14 +82,36 @@ class ActAddSteerer(Steerer):
         coeff = check_scalar(coeff, "coeff")
         positions = check_positions(positions)
         layers = check_layer_indices(layers, plant.horizon)
-        setpoint, _ = cls._plant_setpoint(plant, desired, undesired, lam=1.0, batch_size=batch_size)
-        return cls._for_plant(
-            plant,
-            {"e": np.asarray(setpoint.e, dtype=np.float32)},
-            hyperparameters={"coeff": coeff},
-            layers=layers,
-            positions=positions,
-        )
+        setpoint = measure_setpoint(plant, desired, undesired, lam=1.0, batch_size=batch_size)
+        return cls.from_setpoint(setpoint, layers=layers, coeff=coeff, positions=positions)
+
+    @classmethod
+    @public_api
+    def from_setpoint(cls, setpoint: Any, *, layers: Sequence[int] = _REQUIRED,  # type: ignore[assignment]
+                      coeff: float = 1.0, positions: str = "all") -> ActAddSteerer:
+        """The ActAdd steerer ``u_k = coeff · e_k`` of a measured setpoint (its ``e``).
+
+        Parameters
+        ----------
+        setpoint : Setpoint
+            From :meth:`LLMPlant.setpoint` (its ``lam`` is not used).
+        layers : list of int
+            Required: the layers whose output receives ``coeff · e_k``.
+        coeff : float, default 1.0
+        positions : {"last", "all"}, default "all"
+
+        Returns
+        -------
+        ActAddSteerer
+        """
+        if layers is _REQUIRED or layers is None:
+            raise ArgumentError("ActAddSteerer.from_setpoint: layers is required (a list of layer indices)")
+        coeff = check_scalar(coeff, "coeff")
+        positions = check_positions(positions)
+        layers = check_layer_indices(layers, setpoint.horizon)
+        return cls.from_setpoint_tensors(setpoint, {"e": np.asarray(setpoint.e, dtype=np.float32)},
+                                         hyperparameters={"coeff": coeff}, layers=layers,
+                                         positions=positions)
 
     @public_api
     def attach(

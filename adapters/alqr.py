@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from ltv_control._exceptions import ArgumentError, DimensionError
+from ltv_control.adapters.setpoint import measure_setpoint
 from ltv_control._validation import public_api
 from ltv_control.adapters.steering_base import (
     SteeringHandle,
@@ -138,52 +138,79 @@ class ALQRSteerer(Steerer):
         PropertyError
             Non-finite or out-of-range weights.
         """
-        from ltv_control import LTVSystem, finite_horizon_lqr
-        from ltv_control.setpoint import feedback_directions
+        for value, name, kw in ((q, "q", "nonnegative"), (r, "r", "positive"), (qf, "qf", "nonnegative")):
+            check_scalar(value, name, **{kw: True})  # fail before any forward pass
+        positions = check_positions(positions)
+        check_layer_indices(layers, plant.horizon)
+        setpoint = measure_setpoint(plant, desired, undesired, lam=lam, batch_size=batch_size)
+        if system is None:
+            desired = check_prompts(desired, "desired")
+            prompts = desired[:50] if jacobian_prompts is None else check_prompts(jacobian_prompts,
+                                                                                  "jacobian_prompts")
+            system = plant.linearize(prompts, max_tokens=max_tokens, batch_size=batch_size,
+                                     progress=progress)
+        return cls.from_system(system, setpoint, q=q, r=r, qf=qf, layers=layers, positions=positions)
+
+    @classmethod
+    @public_api
+    def from_system(
+        cls,
+        system: Any,
+        setpoint: Any,
+        *,
+        q: float = 0.1,
+        r: float = 1.0,
+        qf: float = 0.1,
+        layers: Sequence[int] | None = None,
+        positions: str = "last",
+    ) -> ALQRSteerer:
+        """The A-LQR steerer of a linearized plant and a setpoint: ``w_k = K_k v_k``.
+
+        ``K_k`` are the finite-horizon LQR gains of ``z_{k+1} = A_k z_k + B_k u_k`` with
+        ``Q = q·I``, ``R = r·I``, ``Q_f = qf·I``, ``B_k = I`` on the controlled layers and
+        ``B_k = 0`` elsewhere (:func:`ltv_control.finite_horizon_lqr`, or the streamed
+        recursion :func:`ltv_control.streaming.streamed_feedback` for a
+        :class:`~ltv_control.adapters.StreamedSystem`, which never holds the ``(T, n, n)`` stack).
+
+        Parameters
+        ----------
+        system : LTVSystem or StreamedSystem
+            ``A (T, n, n)`` with ``B = None`` (from :meth:`LLMPlant.linearize`), or a stream of
+            ``A_k`` in backward order.
+        setpoint : Setpoint
+            From :meth:`LLMPlant.setpoint` (its ``lam`` becomes the fitted ``lam``).
+        q, r, qf : float, defaults 0.1, 1.0, 0.1
+        layers : list of int or None, default None
+            Controlled layers (``None``: every layer with a direction).
+        positions : {"last", "all"}, default "last"
+
+        Returns
+        -------
+        ALQRSteerer
+
+        Raises
+        ------
+        DimensionError
+            ``system`` does not match the setpoint (horizon, state size) or has an input matrix.
+        PropertyError
+            Non-finite or out-of-range weights.
+        """
+        from ltv_control.adapters.gains import feedback_gains
 
         q = check_scalar(q, "q", nonnegative=True)
         r = check_scalar(r, "r", positive=True)
         qf = check_scalar(qf, "qf", nonnegative=True)
-        lam = check_scalar(lam, "lam")
         positions = check_positions(positions)
-        T, n = plant.horizon, plant.state_dim
-        layers = check_layer_indices(layers, T)
-
-        setpoint, desired = cls._plant_setpoint(plant, desired, undesired, lam=lam, batch_size=batch_size)
-        prompts = desired[:50] if jacobian_prompts is None else check_prompts(jacobian_prompts, "jacobian_prompts")
-        if system is None:
-            system = plant.linearize(prompts, max_tokens=max_tokens, batch_size=batch_size,
-                                     progress=progress)
-        else:
-            _check_plant_system(system, T, n)
-        if layers is not None:
-            system = _restrict_inputs(system, layers, LTVSystem)
-        K, _ = finite_horizon_lqr(system, q, r, Qf=qf)
-        w = _as_numpy(feedback_directions(K, _match(setpoint.v, K)))
-        del K, system
-        return cls._from_feedback(plant, setpoint, w, hyperparameters={"q": q, "r": r, "qf": qf, "lam": lam},
-                                  layers=layers, positions=positions)
-
-    @classmethod
-    def _from_feedback(cls, plant: Any, setpoint: Any, w: Any, *, hyperparameters: dict,
-                       layers: list[int] | None, positions: str) -> ALQRSteerer:
-        """The steerer holding ``w (T, n)``, ``v``, ``e_norm`` and ``β*`` (float32).
-
-        ``w_k = K_k v_k`` is zeroed on layers outside ``layers`` (when given).
-        """
-        w = np.array(w, dtype=np.float64)
+        layers = check_layer_indices(layers, setpoint.horizon)
+        w = feedback_gains(system, setpoint.v, q=q, r=r, qf=qf, layers=layers)
         if layers is not None:
             off = np.ones(w.shape[0], dtype=bool)
             off[layers] = False
             w[off] = 0.0
-        tensors = {
-            "w": w.astype(np.float32),
-            "v": np.asarray(setpoint.v, dtype=np.float32),
-            "e_norm": np.asarray(setpoint.e_norm, dtype=np.float32),
-            "beta_star": np.asarray(setpoint.beta_star, dtype=np.float32),
-        }
-        return cls._for_plant(plant, tensors, hyperparameters=hyperparameters, layers=layers,
-                              positions=positions)
+        tensors = {"w": w, "v": setpoint.v, "e_norm": setpoint.e_norm, "beta_star": setpoint.beta_star}
+        hyper = {"q": q, "r": r, "qf": qf, "lam": float(setpoint.lam)}
+        return cls.from_setpoint_tensors(setpoint, tensors, hyperparameters=hyper, layers=layers,
+                                         positions=positions)
 
     # ------------------------------------------------------------------ runtime
 
@@ -223,7 +250,7 @@ class ALQRSteerer(Steerer):
         return {"v": self.v, "w": self.w, "beta": beta}
 
     def _active_layers(self, options: dict) -> list[int]:
-        return [k for k in range(self.num_layers) if float(self.e_norm[k]) > 0.0]
+        return [k for k in range(self.horizon) if float(self.e_norm[k]) > 0.0]
 
     def _control_last_inplace(self, k: int, z: Any, target: Any, params: dict) -> None:
         """Fused ``target += (β* − z v) ⊗ w`` (two kernels: addmv, addr_)."""
@@ -238,51 +265,3 @@ class ALQRSteerer(Steerer):
             return torch.outer(torch.addmv(params["beta"], z, params["v"], alpha=-1.0), params["w"])
         alpha = params["beta"] - z @ params["v"]
         return alpha.unsqueeze(-1) * params["w"]
-
-
-# --------------------------------------------------------------------------- helpers
-
-
-def _as_numpy(x: Any) -> np.ndarray:
-    if type(x).__module__.split(".")[0] == "torch":
-        return x.detach().to("cpu").double().numpy()
-    return np.asarray(x, dtype=np.float64)
-
-
-def _match(v: np.ndarray, like: Any) -> Any:
-    """``v`` in the array type of ``like`` (torch tensors: same dtype and device)."""
-    if type(like).__module__.split(".")[0] == "torch":
-        import torch
-
-        return torch.as_tensor(np.asarray(v), dtype=like.dtype, device=like.device)
-    return np.asarray(v)
-
-
-def _restrict_inputs(system: Any, layers: list[int], ltv_cls: Any) -> Any:
-    """Same plant with ``B_k = I`` on ``layers`` and ``B_k = 0`` elsewhere."""
-    A = system.A
-    n = A.shape[-1]
-    if type(A).__module__.split(".")[0] == "torch":
-        import torch
-
-        B = torch.zeros_like(A)
-        idx = torch.arange(n, device=A.device)
-        for k in layers:
-            B[..., k, idx, idx] = 1.0
-    else:
-        B = np.zeros_like(A)
-        for k in layers:
-            B[..., k, :, :] = np.eye(n, dtype=A.dtype)
-    return ltv_cls(A, B, getattr(system, "c", None))
-
-
-def _check_plant_system(system: Any, T: int, n: int) -> None:
-    """Refuse a precomputed linearization that is not ``A (T, n, n)`` with ``B = I``."""
-    from ltv_control import LTVSystem
-
-    if not isinstance(system, LTVSystem):
-        raise ArgumentError(f"system: expected an LTVSystem, found {type(system).__name__}")
-    if tuple(system.A.shape) != (T, n, n) or system.B is not None:
-        found_b = "None" if system.B is None else str(tuple(system.B.shape))
-        raise DimensionError(f"system: expected A of shape ({T}, {n}, {n}) and B=None for this "
-                             f"plant; found A {tuple(system.A.shape)}, B {found_b}")

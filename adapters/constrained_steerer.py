@@ -55,6 +55,7 @@ from typing import Any
 
 import numpy as np
 
+from ltv_control.adapters.setpoint import measure_setpoint
 from ltv_control._exceptions import ArgumentError, DimensionError, InfeasibleError, PropertyError
 from ltv_control.adapters.steering_base import (
     SteeringHandle,
@@ -148,7 +149,7 @@ class _Planner:
         from ltv_control import LTVSystem
         from ltv_control.constrained import ConstrainedLQR
 
-        T = steerer.num_layers
+        T = steerer.horizon
         self.controlled = list(controlled)
         self.start = controlled[0] if controlled else T
         self.feedback = feedback
@@ -284,7 +285,7 @@ class ConstrainedSteerer(Steerer):
             raise ArgumentError(f"tensors: missing {missing}, unexpected {unexpected} "
                                 f"(expected {list(self.tensor_names) + list(_EXTRA_TENSORS)})")
         super().__init__(base, **kwargs)
-        T, n = self.num_layers, self.hidden_size
+        T, n = self.horizon, self.state_dim
         converted = {}
         for name in _EXTRA_TENSORS:
             value = extra[name]
@@ -355,66 +356,92 @@ class ConstrainedSteerer(Steerer):
         -------
         ConstrainedSteerer
         """
-        from ltv_control import LTVSystem, finite_horizon_lqr
-
         reject_unknown(unknown, "ConstrainedSteerer.fit")
-        T, n = plant.horizon, plant.state_dim
-        if isinstance(rank, bool) or not isinstance(rank, int | np.integer):
-            raise ArgumentError(f"rank: expected an int, found {type(rank).__name__}")
-        if not 1 <= int(rank) <= min(64, n):
-            raise PropertyError(f"rank: expected 1 <= rank <= min(64, n={n}), found {rank}")
-        rank = int(rank)
-        budget = cls._check_budget(budget)
-        q = check_scalar(q, "q", nonnegative=True)
-        r = check_scalar(r, "r", positive=True)
-        qf = check_scalar(qf, "qf", nonnegative=True)
-        lam = check_scalar(lam, "lam")
-        first_layer = check_layer_indices(first_layer, T, "first_layer")[0]
-        terminal_feature, feedback = cls._check_flag(terminal_feature, "terminal_feature"), \
-            cls._check_flag(feedback, "feedback")
-        method, on_infeasible = cls._check_choice(method, "method", _METHODS), \
-            cls._check_choice(on_infeasible, "on_infeasible", _ON_INFEASIBLE)
-        positions = check_positions(positions)
-        layers = check_layer_indices(layers, T)
-        desired = check_prompts(desired, "desired")
-        undesired = check_prompts(undesired, "undesired")
-
-        zd = plant.last_token_states(desired, batch_size=batch_size).double().numpy()
-        zu = plant.last_token_states(undesired, batch_size=batch_size).double().numpy()
-        from ltv_control.setpoint import linear_feature_setpoint
-
-        sp = linear_feature_setpoint(zd, zu, lam=lam)         # T+1 steps (incl. the output)
-        v_all, e_norm_all = np.asarray(sp.v), np.asarray(sp.e_norm)
-        z_all = np.concatenate([zd, zu], axis=0)
-        z_mean = z_all.mean(axis=0)
-        act_norm = np.median(np.linalg.norm(z_all, axis=2), axis=0)
-
+        options = dict(rank=rank, budget=budget, q=q, r=r, qf=qf, first_layer=first_layer,
+                       terminal_feature=terminal_feature, feedback=feedback, method=method,
+                       on_infeasible=on_infeasible, layers=layers, positions=positions)
+        cls._check_options(plant.horizon, plant.state_dim, **options)  # fail before any forward pass
+        check_scalar(lam, "lam")
+        setpoint = measure_setpoint(plant, desired, undesired, lam=lam, batch_size=batch_size)
         if system is None:
+            desired = check_prompts(desired, "desired")
             prompts = desired[:50] if jacobian_prompts is None else \
                 check_prompts(jacobian_prompts, "jacobian_prompts")
             system = plant.linearize(prompts, max_tokens=max_tokens, batch_size=batch_size,
                                      progress=progress)
+        return cls.from_system(system, setpoint, **options)
+
+    @classmethod
+    def from_system(cls, system: Any, setpoint: Any, *, rank: int = 32, budget: float = 0.1,
+                    q: float = 0.1, r: float = 1.0, qf: float = 0.1, first_layer: int = 0,
+                    terminal_feature: bool = False, feedback: bool = False, method: str = "admm",
+                    on_infeasible: str = "relax", layers: Sequence[int] | None = None,
+                    positions: str = "last") -> "ConstrainedSteerer":
+        """The constrained steerer of a linearized plant and a setpoint (see :meth:`fit`).
+
+        Bases ``U_k`` (``rank`` columns, :func:`build_bases`), the projected plant
+        ``A_r,k = U_{k+1}ᵀ A_k U_k`` and the LFS feedback directions
+        ``w_k = U_{k+1} K_r,k ṽ_k`` of the projected LQR (``B = I_r``,
+        ``Q_k = q ṽ_k ṽ_kᵀ``, ``Q_f = qf ṽ_T ṽ_Tᵀ``, ``ṽ_k = U_kᵀ v_k``).
+
+        Parameters
+        ----------
+        system : LTVSystem
+            ``A (T, n, n)`` from :meth:`LLMPlant.linearize`.
+        setpoint : Setpoint
+            From :meth:`LLMPlant.setpoint` (its ``lam`` becomes the fitted ``lam``).
+        rank, budget, q, r, qf, first_layer, terminal_feature, feedback, method, on_infeasible,
+        layers, positions
+            As in :meth:`fit`.
+
+        Returns
+        -------
+        ConstrainedSteerer
+        """
+        from ltv_control import LTVSystem, finite_horizon_lqr
+
+        T, n = setpoint.horizon, setpoint.state_dim
+        hyper, layers, positions = cls._check_options(
+            T, n, rank=rank, budget=budget, q=q, r=r, qf=qf, first_layer=first_layer,
+            terminal_feature=terminal_feature, feedback=feedback, method=method,
+            on_infeasible=on_infeasible, layers=layers, positions=positions)
+        hyper["lam"] = check_scalar(setpoint.lam, "lam")
         A = _as_np(system.A)
         if A.shape != (T, n, n):
             raise DimensionError(f"system: expected A of shape ({T}, {n}, {n}) for this plant, "
                                  f"found {A.shape}")
-        U = build_bases(A, v_all, rank)
-        reduced = LTVSystem(A).project(U)
-        A_r = _as_np(reduced.A)
-        del system, reduced, A
+        v_all = np.asarray(setpoint.v_all, dtype=np.float64)
+        U = build_bases(A, v_all, hyper["rank"])
+        A_r = _as_np(LTVSystem(A).project(U).A)
+        del A
         # LFS feedback directions from the projected LQR (B = I_r): w_k = U_{k+1} K_r,k ṽ_k.
         vt = np.einsum("kni,kn->ki", U, v_all)
-        Qr = q * np.einsum("ki,kj->kij", vt[:T], vt[:T])
-        K, _ = finite_horizon_lqr(LTVSystem(A_r), Qr, r, Qf=qf * np.outer(vt[T], vt[T]))
+        Qr = hyper["q"] * np.einsum("ki,kj->kij", vt[:T], vt[:T])
+        K, _ = finite_horizon_lqr(LTVSystem(A_r), Qr, hyper["r"], Qf=hyper["qf"] * np.outer(vt[T], vt[T]))
         w = np.einsum("kni,kij,kj->kn", U[1:], np.asarray(K), vt[:T])
-        tensors = {"w": w, "bases": U, "A_r": A_r, "z_mean": z_mean, "v_all": v_all,
-                   "e_norm_all": e_norm_all, "act_norm": act_norm}
-        hyper = {"rank": rank, "budget": budget, "q": q, "r": r, "qf": qf, "lam": lam,
-                 "first_layer": first_layer, "terminal_feature": terminal_feature,
-                 "feedback": feedback, "method": method, "on_infeasible": on_infeasible}
-        return cls(tensors, hidden_size=n, num_layers=T, hyperparameters=hyper, layers=layers,
-                   positions=positions, layer_path=getattr(plant, "layer_path", None),
-                   model_id=getattr(plant, "model_id", None))
+        tensors = {"w": w, "bases": U, "A_r": A_r, "z_mean": setpoint.z_mean, "v_all": v_all,
+                   "e_norm_all": setpoint.e_norm_all, "act_norm": setpoint.act_norm}
+        return cls.from_setpoint_tensors(setpoint, tensors, hyperparameters=hyper, layers=layers,
+                                         positions=positions)
+
+    @classmethod
+    def _check_options(cls, T: int, n: int, *, rank: Any, budget: Any, q: Any, r: Any, qf: Any,
+                       first_layer: Any, terminal_feature: Any, feedback: Any, method: Any,
+                       on_infeasible: Any, layers: Any, positions: Any) -> tuple[dict, Any, str]:
+        """Validated hyper-parameters (without ``lam``), controlled layers and positions."""
+        if isinstance(rank, bool) or not isinstance(rank, int | np.integer):
+            raise ArgumentError(f"rank: expected an int, found {type(rank).__name__}")
+        if not 1 <= int(rank) <= min(64, n):
+            raise PropertyError(f"rank: expected 1 <= rank <= min(64, n={n}), found {rank}")
+        hyper = {"rank": int(rank), "budget": cls._check_budget(budget),
+                 "q": check_scalar(q, "q", nonnegative=True), "r": check_scalar(r, "r", positive=True),
+                 "qf": check_scalar(qf, "qf", nonnegative=True),
+                 "first_layer": check_layer_indices(first_layer, T, "first_layer")[0],
+                 "terminal_feature": cls._check_flag(terminal_feature, "terminal_feature"),
+                 "feedback": cls._check_flag(feedback, "feedback"),
+                 "method": cls._check_choice(method, "method", _METHODS),
+                 "on_infeasible": cls._check_choice(on_infeasible, "on_infeasible", _ON_INFEASIBLE)}
+        return hyper, check_layer_indices(layers, T), check_positions(positions)
 
     # ------------------------------------------------------------------ checks
     @staticmethod
@@ -441,10 +468,10 @@ class ConstrainedSteerer(Steerer):
     # ------------------------------------------------------------------ runtime
     def controlled_layers(self, layers: Sequence[int] | None = None) -> list[int]:
         """Layers that may receive input: ``first_layer..T-1`` ∩ fitted ``layers`` ∩ ``layers``."""
-        active = set(range(self.first_layer, self.num_layers))
+        active = set(range(self.first_layer, self.horizon))
         if self.layers is not None:
             active &= set(self.layers)
-        requested = check_layer_indices(layers, self.num_layers)
+        requested = check_layer_indices(layers, self.horizon)
         if requested is not None:
             active &= set(requested)
         return sorted(active)
@@ -452,7 +479,7 @@ class ConstrainedSteerer(Steerer):
     def budgets(self, budget: float | None = None, layers: Sequence[int] | None = None) -> np.ndarray:
         """Per-layer budgets ``ρ_k = budget · a_{k+1}`` (0 on uncontrolled layers), shape (T,)."""
         budget = self.budget if budget is None else self._check_budget(budget)
-        rho = np.zeros(self.num_layers)
+        rho = np.zeros(self.horizon)
         a = _as_np(self.act_norm)
         for k in self.controlled_layers(layers):
             rho[k] = budget * a[k + 1]
@@ -519,7 +546,7 @@ class ConstrainedSteerer(Steerer):
 
         token = options["planner_token"]
         planner = self._planners[token]
-        T = self.num_layers
+        T = self.horizon
         rho = torch.zeros(T, dtype=torch.float32)
         if planner.qp is not None:
             rho[planner.start:] = torch.as_tensor(planner.rho, dtype=torch.float32)

@@ -14,16 +14,16 @@ Layout
   kind           the steerer kind (``"alqr"``, ``"actadd"``, ``"pid"``, ...)
   version        the ltv-control version that wrote the file
   model_id       the model's name or path (informative)
-  hidden_size    ``n`` (decimal integer)
-  num_layers     ``T`` (decimal integer)
+  state_dim      ``n`` (decimal integer; older files say ``hidden_size``, still read)
+  horizon        ``T`` (decimal integer; older files say ``num_layers``, still read)
   layers         JSON: the dotted override path of the decoder blocks, or null
   hyperparameters JSON object of the fit's hyper-parameters
   ============== ===========================================================
 
   Further keys may be added by a steerer; structured values are JSON.
 
-Files are written atomically (a temporary file in the same folder, then
-:func:`os.replace`), so a crash never leaves a half-written controller.  Loading
+Files are written atomically and flushed to disk (:func:`ltv_control.atomic.atomic_write_bytes`
+with ``fsync``), so a crash never leaves a half-written controller.  Loading
 parses and validates the header itself before handing the bytes to
 ``safetensors`` and never unpickles anything.  A truncated, corrupt or foreign
 file raises :class:`ltv_control.ControllerFileError` saying what is wrong.
@@ -34,7 +34,6 @@ from __future__ import annotations
 import json
 import os
 import struct
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -42,6 +41,7 @@ from typing import Any
 import numpy as np
 
 from ltv_control._exceptions import ArgumentError, ControllerFileError
+from ltv_control.atomic import atomic_write_bytes
 
 __all__ = [
     "FORMAT",
@@ -52,7 +52,9 @@ __all__ = [
 
 FORMAT = "ltv-control/steerer"
 FORMAT_VERSION = "1"
-_REQUIRED_KEYS = ("format", "kind", "version", "hidden_size", "num_layers")
+_REQUIRED_KEYS = ("format", "kind", "version", "state_dim", "horizon")
+#: keys renamed since files were first written: new name -> old name (old files still load)
+_RENAMED_KEYS = {"state_dim": "hidden_size", "horizon": "num_layers"}
 _MAX_HEADER = 100_000_000  # bytes; the safetensors limit
 
 
@@ -87,7 +89,7 @@ def save_controller_file(
     tensors : mapping of str to array
         numpy arrays or torch tensors; stored as float32.
     metadata : mapping of str to str or JSON-serialisable
-        Must contain ``kind``, ``hidden_size``, ``num_layers``; ``format``,
+        Must contain ``kind``, ``state_dim``, ``horizon`` (or their old names ``hidden_size``, ``num_layers``); ``format``,
         ``format_version`` and ``version`` are filled in.  Non-string values are
         stored as JSON.
 
@@ -109,25 +111,15 @@ def save_controller_file(
         if key in ("format", "format_version"):
             continue
         meta[str(key)] = _stringify(str(key), value)
+    for new, old in _RENAMED_KEYS.items():
+        if new not in meta and old in meta:
+            meta[new] = meta.pop(old)
     for key in _REQUIRED_KEYS:
         if key not in meta:
             raise ArgumentError(f"metadata: missing required key {key!r}")
     payload = save(arrays, metadata=meta)
 
-    folder = path.parent if str(path.parent) else Path(".")
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(payload)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        try:
-            os.unlink(tmp_name)
-        except FileNotFoundError:
-            pass
-        raise
+    atomic_write_bytes(path, payload, fsync=True)
     return path
 
 
@@ -229,6 +221,10 @@ def load_controller_file(
         )
     if not all(isinstance(v, str) for v in meta.values()):
         raise ControllerFileError(f"{where}: corrupt metadata (every value must be a string)")
+    meta = dict(meta)
+    for new, old in _RENAMED_KEYS.items():
+        if new not in meta and old in meta:
+            meta[new] = meta[old]  # a file written before the rename
     missing = [key for key in _REQUIRED_KEYS if key not in meta]
     if missing:
         raise ControllerFileError(f"{where}: metadata lacks the required keys {missing}")
@@ -241,7 +237,7 @@ def load_controller_file(
         raise ControllerFileError(
             f"{where}: holds a {meta['kind']!r} steerer, expected a {kind!r} steerer"
         )
-    for key in ("hidden_size", "num_layers"):
+    for key in ("state_dim", "horizon"):
         if not meta[key].isdigit():
             raise ControllerFileError(f"{where}: metadata {key!r} is {meta[key]!r}, not an integer")
     for name, info in header.items():

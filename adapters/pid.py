@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from ltv_control.adapters.setpoint import measure_setpoint
 from ltv_control._exceptions import PropertyError
 from ltv_control._validation import public_api
 from ltv_control.adapters.steering_base import (
@@ -99,26 +100,37 @@ class PIDSteerer(Steerer):
             Controlled layers (``None``: all with a direction).
         batch_size : int, default 8
         """
-        kp = check_scalar(kp, "kp")
-        ki = check_scalar(ki, "ki")
-        kd = check_scalar(kd, "kd")
-        lam = check_scalar(lam, "lam")
-        if isinstance(reset_every, bool) or not isinstance(reset_every, int | np.integer) or reset_every < 1:
-            raise PropertyError(f"reset_every: expected a positive integer, found {reset_every!r}")
+        hyper = _check_gains(kp, ki, kd, reset_every)
         positions = check_positions(positions)
-        layers = check_layer_indices(layers, plant.horizon)
-        setpoint, _ = cls._plant_setpoint(plant, desired, undesired, lam=lam, batch_size=batch_size)
-        return cls._for_plant(
-            plant,
-            {
-                "v": np.asarray(setpoint.v, dtype=np.float32),
-                "e_norm": np.asarray(setpoint.e_norm, dtype=np.float32),
-                "beta_star": np.asarray(setpoint.beta_star, dtype=np.float32),
-            },
-            hyperparameters={"kp": kp, "ki": ki, "kd": kd, "lam": lam, "reset_every": int(reset_every)},
-            layers=layers,
-            positions=positions,
-        )
+        check_layer_indices(layers, plant.horizon)
+        setpoint = measure_setpoint(plant, desired, undesired, lam=lam, batch_size=batch_size)
+        return cls.from_setpoint(setpoint, **hyper, positions=positions, layers=layers)
+
+    @classmethod
+    @public_api
+    def from_setpoint(cls, setpoint: Any, *, kp: float = 0.5, ki: float = 0.5, kd: float = 0.0,
+                      reset_every: int = 10, positions: str = "last",
+                      layers: Sequence[int] | None = None) -> PIDSteerer:
+        """The S-PID steerer of a measured setpoint (its ``v``, ``e_norm``, ``β*`` and ``lam``).
+
+        Parameters
+        ----------
+        setpoint : Setpoint
+            From :meth:`LLMPlant.setpoint`.
+        kp, ki, kd, reset_every, positions, layers
+            As in :meth:`fit`.
+
+        Returns
+        -------
+        PIDSteerer
+        """
+        hyper = _check_gains(kp, ki, kd, reset_every)
+        hyper["lam"] = check_scalar(setpoint.lam, "lam")
+        positions = check_positions(positions)
+        layers = check_layer_indices(layers, setpoint.horizon)
+        tensors = {"v": setpoint.v, "e_norm": setpoint.e_norm, "beta_star": setpoint.beta_star}
+        return cls.from_setpoint_tensors(setpoint, tensors, hyperparameters=hyper, layers=layers,
+                                         positions=positions)
 
     @public_api
     def attach(
@@ -155,7 +167,7 @@ class PIDSteerer(Steerer):
         return {"v": self.v, "beta": beta}
 
     def _active_layers(self, options: dict) -> list[int]:
-        return [k for k in range(self.num_layers) if float(self.e_norm[k]) > 0.0]
+        return [k for k in range(self.horizon) if float(self.e_norm[k]) > 0.0]
 
     def _begin_forward(self, state: dict) -> None:
         state["window"] = None
@@ -176,3 +188,11 @@ class PIDSteerer(Steerer):
         if derivative is not None and self.kd != 0.0:
             gain = gain + self.kd * derivative
         return gain.unsqueeze(-1) * params["v"]
+
+
+def _check_gains(kp: Any, ki: Any, kd: Any, reset_every: Any) -> dict:
+    """Validated PID gains and reset window, as a hyper-parameter dict."""
+    if isinstance(reset_every, bool) or not isinstance(reset_every, int | np.integer) or reset_every < 1:
+        raise PropertyError(f"reset_every: expected a positive integer, found {reset_every!r}")
+    return {"kp": check_scalar(kp, "kp"), "ki": check_scalar(ki, "ki"), "kd": check_scalar(kd, "kd"),
+            "reset_every": int(reset_every)}

@@ -52,9 +52,10 @@ import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
+from ltv_control.adapters._checks import check_positive_int
 from ltv_control.adapters._blocks import (
-    config_hidden_size,
     find_decoder_layers,
+    hidden_size_of,
     replace_block_input,
 )
 from ltv_control.adapters._replay import (
@@ -68,6 +69,7 @@ from ltv_control.adapters._replay import (
     verify_replay,
 )
 from ltv_control.adapters.model_loading import model_id_of
+from ltv_control.adapters.tokens import left_pad, model_device, pad_token_id, token_ids
 
 from ltv_control._exceptions import ArgumentError, DimensionError
 from ltv_control._validation import public_api
@@ -77,14 +79,6 @@ __all__ = ["LLMPlant"]
 _METHODS = ("auto", "cached", "full")
 #: rows (copies x prompts) replayed per reverse pass; bounds the replay's activation memory
 _ROWS_PER_PASS = 2048
-
-
-def _check_positive_int(value: Any, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ArgumentError(f"{name}: expected a positive int, found {type(value).__name__}")
-    if value < 1:
-        raise ArgumentError(f"{name}: expected a positive int, found {value}")
-    return value
 
 
 class _Batch:
@@ -100,27 +94,6 @@ class _Batch:
         self.step_layout: list | None = None
         self.full_layout: list | None = None
         self.full_parts: list | None = None
-
-
-def token_ids(tokenizer: Any, prompts: Any, max_tokens: int | None,
-              name: str = "prompts") -> list[list[int]]:
-    """Token ids of each prompt (``tokenizer(prompt)``, its own special tokens), cut to the first
-    ``max_tokens``; a single string is one prompt. Errors name the argument ``name``."""
-    if isinstance(prompts, str):
-        prompts = [prompts]
-    if not isinstance(prompts, Sequence) or not all(isinstance(p, str) for p in prompts):
-        raise ArgumentError(f"{name}: expected a list of strings")
-    if len(prompts) == 0:
-        raise DimensionError(f"{name}: expected at least one prompt, found an empty list")
-    encoded = []
-    for i, prompt in enumerate(prompts):
-        ids = list(tokenizer(prompt)["input_ids"])
-        if max_tokens is not None:
-            ids = ids[:max_tokens]
-        if not ids:
-            raise DimensionError(f"{name}[{i}]: tokenizes to no tokens")
-        encoded.append(ids)
-    return encoded
 
 
 class LLMPlant:
@@ -164,10 +137,7 @@ class LLMPlant:
         self.tokenizer = tokenizer
         self.layers, self.layer_path = find_decoder_layers(model, layers)
         self.horizon = len(self.layers)
-        hidden = config_hidden_size(model)
-        if hidden is None:
-            embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
-            hidden = getattr(embeddings, "embedding_dim", None)
+        hidden = hidden_size_of(model)
         if hidden is None:
             raise ArgumentError(
                 "model: cannot tell its hidden size (no config.hidden_size and no input embeddings)"
@@ -191,13 +161,7 @@ class LLMPlant:
 
     # ----------------------------------------------------------------------------- tokenizing
     def _device(self) -> Any:
-        import torch
-
-        embeddings = self.model.get_input_embeddings() if hasattr(self.model, "get_input_embeddings") else None
-        weight = getattr(embeddings, "weight", None)
-        if isinstance(weight, torch.Tensor):
-            return weight.device
-        return next(self.model.parameters()).device
+        return model_device(self.model)
 
     def _token_ids(self, prompts: Any, max_tokens: int | None) -> list[list[int]]:
         return token_ids(self.tokenizer, prompts, max_tokens)
@@ -218,11 +182,7 @@ class LLMPlant:
         A model that takes no attention mask, or no position ids (its positions would count
         the pad tokens), gets batches of equal-length prompts only: no padding at all.
         """
-        import torch
-
-        pad_id = getattr(self.tokenizer, "pad_token_id", None)
-        if pad_id is None:
-            pad_id = getattr(self.tokenizer, "eos_token_id", None) or 0
+        pad_id = pad_token_id(self.tokenizer)
         order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
         if self._accepts_mask() and self._accepts_positions():
             groups = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
@@ -236,15 +196,8 @@ class LLMPlant:
         device = self._device()
         batches = []
         for index in groups:
-            length = max(len(encoded[i]) for i in index)
-            ids = torch.full((len(index), length), int(pad_id), dtype=torch.long)
-            mask = torch.zeros((len(index), length), dtype=torch.long)
-            for row, i in enumerate(index):
-                tokens = encoded[i]
-                ids[row, length - len(tokens) :] = torch.tensor(tokens, dtype=torch.long)
-                mask[row, length - len(tokens) :] = 1
-            positions = (mask.cumsum(-1) - 1).clamp(min=0)
-            batches.append(_Batch(index, ids.to(device), mask.to(device), positions.to(device)))
+            ids, mask, positions = left_pad([encoded[i] for i in index], pad_id, device=device)
+            batches.append(_Batch(index, ids, mask, positions))
         return batches
 
     # ----------------------------------------------------------------------------- capturing
@@ -512,9 +465,9 @@ class LLMPlant:
         """
         import torch
 
-        batch_size = _check_positive_int(batch_size, "batch_size")
+        batch_size = check_positive_int(batch_size, "batch_size")
         if max_tokens is not None:
-            max_tokens = _check_positive_int(max_tokens, "max_tokens")
+            max_tokens = check_positive_int(max_tokens, "max_tokens")
         encoded = self._token_ids(prompts, max_tokens)
         states = torch.empty((len(encoded), self.horizon + 1, self.state_dim), dtype=torch.float32)
         with self._run_guard():
@@ -525,6 +478,31 @@ class LLMPlant:
                 stacked = torch.stack([c.detach().to("cpu", torch.float32) for c in columns], dim=1)
                 states[batch.index] = stacked
         return states
+
+    @public_api
+    def setpoint(self, desired: Sequence[str], undesired: Sequence[str], *, lam: float = 1.0,
+                 batch_size: int = 8) -> Any:
+        """The linear-feature setpoint of this plant (the first step of every steerer fit).
+
+        ``e_k = mean(desired) − mean(undesired)`` of the last-token block inputs ``z_k``,
+        ``v_k = e_k/‖e_k‖``, ``β*_k = lam·‖e_k‖`` (:func:`ltv_control.setpoint.linear_feature_setpoint`).
+
+        Parameters
+        ----------
+        desired, undesired : list of str
+        lam : float, default 1.0
+        batch_size : int, default 8
+            Prompts per forward pass of :meth:`last_token_states`.
+
+        Returns
+        -------
+        ltv_control.adapters.Setpoint
+            ``(v (T, n), e (T, n), e_norm (T,), beta_star (T,), lam, model_id, layer_path)``,
+            float64 numpy arrays.
+        """
+        from ltv_control.adapters.setpoint import measure_setpoint
+
+        return measure_setpoint(self, desired, undesired, lam=lam, batch_size=batch_size)
 
     @public_api
     def iter_jacobians(
@@ -573,8 +551,8 @@ class LLMPlant:
         """
         import torch
 
-        batch_size = _check_positive_int(batch_size, "batch_size")
-        max_tokens = _check_positive_int(max_tokens, "max_tokens")
+        batch_size = check_positive_int(batch_size, "batch_size")
+        max_tokens = check_positive_int(max_tokens, "max_tokens")
         if method not in _METHODS:
             raise ArgumentError(f"method: expected one of {_METHODS}, found {method!r}")
         if reduce not in ("mean", "none"):

@@ -274,6 +274,36 @@ def _find_mask_index(model: Any) -> int | None:
     return None
 
 
+def _one_of(new: Any, old: Any, new_name: str, old_name: str) -> int:
+    """The value of a renamed keyword: the new name, else the old one (not both, not neither)."""
+    if new is None and old is None:
+        raise ArgumentError(f"{new_name}: required (an int)")
+    if new is not None and old is not None and int(new) != int(old):
+        raise ArgumentError(f"{new_name}={new} and its old name {old_name}={old} disagree")
+    return int(new if new is not None else old)
+
+
+# --------------------------------------------------------------------------- registry
+
+#: module (under ``ltv_control.adapters``) defining each built-in steerer kind; importing it
+#: registers the class, so a kind is found however the steerer classes were (not) imported
+BUILTIN_KINDS = {
+    "alqr": "alqr",
+    "actadd": "actadd",
+    "pid": "pid",
+    "constrained": "constrained_steerer",
+}
+
+
+def steerer_class(kind: str) -> type | None:
+    """The steerer class registered for ``kind`` (built-in kinds are imported on demand)."""
+    import importlib
+
+    if kind not in Steerer._registry and kind in BUILTIN_KINDS:
+        importlib.import_module(f"ltv_control.adapters.{BUILTIN_KINDS[kind]}")
+    return Steerer._registry.get(kind)
+
+
 # --------------------------------------------------------------------------- base class
 
 
@@ -319,8 +349,10 @@ class Steerer:
         self,
         tensors: Mapping[str, Any],
         *,
-        hidden_size: int,
-        num_layers: int,
+        state_dim: int | None = None,
+        horizon: int | None = None,
+        hidden_size: int | None = None,
+        num_layers: int | None = None,
         hyperparameters: Mapping[str, Any] | None = None,
         layers: Sequence[int] | None = None,
         positions: str | None = None,
@@ -329,8 +361,8 @@ class Steerer:
     ) -> None:
         import torch
 
-        self.hidden_size = int(hidden_size)
-        self.num_layers = int(num_layers)
+        self.state_dim = _one_of(state_dim, hidden_size, "state_dim", "hidden_size")
+        self.horizon = _one_of(horizon, num_layers, "horizon", "num_layers")
         missing = [name for name in self.tensor_names if name not in tensors]
         extra = [name for name in tensors if name not in self.tensor_names]
         if missing or extra:
@@ -344,12 +376,12 @@ class Steerer:
                 t = value.detach().to(device="cpu", dtype=torch.float32).clone()
             else:
                 t = torch.as_tensor(np.asarray(value, dtype=np.float32)).clone()
-            if t.ndim not in (1, 2) or t.shape[0] != self.num_layers or (
-                t.ndim == 2 and t.shape[1] != self.hidden_size
+            if t.ndim not in (1, 2) or t.shape[0] != self.horizon or (
+                t.ndim == 2 and t.shape[1] != self.state_dim
             ):
                 raise DimensionError(
-                    f"{name}: expected shape ({self.num_layers},) or ({self.num_layers}, "
-                    f"{self.hidden_size}), found {tuple(t.shape)}"
+                    f"{name}: expected shape ({self.horizon},) or ({self.horizon}, "
+                    f"{self.state_dim}), found {tuple(t.shape)}"
                 )
             if not torch.isfinite(t).all():
                 raise PropertyError(f"{name}: expected finite values, found NaN or inf")
@@ -360,10 +392,20 @@ class Steerer:
             raise ArgumentError(f"hyperparameters: unknown names {sorted(unknown)}")
         for name in self.hyperparameter_names:
             setattr(self, name, hyper.get(name))
-        self.layers = check_layer_indices(layers, self.num_layers)
+        self.layers = check_layer_indices(layers, self.horizon)
         self.positions = check_positions(positions or self.default_positions)
         self.layer_path = layer_path
         self.model_id = model_id
+
+    @property
+    def num_layers(self) -> int:
+        """Old name of :attr:`horizon` (``T``), kept for compatibility."""
+        return self.horizon
+
+    @property
+    def hidden_size(self) -> int:
+        """Old name of :attr:`state_dim` (``n``), kept for compatibility."""
+        return self.state_dim
 
     # ------------------------------------------------------------------ subclass hooks
 
@@ -373,7 +415,7 @@ class Steerer:
 
     def _active_layers(self, options: Mapping[str, Any]) -> list[int]:
         """Layers where the law can act (default: all)."""
-        return list(range(self.num_layers))
+        return list(range(self.horizon))
 
     def _begin_forward(self, state: dict) -> None:
         """Per-forward-pass setup (``state`` is a fresh dict shared by that pass's hooks)."""
@@ -392,7 +434,7 @@ class Steerer:
     def __repr__(self) -> str:
         hyper = ", ".join(f"{k}={v!r}" for k, v in self.hyperparameters.items())
         return (
-            f"{type(self).__name__}(T={self.num_layers}, n={self.hidden_size}, "
+            f"{type(self).__name__}(T={self.horizon}, n={self.state_dim}, "
             f"positions={self.positions!r}, layers={self.layers}, {hyper})"
         )
 
@@ -413,14 +455,14 @@ class Steerer:
                 raise
             # the fitted override path does not exist on this model: search generically
             blocks, _, hidden = model_dimensions(model, None)
-        if len(blocks) != self.num_layers:
+        if len(blocks) != self.horizon:
             raise DimensionError(
-                f"model: the steerer was fitted for {self.num_layers} decoder layers, the model "
+                f"model: the steerer was fitted for {self.horizon} decoder layers, the model "
                 f"has {len(blocks)} ({type(model).__name__})"
             )
-        if hidden is not None and hidden != self.hidden_size:
+        if hidden is not None and hidden != self.state_dim:
             raise DimensionError(
-                f"model: the steerer was fitted for hidden size {self.hidden_size}, the model "
+                f"model: the steerer was fitted for hidden size {self.state_dim}, the model "
                 f"has hidden size {hidden} ({type(model).__name__})"
             )
         return blocks
@@ -462,7 +504,7 @@ class Steerer:
         unknown = {k: v for k, v in options.items() if k not in self.attach_options}
         reject_unknown(unknown, f"{type(self).__name__}.attach")
         positions = check_positions(positions if positions is not None else self.positions)
-        requested = check_layer_indices(layers, self.num_layers)
+        requested = check_layer_indices(layers, self.horizon)
         blocks = self.check_model(model)
 
         active = set(self._active_layers(options))
@@ -517,7 +559,7 @@ class Steerer:
         control = self._control
         fused = getattr(self, "_control_last_inplace", None)
         last = positions == "last"
-        hidden_size = self.hidden_size
+        hidden_size = self.state_dim
 
         def position_mask(hidden):
             """float32 (B, 1) or (B, L, 1) mask of the real steered positions; None if all real.
@@ -613,8 +655,8 @@ class Steerer:
         return {
             "kind": self.kind,
             "model_id": self.model_id or "",
-            "hidden_size": str(self.hidden_size),
-            "num_layers": str(self.num_layers),
+            "state_dim": str(self.state_dim),
+            "horizon": str(self.horizon),
             "layers": json.dumps(self.layer_path),
             "controlled_layers": json.dumps(self.layers),
             "positions": self.positions,
@@ -645,8 +687,8 @@ class Steerer:
         """Rebuild a steerer from a file's tensors and parsed metadata."""
         return cls(
             tensors,
-            hidden_size=metadata["hidden_size"],
-            num_layers=metadata["num_layers"],
+            state_dim=metadata["state_dim"],
+            horizon=metadata["horizon"],
             hyperparameters=metadata["hyperparameters"],
             layers=metadata["controlled_layers"],
             positions=metadata["positions"],
@@ -677,12 +719,12 @@ class Steerer:
         from ltv_control.adapters.controller_file import load_controller_file
 
         tensors, raw = load_controller_file(path, kind=cls.kind or None)
-        target = Steerer._registry.get(raw["kind"]) if not cls.kind else cls
+        target = steerer_class(raw["kind"]) if not cls.kind else cls
         if target is None:
             raise ControllerFileError(f"{path}: unknown steerer kind {raw['kind']!r}")
         meta: dict[str, Any] = {
-            "hidden_size": int(raw["hidden_size"]),
-            "num_layers": int(raw["num_layers"]),
+            "state_dim": int(raw["state_dim"]),
+            "horizon": int(raw["horizon"]),
             "model_id": raw.get("model_id", ""),
             "positions": raw.get("positions") or None,
         }
@@ -703,28 +745,17 @@ class Steerer:
     # ------------------------------------------------------------------ fitting helpers
 
     @classmethod
-    def _for_plant(cls, plant: Any, tensors: Mapping[str, Any], *, hyperparameters: Mapping[str, Any],
-                   layers: list[int] | None, positions: str) -> Steerer:
-        """A steerer of this class sized for ``plant`` (hidden size, layer count, layer path, model id)."""
+    def from_setpoint_tensors(cls, setpoint: Any, tensors: Mapping[str, Any], *,
+                              hyperparameters: Mapping[str, Any], layers: list[int] | None,
+                              positions: str) -> Steerer:
+        """A steerer of this class sized like ``setpoint`` (``T``, ``n``, layer path, model id)."""
         return cls(
             tensors,
-            hidden_size=int(plant.state_dim),
-            num_layers=int(plant.horizon),
+            state_dim=int(setpoint.state_dim),
+            horizon=int(setpoint.horizon),
             hyperparameters=dict(hyperparameters),
             layers=layers,
             positions=positions,
-            layer_path=getattr(plant, "layer_path", None),
-            model_id=getattr(plant, "model_id", None),
+            layer_path=setpoint.layer_path,
+            model_id=setpoint.model_id,
         )
-
-    @staticmethod
-    def _plant_setpoint(plant: Any, desired: Any, undesired: Any, *, lam: float, batch_size: int = 8):
-        """LFS setpoint from the plant's last-token block inputs (``z_0 .. z_{T-1}``)."""
-        from ltv_control.setpoint import linear_feature_setpoint
-
-        desired = check_prompts(desired, "desired")
-        undesired = check_prompts(undesired, "undesired")
-        T = plant.horizon
-        zd = plant.last_token_states(desired, batch_size=batch_size)[:, :T]
-        zu = plant.last_token_states(undesired, batch_size=batch_size)[:, :T]
-        return linear_feature_setpoint(zd.double().numpy(), zu.double().numpy(), lam=lam), desired

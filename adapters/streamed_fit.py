@@ -22,9 +22,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
-
-from ltv_control.adapters.steering_base import (
+from ltv_control.adapters.setpoint import measure_setpoint
+from ltv_control.adapters._checks import (
     check_layer_indices,
     check_positions,
     check_prompts,
@@ -107,53 +106,23 @@ def fit_alqr_streamed(
     """
     from ltv_control.adapters.alqr import ALQRSteerer
     from ltv_control.adapters.distributed import iter_distributed_jacobians
-    from ltv_control.streaming import streamed_feedback
+    from ltv_control.adapters.gains import StreamedSystem
+    from ltv_control.adapters.tokens import model_device
 
     reject_unknown(unknown, "fit_alqr_streamed")
-    q = check_scalar(q, "q", nonnegative=True)
-    r = check_scalar(r, "r", positive=True)
-    qf = check_scalar(qf, "qf", nonnegative=True)
-    lam = check_scalar(lam, "lam")
+    weights = {"q": q, "r": r, "qf": qf}
+    for name, kw in (("q", "nonnegative"), ("r", "positive"), ("qf", "nonnegative")):
+        check_scalar(weights[name], name, **{kw: True})  # fail before any forward pass
     positions = check_positions(positions)
-    desired = check_prompts(desired, "desired")
-    undesired = check_prompts(undesired, "undesired")
     T, n = int(plant.horizon), int(plant.state_dim)
-    layers = check_layer_indices(layers, T)
+    check_layer_indices(layers, T)
+    desired = check_prompts(desired, "desired")
     prompts = desired[:50] if jacobian_prompts is None else check_prompts(jacobian_prompts, "jacobian_prompts")
-
-    # 1. setpoint from the block inputs z_0 .. z_{T-1} at the last token
-    setpoint, desired = ALQRSteerer._plant_setpoint(plant, desired, undesired, lam=lam,
-                                                    batch_size=batch_size)
-    v = np.asarray(setpoint.v, dtype=np.float64)
-
-    # 2.-3. Jacobians streamed backward straight into the Riccati recursion
-    jacobians = iter_distributed_jacobians(
-        plant,
-        prompts,
-        layers=range(T - 1, -1, -1),
-        shard=shard,
-        max_tokens=max_tokens,
-        batch_size=batch_size,
-        progress=progress,
-        group=group,
-    )
-    controlled = set(range(T)) if layers is None else set(layers)
-    zero_input: dict = {}
-
-    def input_matrix(k: int) -> Any:
-        if k in controlled:
-            return None  # B_k = I
-        if "B" not in zero_input:
-            zero_input["B"] = np.zeros((n, n))
-        return zero_input["B"]
-
+    setpoint = measure_setpoint(plant, desired, undesired, lam=lam, batch_size=batch_size)
+    jacobians = iter_distributed_jacobians(plant, prompts, layers=range(T - 1, -1, -1), shard=shard,
+                                           max_tokens=max_tokens, batch_size=batch_size,
+                                           progress=progress, group=group)
     if device is None:
-        first = next(iter(plant.model.parameters()), None) if hasattr(plant, "model") else None
-        device = first.device if first is not None else "cpu"
-    result = streamed_feedback(jacobians, v, q, r, Qf=qf, B=input_matrix, horizon=T, dtype=dtype, device=device)
-    w = result.w
-    if type(w).__module__.split(".")[0] == "torch":
-        w = w.detach().to("cpu").double().numpy()
-    return ALQRSteerer._from_feedback(plant, setpoint, w,
-                                      hyperparameters={"q": q, "r": r, "qf": qf, "lam": lam},
-                                      layers=layers, positions=positions)
+        device = model_device(plant.model) if hasattr(plant, "model") else "cpu"
+    system = StreamedSystem(jacobians, horizon=T, state_dim=n, dtype=dtype, device=device)
+    return ALQRSteerer.from_system(system, setpoint, **weights, layers=layers, positions=positions)

@@ -80,7 +80,7 @@ def test_header_metadata_layout(rng, tmp_path):
     header = json.loads(data[8 : 8 + hlen])
     meta = header["__metadata__"]
     assert meta["format"] == FORMAT and meta["kind"] == "alqr"
-    assert meta["hidden_size"] == str(N) and meta["num_layers"] == str(T)
+    assert meta["state_dim"] == str(N) and meta["horizon"] == str(T)
     assert json.loads(meta["hyperparameters"]) == {"q": 0.1, "r": 1.0, "qf": 0.2, "lam": 1.5}
     import ltv_control
 
@@ -209,3 +209,82 @@ def test_save_validates_arguments(tmp_path):
         save_controller_file(tmp_path / "x.safetensors", {"w": np.zeros(3)}, {"hidden_size": 1, "num_layers": 3})
     with pytest.raises(ArgumentError, match="tensors"):
         save_controller_file(tmp_path / "x.safetensors", {}, {"kind": "alqr"})
+
+
+def _synthetic_setpoint(rng, lam=1.5):
+    """A Setpoint and a plant linearization built from arrays (no model): the fit pipeline's inputs."""
+    from ltv_control import LTVSystem
+    from ltv_control.adapters import Setpoint
+    from ltv_control.setpoint import linear_feature_setpoint
+
+    zd, zu = rng.standard_normal((5, T + 1, N)) + 1.0, rng.standard_normal((6, T + 1, N))
+    lfs, full = linear_feature_setpoint(zd[:, :T], zu[:, :T], lam=lam), linear_feature_setpoint(zd, zu, lam=lam)
+    z = np.concatenate([zd, zu])
+    setpoint = Setpoint(v=lfs.v, e=lfs.e, e_norm=lfs.e_norm, beta_star=lfs.beta_star, lam=lam,
+                        model_id="tiny/llama", layer_path=None, v_all=full.v, e_norm_all=full.e_norm,
+                        z_mean=z.mean(0), act_norm=np.median(np.linalg.norm(z, axis=2), axis=0))
+    system = LTVSystem(np.eye(N) + 0.1 * rng.standard_normal((T, N, N)))
+    return setpoint, system
+
+
+def _every_kind(rng):
+    from ltv_control.adapters import ConstrainedSteerer
+
+    setpoint, system = _synthetic_setpoint(rng)
+    return {
+        "alqr": ALQRSteerer.from_system(system, setpoint, q=0.2, layers=[1, 2]),
+        "actadd": ActAddSteerer.from_setpoint(setpoint, layers=[1], coeff=2.0),
+        "pid": PIDSteerer.from_setpoint(setpoint, kp=0.3, reset_every=2),
+        "constrained": ConstrainedSteerer.from_system(system, setpoint, rank=3, budget=0.5),
+    }
+
+
+def test_every_kind_loads_in_a_fresh_process(rng, tmp_path):
+    """Steerer.load(path) in a new interpreter finds every kind (the registry is not import-order bound)."""
+    import subprocess
+    import sys
+
+    paths = {kind: st.save(tmp_path / f"{kind}.safetensors") for kind, st in _every_kind(rng).items()}
+    script = ("import sys\nfrom ltv_control.adapters import Steerer\n"
+              "for p in sys.argv[1:]:\n    s = Steerer.load(p)\n    print(s.kind, type(s).__name__, s.horizon)\n")
+    out = subprocess.run([sys.executable, "-c", script, *map(str, paths.values())], capture_output=True,
+                         text=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert out.returncode == 0, out.stderr
+    names = {"alqr": "ALQRSteerer", "actadd": "ActAddSteerer", "pid": "PIDSteerer",
+             "constrained": "ConstrainedSteerer"}
+    assert out.stdout.split("\n")[:-1] == [f"{k} {names[k]} {T}" for k in paths]
+
+
+def test_pipeline_steerers_hold_the_setpoint_and_the_lqr_directions(rng):
+    """from_system / from_setpoint keep the setpoint's tensors; A-LQR's w_k = K_k v_k (dense oracle)."""
+    from ltv_control import finite_horizon_lqr
+
+    setpoint, system = _synthetic_setpoint(rng)
+    st = ALQRSteerer.from_system(system, setpoint, q=0.2, r=1.0, qf=0.1)
+    K, _ = finite_horizon_lqr(system, 0.2, 1.0, Qf=0.1)
+    expected = np.einsum("kij,kj->ki", np.asarray(K), setpoint.v)
+    np.testing.assert_allclose(st.w.numpy(), expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(st.beta_star.numpy(), 1.5 * setpoint.e_norm, rtol=1e-6)
+    assert st.lam == 1.5 and st.model_id == "tiny/llama" and (st.horizon, st.state_dim) == (T, N)
+    act = ActAddSteerer.from_setpoint(setpoint, layers=[0, 3])
+    np.testing.assert_allclose(act.e.numpy(), setpoint.e, rtol=1e-6)
+    with pytest.raises(DimensionError, match="system"):
+        from ltv_control import LTVSystem
+
+        ALQRSteerer.from_system(LTVSystem(np.asarray(system.A)[:-1]), setpoint)
+
+
+def test_old_format_file_with_hidden_size_and_num_layers_still_loads(rng, tmp_path):
+    """A controller file written before the rename (keys hidden_size/num_layers) loads unchanged."""
+    from safetensors.numpy import save_file
+
+    st = _alqr(rng, layers=[1, 3])
+    meta = {"format": FORMAT, "format_version": "1", "kind": "alqr", "version": "0.1.0", "model_id": "old",
+            "hidden_size": str(N), "num_layers": str(T), "layers": "null", "controlled_layers": "[1, 3]",
+            "positions": "last", "hyperparameters": json.dumps(st.hyperparameters)}
+    old = tmp_path / "old.safetensors"
+    save_file({name: getattr(st, name).numpy() for name in st.tensor_names}, str(old), metadata=meta)
+    back = Steerer.load(old, model=_tiny_llama())
+    assert type(back) is ALQRSteerer and (back.horizon, back.state_dim) == (T, N) and back.layers == [1, 3]
+    for name in st.tensor_names:
+        assert torch.equal(getattr(st, name), getattr(back, name))
