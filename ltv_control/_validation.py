@@ -30,7 +30,7 @@ from typing import Any, Callable, NamedTuple, Sequence, TypeVar
 
 import numpy as np
 
-from ltv_control._exceptions import ArgumentError, DimensionError, PropertyError
+from ltv_control._exceptions import ArgumentError, DimensionError, NumericalError, PropertyError
 from ltv_control.backends import get_backend, is_torch_tensor
 
 __all__ = [
@@ -51,6 +51,15 @@ __all__ = [
     "check_psd",
     "check_pd",
     "batch_member",
+    "COMPUTE_DTYPES",
+    "resolve_storage_dtype",
+    "resolve_device",
+    "all_finite",
+    "as_real",
+    "as_int",
+    "as_bool",
+    "as_host_float64",
+    "refuse_nonfinite_result",
 ]
 
 SYMMETRY_RTOL = 1e-8
@@ -130,30 +139,108 @@ def batch_member(index: Sequence[int]) -> str:
     return f"batch member {index if len(index) > 1 else index[0]}"
 
 
+COMPUTE_DTYPES = ("float32", "float64")
+"""The dtypes the recursions compute in: the factorizations (LAPACK, torch.linalg) exist for these only."""
+
+_STORAGE_DTYPES = ("float16", "bfloat16", "float32", "float64")
+_BFLOAT16_FINFO = (2.0 ** -7, 3.3895313892515355e38)  # (eps, max) of bfloat16
+
+
+def _dtype_name(dtype: Any) -> str:
+    """``"float32"`` for ``np.float32``, ``torch.float32`` and ``"float32"`` alike."""
+    if type(dtype).__module__.split(".")[0] == "torch":
+        return str(dtype).replace("torch.", "")
+    try:
+        return np.dtype(dtype).name
+    except TypeError:
+        return str(dtype)
+
+
+def _finfo(dtype: Any) -> tuple[float, float]:
+    """``(eps, max)`` of a floating dtype (numpy or torch), without importing torch."""
+    name = _dtype_name(dtype)
+    if name == "bfloat16":
+        return _BFLOAT16_FINFO
+    info = np.finfo(np.dtype(name))
+    return float(info.eps), float(info.max)
+
+
 def resolve_dtype(dtype: Any, backend: Any, like: Any = None) -> Any:
     """The compute dtype for ``backend``: float64 unless ``dtype`` says otherwise.
 
-    Raises :class:`ArgumentError` for a dtype that is not a real floating type.
-    Torch tensors on devices without float64 (MPS) default to their own dtype.
+    Only ``float32`` and ``float64`` are supported for the recursions (the Cholesky
+    factorizations of numpy/SciPy and torch do not exist for half precisions), so
+    ``float16``, ``bfloat16``, extended precision, integer and complex dtypes raise
+    :class:`ArgumentError` naming the supported ones, also when the default would pick a
+    half precision (torch tensors on devices without float64 default to their own dtype).
     """
     try:
         resolved = backend.resolve_dtype(dtype, like)
-    except (TypeError, ValueError) as exc:
-        raise ArgumentError(f"dtype: expected a floating dtype, found {dtype!r} ({exc})") from None
-    ok = resolved.is_floating_point if backend.name == "torch" else np.issubdtype(resolved, np.floating)
-    if not ok or (backend.name == "torch" and resolved.is_complex):
-        raise ArgumentError(f"dtype: expected a real floating dtype, found {dtype!r}")
+        name = _dtype_name(resolved)
+    except (TypeError, ValueError, AttributeError):
+        resolved, name = None, None
+    if name not in COMPUTE_DTYPES:
+        found = (repr(_dtype_name(dtype)) if dtype is not None
+                 else f"the input's own dtype {name} (the default here)")
+        raise ArgumentError(
+            f"dtype: the recursion computes in float32 or float64 only; found {found}. "
+            "float16 and bfloat16 (like integer, complex and extended-precision types) are not "
+            "supported for the recursion: pass dtype='float32' or dtype='float64' (the system's "
+            "matrices are cast)")
     return resolved
 
 
+def resolve_storage_dtype(dtype: Any, backend: Any) -> Any:
+    """A dtype the matrices of a system may be stored in (``LTVSystem.to``).
+
+    Floating types only: ``float16``, ``float32``, ``float64`` and, for torch, ``bfloat16``.
+    An integer, boolean or complex dtype would truncate the matrices and raises
+    :class:`ArgumentError`; ``None`` is returned unchanged.
+    """
+    if dtype is None:
+        return None
+    expected = "a floating dtype (float16, float32, float64, or torch.bfloat16 for torch systems)"
+    if isinstance(dtype, bool):
+        raise ArgumentError(f"dtype: expected {expected}; found {dtype!r}")
+    try:
+        resolved = backend.resolve_dtype(dtype)
+    except (TypeError, ValueError, AttributeError) as exc:
+        raise ArgumentError(f"dtype: expected {expected}; found {dtype!r} ({exc})") from None
+    if _dtype_name(resolved) not in _STORAGE_DTYPES:
+        raise ArgumentError(f"dtype: expected {expected}; found {_dtype_name(dtype)!r} (converting "
+                            "to it would truncate or change the matrices)")
+    return resolved
+
+
+def resolve_device(device: Any, backend: Any) -> Any:
+    """Check that ``device`` exists here and holds data; return it as the backend's device.
+
+    A one-element probe array is allocated on it, so a missing accelerator (``"cuda"``
+    without CUDA, ``"mps"`` off a Mac, an out-of-range ordinal) or an unknown name raises
+    :class:`ArgumentError` naming the device; the ``"meta"`` device (shapes without values)
+    is refused too, as nothing can be computed or checked on it.
+    """
+    if device is None:
+        return None
+    if isinstance(device, (bool, float)) or not (
+            isinstance(device, (str, int)) or type(device).__module__.split(".")[0] == "torch"):
+        raise ArgumentError(f"device: expected a device name such as 'cpu' or 'cuda:0' (or a "
+                            f"torch.device), found {type(device).__name__}")
+    try:
+        probe = backend.zeros((1,), device=device)
+    except Exception as exc:  # torch raises RuntimeError, AssertionError, ... per device kind
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ArgumentError(f"device: {device!r} is not available here ({reason})") from None
+    found = backend.device_of(probe)
+    if getattr(found, "type", found) == "meta":
+        raise ArgumentError(f"device: {device!r} holds shapes without values; choose a device with "
+                            "memory ('cpu', 'cuda', 'mps', ...)")
+    return found
+
+
 def _is_scalar(x: Any) -> bool:
-    if isinstance(x, bool):
-        return False
-    if isinstance(x, numbers.Real):
-        return True
-    if isinstance(x, np.ndarray) or is_torch_tensor(x):
-        return x.ndim == 0
-    return False
+    """A real number: Python/numpy scalar or 0-d real array (not bool, not complex)."""
+    return _real_scalar(x) is not None
 
 
 def as_array(x: Any, name: str, backend: Any, *, dtype: Any = None, device: Any = None,
@@ -176,17 +263,21 @@ def as_array(x: Any, name: str, backend: Any, *, dtype: Any = None, device: Any 
     finite : bool
         Reject NaN/inf with :class:`PropertyError`.
     """
-    if isinstance(x, (str, bytes, dict, set)) or x is None or isinstance(x, bool):
+    if isinstance(x, (str, bytes, dict, set, bool, np.bool_)) or x is None:
         raise ArgumentError(f"{name}: expected an array or a real number, found {type(x).__name__}")
+    if is_torch_tensor(x) and x.device.type == "meta":
+        raise ArgumentError(f"{name}: a tensor on the 'meta' device holds no values")
+    if getattr(x, "ndim", None) == 0 and str(getattr(x, "dtype", "")) in ("bool", "torch.bool"):
+        raise ArgumentError(f"{name}: expected an array or a real number, found a 0-d bool array")
     if not (isinstance(x, np.ndarray) or is_torch_tensor(x)):
         try:
             arr = np.asarray(x)
         except Exception as exc:  # ragged lists etc.
             raise ArgumentError(f"{name}: cannot be converted to an array ({exc})") from None
-        if arr.dtype == object or arr.dtype.kind in "USV":
-            raise ArgumentError(f"{name}: expected a numeric array, found {type(x).__name__} "
-                                f"of dtype {arr.dtype}")
         x = arr
+    if isinstance(x, np.ndarray) and (x.dtype == object or x.dtype.kind in "USVMm"):
+        raise ArgumentError(f"{name}: expected a numeric array, found {type(x).__name__} "
+                            f"of dtype {x.dtype}")
     if np.iscomplexobj(x) if isinstance(x, np.ndarray) else (is_torch_tensor(x) and x.is_complex()):
         raise ArgumentError(f"{name}: complex values are not supported")
     if dtype is None and not (backend.is_array(x) and backend.is_floating(x)):
@@ -194,17 +285,172 @@ def as_array(x: Any, name: str, backend: Any, *, dtype: Any = None, device: Any 
             is_torch_tensor(x) and x.is_floating_point())
         if not floating:
             dtype = backend.resolve_dtype(None, device)
-    out = backend.asarray(x, dtype=dtype, device=device)
-    if finite and not backend.all_finite(out):
+    if finite and not all_finite(x, get_backend(x)):  # checked before any cast: no overflow yet
         raise PropertyError(f"{name}: contains NaN or inf values")
+    with np.errstate(over="ignore"):  # an overflowing cast is reported below
+        out = backend.asarray(x, dtype=dtype, device=device)
+    if finite and out is not x and not all_finite(out, backend):
+        raise PropertyError(f"{name}: contains values that overflow the dtype "
+                            f"{_dtype_name(backend.dtype_of(out))}")
     return out
 
 
 def check_finite(x: Any, name: str, backend: Any = None) -> None:
     """Raise :class:`PropertyError` if ``x`` holds NaN or inf."""
     backend = backend or get_backend(x)
-    if not backend.all_finite(x):
+    if not all_finite(x, backend):
         raise PropertyError(f"{name}: contains NaN or inf values")
+
+
+def _compact(x: Any, backend: Any) -> Any:
+    """``x`` without its broadcast axes (stride 0): one slice of each, a view, no allocation."""
+    strides = x.strides if backend.name == "numpy" else x.stride()
+    if 0 not in strides:
+        return x
+    return x[tuple(slice(0, 1) if st == 0 else slice(None) for st in strides)]
+
+
+def all_finite(x: Any, backend: Any) -> bool:
+    """Whether every element of ``x`` is finite, reading each stored element once.
+
+    Broadcast views (``LTVSystem.constant``'s stacks, stride 0 along ``T``) are checked on
+    their stored memory only, so the check never materialises the broadcast.
+    """
+    return bool(backend.all_finite(_compact(x, backend)))
+
+
+# --------------------------------------------------------------------------- scalars
+def _describe(value: Any) -> str:
+    text = repr(value)
+    return f"{type(value).__name__} {text if len(text) <= 40 else text[:37] + '...'}"
+
+
+def _real_scalar(value: Any) -> float | None:
+    """``float(value)`` for a real (non-bool) number or 0-d real array, else ``None``."""
+    if isinstance(value, (bool, np.bool_)):
+        return None
+    if is_torch_tensor(value):
+        if value.ndim != 0 or value.is_complex() or str(value.dtype) == "torch.bool" \
+                or value.device.type == "meta":
+            return None
+        value = value.item()
+    elif isinstance(value, np.ndarray):
+        if value.ndim != 0 or value.dtype.kind not in "iuf":
+            return None
+        value = value.item()
+    if not isinstance(value, numbers.Real) or isinstance(value, (bool, np.bool_)):
+        return None
+    try:
+        return float(value)
+    except OverflowError:  # an int beyond the float range
+        return float("inf") if value > 0 else float("-inf")
+
+
+def _interval(low: Any, high: Any, low_open: bool, high_open: bool) -> str:
+    left = "(" if low_open or low is None else "["
+    right = ")" if high_open or high is None else "]"
+    return f"{left}{'-inf' if low is None else f'{low:g}'}, {'inf' if high is None else f'{high:g}'}{right}"
+
+
+def as_real(value: Any, name: str, *, low: float | None = None, high: float | None = None,
+            low_open: bool = False, high_open: bool = False, allow_inf: bool = False) -> float:
+    """A real number ``value`` in the interval ``low … high``, as a Python float.
+
+    A bool, string, complex number or array raises :class:`ArgumentError`; NaN, an
+    infinity (unless ``allow_inf``) or a value outside the interval raises
+    :class:`PropertyError`. Both messages name ``name``, the expected interval and the value.
+    """
+    v = _real_scalar(value)
+    if v is None:
+        raise ArgumentError(f"{name}: expected a real number, found {_describe(value)}")
+    expected = f"a real number in {_interval(low, high, low_open, high_open)}"
+    if np.isnan(v) or (np.isinf(v) and not allow_inf):
+        raise PropertyError(f"{name}: expected {'a finite ' if not allow_inf else ''}{expected[2:]}, "
+                            f"found {v}")
+    below = low is not None and (v <= low if low_open else v < low)
+    above = high is not None and (v >= high if high_open else v > high)
+    if below or above:
+        raise PropertyError(f"{name}: expected {expected}, found {v:g}")
+    return v
+
+
+def as_int(value: Any, name: str, *, low: int | None = None, high: int | None = None,
+           error: type = PropertyError) -> int:
+    """An integer ``value`` (Python or numpy int, not bool) with ``low <= value <= high``.
+
+    A non-integer raises :class:`ArgumentError`; a value out of range raises ``error``
+    (:class:`PropertyError` by default, :class:`DimensionError` for sizes).
+    """
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise ArgumentError(f"{name}: expected an int, found {_describe(value)}")
+    v = int(value)
+    if (low is not None and v < low) or (high is not None and v > high):
+        bounds = (f"{low} <= {name} <= {high}" if low is not None and high is not None else
+                  f"{name} >= {low}" if low is not None else f"{name} <= {high}")
+        raise error(f"{name}: expected {bounds}, found {v}")
+    return v
+
+
+def as_bool(value: Any, name: str) -> bool:
+    """``value`` if it is a bool (Python or numpy), else :class:`ArgumentError`."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise ArgumentError(f"{name}: expected True or False, found {_describe(value)}")
+    return bool(value)
+
+
+def as_host_float64(x: Any, name: str, *, finite: bool = True) -> np.ndarray:
+    """Convert a numpy array, torch tensor, nested list or number to a float64 numpy array.
+
+    The strict host converter of the numpy-only modules (bounds, plants, plots): strings,
+    ``None``, bools, complex values (which a float cast would silently truncate to their real
+    part), object arrays and meta tensors raise :class:`ArgumentError`; NaN/inf raise
+    :class:`PropertyError` when ``finite``. Integer and boolean *arrays* are converted.
+    """
+    if isinstance(x, (str, bytes, dict, set, bool, np.bool_)) or x is None:
+        raise ArgumentError(f"{name}: expected a numeric array, found {type(x).__name__}")
+    if is_torch_tensor(x):
+        if x.is_complex():
+            raise ArgumentError(f"{name}: complex values are not supported (found {x.dtype})")
+        if x.device.type == "meta":
+            raise ArgumentError(f"{name}: a tensor on the 'meta' device holds no values")
+        x = get_backend(x).to_numpy(x)
+    try:
+        arr = np.asarray(x)
+    except Exception as exc:  # ragged nested lists, objects that refuse conversion
+        raise ArgumentError(f"{name}: cannot be converted to a numeric array ({exc})") from None
+    if arr.dtype.kind == "c":
+        raise ArgumentError(f"{name}: complex values are not supported (found {arr.dtype})")
+    if arr.dtype.kind not in "biuf":
+        raise ArgumentError(f"{name}: expected a numeric array, found {type(x).__name__} of "
+                            f"dtype {arr.dtype}")
+    arr = arr.astype(np.float64, copy=False)
+    if finite and not all_finite(arr, get_backend(arr)):
+        raise PropertyError(f"{name}: contains NaN or inf values")
+    return arr
+
+
+def refuse_nonfinite_result(x: Any, what: str, backend: Any, *, item_ndim: int = 1,
+                            per_step: bool = True, step_offset: int = 0, hint: str = "") -> None:
+    """Raise :class:`NumericalError` if a result computed from finite input holds NaN or inf.
+
+    ``x`` has shape ``(*batch, T, *item)`` (``per_step``) or ``(*batch, *item)`` with
+    ``len(item) == item_ndim``; the message names ``what``, the first step whose item is not
+    finite (``index + step_offset``) and the first batch member there. One device
+    synchronisation on success; the location is computed only on the error path.
+    """
+    if all_finite(x, backend):
+        return
+    bad = ~np.asarray(backend.to_host(backend.isfinite(x)), dtype=bool)
+    if item_ndim:
+        bad = bad.reshape(bad.shape[:bad.ndim - item_ndim] + (-1,)).any(axis=-1)
+    where = ""
+    if per_step and bad.ndim:
+        step = int(np.argmax(bad.reshape(-1, bad.shape[-1]).any(axis=0)))
+        member = tuple(int(i) for i in np.argwhere(bad[..., step])[0]) if bad.ndim > 1 else ()
+        where = f" at step {step + step_offset}" + (f", {batch_member(member)}" if member else "")
+    elif bad.ndim:
+        where = f" at {batch_member(_first_bad(bad))}"
+    raise NumericalError(f"{what} overflowed to inf/NaN from finite input{where}{hint}")
 
 
 # --------------------------------------------------------------------------- properties
@@ -274,12 +520,7 @@ def _to_compute_dtype(M: Any, name: str, backend: Any, dtype: Any) -> Any:
 
 
 def _eps(M: Any, backend: Any) -> float:
-    dt = backend.dtype_of(M)
-    if backend.name == "torch":
-        import torch
-
-        return float(torch.finfo(dt).eps)
-    return float(np.finfo(dt).eps)
+    return _finfo(backend.dtype_of(M))[0]
 
 
 def check_psd(M: Any, name: str, backend: Any, *, per_step: bool = False) -> None:
@@ -353,8 +594,10 @@ class Weight(NamedTuple):
 
 
 def _scalar_value(x: Any) -> float:
-    v = float(x.item()) if hasattr(x, "item") else float(x)
-    return v
+    try:
+        return float(x.item()) if hasattr(x, "item") else float(x)
+    except OverflowError:  # a Python int beyond the float range
+        return float("inf")
 
 
 def as_weight(value: Any, name: str, *, rows: int, cols: int | None = None, horizon: int,
@@ -398,6 +641,8 @@ def as_weight(value: Any, name: str, *, rows: int, cols: int | None = None, hori
             raise PropertyError(f"{name}: expected a positive semidefinite weight, found scalar {c:g} < 0")
         if definiteness == "pd" and c <= 0:
             raise PropertyError(f"{name}: expected a positive definite weight, found scalar {c:g} <= 0")
+        if dtype is not None and abs(c) > _finfo(dtype)[1]:
+            raise PropertyError(f"{name}: scalar {c:g} overflows the compute dtype {_dtype_name(dtype)}")
         M = c * backend.eye(rows, dtype=dtype, device=device)
         return Weight(M, False, ())
     # Validated in the precision given (the symmetry test must not see the rounding of a

@@ -7,14 +7,14 @@ pyplot backend is left alone), so this module imports without matplotlib install
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ltv_control._exceptions import ArgumentError, DimensionError
-from ltv_control._validation import public_api
+from ltv_control._exceptions import ArgumentError, DimensionError, PropertyError
+from ltv_control._validation import as_host_float64, as_int, public_api
+from ltv_control.atomic import atomic_save_figure
 
 __all__ = ["plot_tracking_bound"]
 
@@ -22,12 +22,27 @@ _NORMS = ("euclidean", "P")
 
 
 def _to_numpy(x: Any, name: str) -> np.ndarray:
-    if type(x).__module__.split(".")[0] == "torch":
-        x = x.detach().to("cpu").double().numpy()
-    try:
-        return np.asarray(x, dtype=np.float64)
-    except (TypeError, ValueError) as exc:
-        raise ArgumentError(f"{name} must be a numeric array, found {type(x).__name__}") from exc
+    """float64 host array; complex, strings and NaN refused (``inf`` allowed: a vacuous bound)."""
+    arr = as_host_float64(x, name, finite=False)
+    if np.any(np.isnan(arr)):
+        raise PropertyError(f"{name} contains NaN values")
+    return arr
+
+
+def _check_text(value: Any, name: str) -> None:
+    if value is not None and not isinstance(value, str):
+        raise ArgumentError(f"{name} must be a str or None, found {type(value).__name__}")
+
+
+def _target(path: Any) -> Path:
+    """The output path: a str or PathLike whose folder exists (FileNotFoundError otherwise)."""
+    if isinstance(path, bytes) or not isinstance(path, (str, os.PathLike)):
+        raise ArgumentError(f"path must be a str or os.PathLike, found {type(path).__name__}")
+    target = Path(path)
+    folder = target.parent if str(target.parent) else Path(".")
+    if not folder.is_dir():
+        raise FileNotFoundError(f"path: the folder {str(folder)!r} does not exist")
+    return target
 
 
 @public_api
@@ -53,8 +68,9 @@ def plot_tracking_bound(
     Parameters
     ----------
     path : str or PathLike
-        Output PNG file; written atomically (temporary file in the same folder, then
-        ``os.replace``).  The parent folder must exist.
+        Output PNG file; written atomically through :mod:`ltv_control.atomic` (temporary file
+        in the same folder, then ``os.replace``; permissions ``0o666 & ~umask``).  The parent
+        folder must exist (``FileNotFoundError`` otherwise).
     deviations : array (R, T+1, n) or (T+1, n)
         Realised deviations ``δz`` from the nominal trajectory.
     bound : TrackingBound or array (T+1,) or (R, T+1)
@@ -68,6 +84,7 @@ def plot_tracking_bound(
         Text drawn in the upper right corner (e.g. a coverage figure).
     xlabel : str, default "step k"
     dpi : int, default 130
+        Resolution, ``1 <= dpi <= 2400``.
 
     Returns
     -------
@@ -76,27 +93,33 @@ def plot_tracking_bound(
     """
     from ltv_control.bounds import TrackingBound, _cholesky_stack, _weighted_norms
 
-    if norm not in _NORMS:
+    if not isinstance(norm, str) or norm not in _NORMS:
         raise ArgumentError(f"norm must be one of {_NORMS}, found {norm!r}")
-    D = _to_numpy(deviations, "deviations")
+    target = _target(path)
+    for name, text in (("title", title), ("annotation", annotation), ("xlabel", xlabel)):
+        _check_text(text, name)
+    dpi = as_int(dpi, "dpi", low=1, high=2400)
+    D = as_host_float64(deviations, "deviations")
     if D.ndim == 2:
         D = D[None]
-    if D.ndim != 3:
-        raise DimensionError(f"deviations must have shape (R, T+1, n) or (T+1, n), found {D.shape}")
+    if D.ndim != 3 or 0 in D.shape:
+        raise DimensionError(f"deviations must have shape (R, T+1, n) or (T+1, n) with R, T+1, n >= 1, "
+                             f"found {D.shape}")
     if isinstance(bound, TrackingBound):
         b = _to_numpy(bound.euclidean if norm == "euclidean" else bound.bound, "bound")
         if P is None:
             P = bound.P
     else:
         b = _to_numpy(bound, "bound")
-    if b.shape[-1] != D.shape[1] or b.ndim not in (1, 2):
-        raise DimensionError(f"bound must have shape (T+1,) or (R, T+1) with T+1 = {D.shape[1]}, found {b.shape}")
-    if norm == "euclidean":
-        realised = np.linalg.norm(D, axis=-1)
+    if b.ndim not in (1, 2) or b.shape[-1] != D.shape[1] or b.shape[0] == 0:
+        raise DimensionError(f"bound must have shape (T+1,) or (R, T+1) with T+1 = {D.shape[1]} and "
+                             f"R >= 1, found {b.shape}")
+    if norm == "euclidean":  # scaled norms: no overflow for entries beyond 1e154
+        realised = _weighted_norms(D, np.broadcast_to(np.eye(D.shape[2]), (D.shape[1],) + (D.shape[2],) * 2))
     else:
         if P is None:
             raise ArgumentError("norm='P' needs the weights P (or a TrackingBound)")
-        Pm = _to_numpy(P, "P")
+        Pm = as_host_float64(P, "P")
         if Pm.shape != (D.shape[1], D.shape[2], D.shape[2]):
             raise DimensionError(f"P must have shape (T+1, n, n) = {(D.shape[1], D.shape[2], D.shape[2])}, found {Pm.shape}")
         realised = _weighted_norms(D, _cholesky_stack(Pm))
@@ -139,16 +162,4 @@ def plot_tracking_bound(
     ax.legend(loc="best", fontsize=8)
     fig.tight_layout()
 
-    target = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent if str(target.parent) else ".")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fig.savefig(fh, format="png", dpi=dpi)
-        os.replace(tmp, target)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    return target
+    return atomic_save_figure(fig, target, dpi=dpi)

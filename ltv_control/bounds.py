@@ -38,17 +38,31 @@ scratch).
 All functions take numpy arrays (or torch tensors, converted to float64 numpy); they compute in
 float64 and return numpy arrays, or float64 torch tensors on the input's device when the closed
 loop ``A_cl`` was a torch tensor.
+
+Input checks.  Complex input is refused (:class:`~ltv_control.ArgumentError`), never truncated to
+its real part; so are strings, ``None`` and bools where a number or an array is expected.  Empty
+dimensions are refused with :class:`~ltv_control.DimensionError` (``T >= 1``, ``n >= 1``, at least
+one rollout where a statistic over rollouts is reported): a norm or a coverage of nothing is not a
+meaningful number.  A float64 overflow inside a computation raises
+:class:`~ltv_control.NumericalError` naming the step, never a silent NaN.
 """
 
 from __future__ import annotations
 
+import numbers
 import warnings
 from typing import Any, NamedTuple
 
 import numpy as np
 import scipy.linalg as sla
 
-from ltv_control._validation import check_symmetric, public_api
+from ltv_control._validation import (
+    as_host_float64,
+    as_real,
+    check_symmetric,
+    format_shape,
+    public_api,
+)
 from ltv_control.backends import numpy_backend
 from ltv_control._exceptions import (
     ArgumentError,
@@ -139,22 +153,18 @@ def _is_torch(x: Any) -> bool:
 
 
 def _as_float64(x: Any, name: str) -> np.ndarray:
-    """Convert numpy / torch / nested sequences to a finite float64 array."""
-    if _is_torch(x):
-        x = x.detach().to("cpu").double().numpy()
-    try:
-        arr = np.asarray(x, dtype=np.float64)
-    except (TypeError, ValueError) as exc:
-        raise ArgumentError(f"{name} must be a numeric array, found {type(x).__name__}") from exc
-    if not np.all(np.isfinite(arr)):
-        raise PropertyError(f"{name} must be finite; found NaN or inf")
-    return arr
+    """Convert numpy / torch / nested sequences to a finite float64 array.
+
+    Complex input (which a float cast would truncate to its real part), strings, bools and
+    ``None`` raise :class:`ArgumentError`; NaN/inf raise :class:`PropertyError`.
+    """
+    return as_host_float64(x, name)
 
 
 def _closed_loop(A_cl: Any) -> np.ndarray:
     A = _as_float64(A_cl, "A_cl")
-    if A.ndim != 3 or A.shape[1] != A.shape[2] or A.shape[0] < 1:
-        raise DimensionError(f"A_cl must have shape (T, n, n) with T >= 1, found {A.shape}")
+    if A.ndim != 3 or A.shape[1] != A.shape[2] or A.shape[0] < 1 or A.shape[1] < 1:
+        raise DimensionError(f"A_cl must have shape (T, n, n) with T >= 1 and n >= 1, found {A.shape}")
     return A
 
 
@@ -175,7 +185,10 @@ def _matrix_or_identity(M: Any, n: int, name: str) -> np.ndarray:
     """``None`` → I, scalar c → c·I, else an (n, n) symmetric positive definite matrix."""
     if M is None:
         return np.eye(n)
-    arr = _as_float64(M, name)
+    if isinstance(M, (numbers.Number, np.generic, str, bytes)):  # a scalar c means c·I, c > 0
+        arr = as_real(M, name, low=0.0, low_open=True) * np.eye(n)
+    else:
+        arr = _as_float64(M, name)
     if arr.ndim == 0:
         arr = float(arr) * np.eye(n)
     if arr.shape != (n, n):
@@ -210,7 +223,22 @@ def _wrap_like(ref: Any, *arrays: np.ndarray):
 
 
 def _largest_singular_value(M: np.ndarray) -> float:
-    """σ_max(M) as sqrt(λ_max(MᵀM)) (or MMᵀ, whichever is smaller), a symmetric eigenproblem."""
+    """σ_max(M) as sqrt(λ_max(MᵀM)) (or MMᵀ, whichever is smaller), a symmetric eigenproblem.
+
+    ``M`` is scaled by its largest entry first (``σ(M) = s·σ(M/s)``), so the Gram matrix never
+    overflows (or underflows) for entries beyond ``1e154``.
+    """
+    scale = float(np.max(np.abs(M), initial=0.0))
+    if scale == 0.0:
+        return 0.0
+    if not np.isfinite(scale):
+        raise NumericalError("a transition matrix overflowed float64 (inf/NaN entries)")
+    if 1e-150 < scale < 1e150:
+        scale = 1.0
+    return scale * _gram_sigma_max(M / scale)
+
+
+def _gram_sigma_max(M: np.ndarray) -> float:
     gram = M.T @ M if M.shape[1] <= M.shape[0] else M @ M.T
     gram = 0.5 * (gram + gram.T)
     m = gram.shape[0]
@@ -236,10 +264,14 @@ def _whitened_factors(A: np.ndarray, C: np.ndarray) -> np.ndarray:
     """``Ã_k = C_{k+1}ᵀ Â_k C_k^{-T}`` for every step (one triangular solve per step)."""
     T = A.shape[0]
     out = np.empty_like(A)
-    for k in range(T):
-        X = C[k + 1].T @ A[k]
-        # Ã = X C_k^{-T}  <=>  Ãᵀ = C_k^{-1} Xᵀ
-        out[k] = sla.solve_triangular(C[k], X.T, lower=True, check_finite=False).T
+    with np.errstate(over="ignore", invalid="ignore"):
+        for k in range(T):
+            X = C[k + 1].T @ A[k]
+            # Ã = X C_k^{-T}  <=>  Ãᵀ = C_k^{-1} Xᵀ
+            out[k] = sla.solve_triangular(C[k], X.T, lower=True, check_finite=False).T
+            if not np.all(np.isfinite(out[k])):
+                raise NumericalError(f"the whitened closed loop C_{k + 1}ᵀ Â_{k} C_{k}^{{-T}} overflowed "
+                                     f"float64 at step {k} (P[{k}] is nearly singular or Â_{k} is huge)")
     return out
 
 
@@ -283,11 +315,13 @@ def lyapunov_weights(A_cl: Any, *, W: Any = None, P_terminal: Any = None):
     Pt = _matrix_or_identity(P_terminal, n, "P_terminal")
     P = np.empty((T + 1, n, n))
     P[T] = Pt
-    for k in range(T - 1, -1, -1):
-        Pk = A[k].T @ P[k + 1] @ A[k] + Wm
-        P[k] = 0.5 * (Pk + Pk.T)
-    if not np.all(np.isfinite(P)):
-        raise NumericalError("lyapunov_weights overflowed: the closed loop grows too fast for float64")
+    with np.errstate(over="ignore", invalid="ignore"):
+        for k in range(T - 1, -1, -1):
+            Pk = A[k].T @ P[k + 1] @ A[k] + Wm
+            P[k] = 0.5 * (Pk + Pk.T)
+            if not np.all(np.isfinite(P[k])):
+                raise NumericalError(f"lyapunov_weights overflowed at step {k} (P_{k} is not finite): "
+                                     "the closed loop grows too fast for float64")
     return _wrap_like(A_cl, P)
 
 
@@ -314,8 +348,8 @@ def induced_norm(M: Any, P_from: Any, P_to: Any) -> float:
     DimensionError, PropertyError, NumericalError (a weight is not positive definite), ArgumentError
     """
     Mm = _as_float64(M, "M")
-    if Mm.ndim != 2:
-        raise DimensionError(f"M must have shape (n_to, n_from), found {Mm.shape}")
+    if Mm.ndim != 2 or 0 in Mm.shape:
+        raise DimensionError(f"M must have shape (n_to, n_from) with n_to, n_from >= 1, found {Mm.shape}")
     n_to, n_from = Mm.shape
     Pf = _as_float64(P_from, "P_from")
     Pt = _as_float64(P_to, "P_to")
@@ -327,8 +361,12 @@ def induced_norm(M: Any, P_from: Any, P_to: Any) -> float:
     _check_symmetric(Pt, "P_to")
     Cf = _cholesky_stack(Pf[None], "P_from")[0]
     Ct = _cholesky_stack(Pt[None], "P_to")[0]
-    X = Ct.T @ Mm
-    Y = sla.solve_triangular(Cf, X.T, lower=True, check_finite=False).T
+    with np.errstate(over="ignore", invalid="ignore"):
+        X = Ct.T @ Mm
+        Y = sla.solve_triangular(Cf, X.T, lower=True, check_finite=False).T
+    if not np.all(np.isfinite(Y)):
+        raise NumericalError("induced_norm: C_toᵀ M C_from^{-T} overflowed float64 (P_from nearly "
+                             "singular or M huge)")
     return _largest_singular_value(Y)
 
 
@@ -336,12 +374,17 @@ def _transition_norms_from_factors(At: np.ndarray) -> np.ndarray:
     T, n, _ = At.shape
     G = np.zeros((T + 1, T + 1))
     np.fill_diagonal(G, 1.0)
-    for i in range(T):
-        Phi = At[i]
-        G[i + 1, i] = _largest_singular_value(Phi)
-        for k in range(i + 2, T + 1):
-            Phi = At[k - 1] @ Phi
-            G[k, i] = _largest_singular_value(Phi)
+    with np.errstate(over="ignore", invalid="ignore"):
+        for i in range(T):
+            Phi = At[i]
+            G[i + 1, i] = _largest_singular_value(Phi)
+            for k in range(i + 2, T + 1):
+                Phi = At[k - 1] @ Phi
+                if not np.all(np.isfinite(Phi)):
+                    raise NumericalError(f"transition_norms: Φ({k},{i}) overflowed float64 (the "
+                                         "weights P do not contract the closed loop; use "
+                                         "lyapunov_weights)")
+                G[k, i] = _largest_singular_value(Phi)
     return G
 
 
@@ -384,9 +427,35 @@ def _check_deviations(dev: Any, T: int, n: int, name: str = "deviations") -> np.
     return D
 
 
-def _weighted_norms(D: np.ndarray, C: np.ndarray) -> np.ndarray:
-    """‖D[..., k, :]‖_{P_k} = ‖C_kᵀ D_k‖ for every step; D: (*R, K, n), C: (K, n, n)."""
-    return np.linalg.norm(np.einsum("kab,...ka->...kb", C, D), axis=-1)
+def _check_rollouts(dev: Any, T: int, n: int, name: str) -> np.ndarray:
+    """Deviations ``(*R, T+1, n)`` flattened to ``(R, T+1, n)`` with at least one rollout."""
+    D = _check_deviations(dev, T, n, name)
+    if D.ndim == 2:
+        D = D[None]
+    D = D.reshape(-1, T + 1, n)
+    if D.shape[0] == 0:
+        raise DimensionError(f"{name} must hold at least one rollout (*R, T+1, n) = "
+                             f"(*R, {T + 1}, {n}), found an empty set {format_shape(np.shape(dev))}")
+    return D
+
+
+def _weighted_norms(D: np.ndarray, C: np.ndarray, name: str = "deviations") -> np.ndarray:
+    """‖D[..., k, :]‖_{P_k} = ‖C_kᵀ D_k‖ for every step; D: (*R, K, n), C: (K, n, n).
+
+    Vectors with entries beyond ``1e150`` (or below ``1e-150``) are scaled by a power of two
+    before squaring, so the norm neither overflows nor underflows; a product ``C_kᵀ D_k``
+    that overflows float64 raises :class:`NumericalError` naming the step and rollout.
+    """
+    with np.errstate(over="ignore", invalid="ignore"):
+        Y = np.einsum("kab,...ka->...kb", C, D)
+    big = np.max(np.abs(Y), axis=-1, keepdims=True) if Y.shape[-1] else np.zeros(Y.shape[:-1] + (1,))
+    if not np.all(np.isfinite(big)):
+        bad = np.argwhere(~np.isfinite(big[..., 0]))[0]
+        where = f"step {bad[-1]}" + (f", rollout {tuple(int(i) for i in bad[:-1])}" if bad.size > 1 else "")
+        raise NumericalError(f"{name}: the weighted norm ‖C_kᵀ δz_k‖ overflowed float64 at {where}")
+    normal = (big == 0) | ((big > 1e-150) & (big < 1e150))
+    scale = np.where(normal, 1.0, np.exp2(np.floor(np.log2(np.where(normal, 1.0, big)))))
+    return np.linalg.norm(Y / scale, axis=-1) * scale[..., 0]
 
 
 @public_api
@@ -403,8 +472,8 @@ def weighted_norms(deviations: Any, P: Any):
     array (*R, T+1)
     """
     Pm = _as_float64(P, "P")
-    if Pm.ndim != 3 or Pm.shape[1] != Pm.shape[2]:
-        raise DimensionError(f"P must have shape (T+1, n, n), found {Pm.shape}")
+    if Pm.ndim != 3 or Pm.shape[1] != Pm.shape[2] or 0 in Pm.shape:
+        raise DimensionError(f"P must have shape (T+1, n, n) with T+1 >= 1 and n >= 1, found {Pm.shape}")
     D = _check_deviations(deviations, Pm.shape[0] - 1, Pm.shape[1])
     _check_symmetric(Pm, "P")
     return _wrap_like(deviations, _weighted_norms(D, _cholesky_stack(Pm)))
@@ -439,22 +508,23 @@ def remainder_constants(A_cl: Any, P: Any, deviations: Any):
     Pm = _check_weights(P, T, n)
     D = _check_deviations(deviations, T, n)
     C = _cholesky_stack(Pm)
-    resid = D[..., 1:, :] - np.einsum("kab,...kb->...ka", A, D[..., :-1, :])
-    num = 2.0 * _weighted_norms(resid, C[1:])
-    den = _weighted_norms(D[..., :-1, :], C[:-1]) ** 2
-    with np.errstate(divide="ignore", invalid="ignore"):
-        L_hat = num / den
+    with np.errstate(over="ignore", invalid="ignore"):
+        resid = D[..., 1:, :] - np.einsum("kab,...kb->...ka", A, D[..., :-1, :])
+    num = 2.0 * _weighted_norms(resid, C[1:], "the remainder δz_{i+1} − Â_i δz_i")
+    den = _weighted_norms(D[..., :-1, :], C[:-1])
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore", under="ignore"):
+        den2 = den * den
+        # 2 ‖r‖ / ‖δz‖²; the ratio form where ‖δz‖² over- or underflows
+        L_hat = np.where(np.isfinite(den2) & (den2 > 0), num / den2, (num / den) / den)
     L_hat = np.where(den > 0, L_hat, np.where(num > 0, np.inf, 0.0))
     return _wrap_like(deviations if _is_torch(deviations) else A_cl, L_hat)
 
 
 def _check_L(L: Any, T: int) -> np.ndarray:
-    if _is_torch(L):
-        L = L.detach().to("cpu").double().numpy()
-    try:
-        Lm = np.asarray(L, dtype=np.float64)
-    except (TypeError, ValueError) as exc:
-        raise ArgumentError(f"L must be a scalar or an array of shape (T,), found {type(L).__name__}") from exc
+    if isinstance(L, (numbers.Number, np.generic, str, bytes)):
+        Lm = np.array(as_real(L, "L", low=0.0, allow_inf=True))
+    else:
+        Lm = as_host_float64(L, "L", finite=False)
     if Lm.ndim == 0:
         Lm = np.full(T, float(Lm))
     if Lm.shape != (T,):
@@ -550,7 +620,10 @@ def tracking_error_bound(
             scale = max(float(np.max(np.abs(first), initial=0.0)), float(np.max(np.abs(d0), initial=0.0)), 1e-300)
             if np.max(np.abs(d0 - first), initial=0.0) > 1e-8 * scale:
                 raise PropertyError("delta0 must equal deviations[..., 0, :] (the first realised deviation)")
-    n0 = np.linalg.norm(d0 @ C[0], axis=-1)  # ‖δz_0‖_{P_0} = ‖C_0ᵀ δz_0‖
+    with np.errstate(over="ignore", invalid="ignore"):
+        n0 = np.linalg.norm(d0 @ C[0], axis=-1)  # ‖δz_0‖_{P_0} = ‖C_0ᵀ δz_0‖
+    if not np.all(np.isfinite(n0)):
+        n0 = _weighted_norms(d0[..., None, :], C[:1], "delta0")[..., 0]  # scaled, or NumericalError
     half_L = 0.5 * Lm
     with np.errstate(over="ignore", invalid="ignore"):
         if D is not None:
@@ -573,6 +646,10 @@ def tracking_error_bound(
         bound = np.where(np.isnan(bound), np.inf, bound)
     bound[..., 0] = n0
     lam_min = _smallest_eigenvalues(Pm)
+    if np.any(lam_min <= 0):
+        k = int(np.argmax(lam_min <= 0))
+        raise NumericalError(f"P[{k}] has smallest eigenvalue {lam_min[k]:.3g} <= 0 in floating "
+                             "point (too ill-conditioned for a Euclidean bound)")
     euclid = bound / np.sqrt(lam_min)
     ref = A_cl
     b, e, Pw, Gw = _wrap_like(ref, bound, euclid, Pm, G)
@@ -607,8 +684,15 @@ def worst_case_initial_deviation(A_cl: Any, k: int, *, P: Any = None):
     C = _cholesky_stack(Pm)
     At = _whitened_factors(A, C)
     Phi = np.eye(n)
-    for j in range(k):
-        Phi = At[j] @ Phi
+    with np.errstate(over="ignore", invalid="ignore"):
+        for j in range(k):
+            Phi = At[j] @ Phi
+    scale = float(np.max(np.abs(Phi)))
+    if not np.isfinite(scale):
+        raise NumericalError(f"worst_case_initial_deviation: Φ({k},0) overflowed float64 (the weights "
+                             "P do not contract the closed loop; use lyapunov_weights)")
+    if scale > 0 and not 1e-150 < scale < 1e150:
+        Phi = Phi / scale  # the top singular vector is scale-free; the Gram matrix must not overflow
     gram = Phi.T @ Phi
     _, vecs = np.linalg.eigh(0.5 * (gram + gram.T))
     v = vecs[:, -1]
@@ -649,7 +733,7 @@ def bound_coverage(
     P : array (T+1, n, n), optional
         Weights (default :func:`lyapunov_weights`).
     safety : float, default 1.0
-        Factor ``>= 1`` applied to the estimated constants.
+        Factor ``> 0`` (normally ``>= 1``) applied to the estimated constants.
     quantile : float in (0, 1], default 1.0
         Quantile of the calibration ratios taken per step (1.0 = max).
     mode : {"a_posteriori", "a_priori"}, default "a_posteriori"
@@ -660,27 +744,36 @@ def bound_coverage(
         rounding, not the remainder; a step left without any ratio gets the largest estimate of
         the other steps.
     rtol : float, default 1e-9
-        Relative slack for rounding when counting violations.
+        Relative slack ``>= 0`` for rounding when counting violations.
     G : array (T+1, T+1), optional
         Precomputed :func:`transition_norms` of ``A_cl`` and ``P``.
 
     Returns
     -------
     CoverageResult
+
+    Raises
+    ------
+    ArgumentError
+        ``mode`` unknown, or ``safety``/``quantile``/``min_norm``/``rtol`` not a real number
+        (a bool or a string is refused).
+    PropertyError
+        ``safety <= 0``, ``quantile`` outside ``(0, 1]``, ``min_norm < 0``, ``rtol < 0`` or any
+        of them NaN/inf; no calibration step above ``min_norm``.
+    DimensionError
+        Wrong shapes, or an empty calibration or held-out set (a coverage of nothing is not 0).
     """
-    if mode not in _MODES:
+    if not isinstance(mode, str) or mode not in _MODES:
         raise ArgumentError(f"mode must be one of {_MODES}, found {mode!r}")
-    if not np.isfinite(safety) or safety <= 0:
-        raise PropertyError(f"safety must be a positive finite number, found {safety}")
-    if not 0 < quantile <= 1:
-        raise PropertyError(f"quantile must lie in (0, 1], found {quantile}")
+    safety = as_real(safety, "safety", low=0.0, low_open=True)
+    quantile = as_real(quantile, "quantile", low=0.0, high=1.0, low_open=True)
+    min_norm = as_real(min_norm, "min_norm", low=0.0)
+    rtol = as_real(rtol, "rtol", low=0.0)
     A = _closed_loop(A_cl)
     T, n, _ = A.shape
     Pm = lyapunov_weights(A) if P is None else _check_weights(P, T, n)
-    Dc = _check_deviations(deviations_calib, T, n, "deviations_calib").reshape(-1, T + 1, n)
-    Dh = _check_deviations(deviations_heldout, T, n, "deviations_heldout").reshape(-1, T + 1, n)
-    if not np.isfinite(min_norm) or min_norm < 0:
-        raise PropertyError(f"min_norm must be a nonnegative finite number, found {min_norm}")
+    Dc = _check_rollouts(deviations_calib, T, n, "deviations_calib")
+    Dh = _check_rollouts(deviations_heldout, T, n, "deviations_heldout")
     L_hat = remainder_constants(A, Pm, Dc)
     calib_norms = _weighted_norms(Dc[:, :-1], _cholesky_stack(Pm)[:-1])
     L_hat = np.where(calib_norms > min_norm, L_hat, np.nan)

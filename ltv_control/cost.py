@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from ltv_control._exceptions import DimensionError
-from ltv_control._validation import as_vector_stack, format_shape, public_api
+from ltv_control._validation import as_vector_stack, format_shape, public_api, refuse_nonfinite_result
 from ltv_control.lqr import prepare_problem
 
 __all__ = ["lqr_cost"]
@@ -41,6 +43,12 @@ def lqr_cost(system: Any, Q: Any, R: Any, x: Any, u: Any, *, Qf: Any = None, N: 
     cost : scalar or array (*batch,)
         float64 (numpy scalar / 0-d torch tensor when unbatched); one entry per member
         of the broadcast batch of ``system``, the weights, ``x`` and ``u``.
+
+    Raises
+    ------
+    NumericalError
+        The cost overflows the compute dtype (inf/NaN from finite input); the message
+        names the batch member.
     """
     p = prepare_problem(system, Q, R, Qf=Qf, N=N)
     be = p.be
@@ -60,13 +68,16 @@ def lqr_cost(system: Any, Q: Any, R: Any, x: Any, u: Any, *, Qf: Any = None, N: 
         return w.value if w.per_step else w.value[..., None, :, :]
 
     xs = x[..., :T, :]
-    cost = be.sum(xs * be.matvec(stack(p.Q), xs), axis=(-1, -2))
-    cost = cost + be.sum(u * be.matvec(stack(p.R), u), axis=(-1, -2))
-    if p.N is not None:
-        cost = cost + 2.0 * be.sum(xs * be.matvec(stack(p.N), u), axis=(-1, -2))
-    xT = x[..., T, :]
-    cost = cost + be.sum(xT * be.matvec(p.Qf, xT), axis=-1)
+    with np.errstate(over="ignore", invalid="ignore"):  # an overflow is reported below
+        cost = be.sum(xs * be.matvec(stack(p.Q), xs), axis=(-1, -2))
+        cost = cost + be.sum(u * be.matvec(stack(p.R), u), axis=(-1, -2))
+        if p.N is not None:
+            cost = cost + 2.0 * be.sum(xs * be.matvec(stack(p.N), u), axis=(-1, -2))
+        xT = x[..., T, :]
+        cost = cost + be.sum(xT * be.matvec(p.Qf, xT), axis=-1)
     if tuple(cost.shape) != batch:
         # one cost per batch member, also when only the system (or a weight) is batched
         cost = cost + be.zeros(batch, dtype=p.dtype, device=p.device)
+    refuse_nonfinite_result(cost, "lqr_cost(): the cost", be, item_ndim=0, per_step=False,
+                            hint=f"; the trajectory or the weights are too large for {p.dtype}")
     return cost

@@ -27,8 +27,16 @@ from typing import Any
 import numpy as np
 import scipy.linalg as sla
 
-from ltv_control._validation import public_api
-from ltv_control._exceptions import ArgumentError, DimensionError, PropertyError
+from ltv_control._validation import (
+    as_bool,
+    as_host_float64,
+    as_int,
+    as_real,
+    batch_member,
+    format_shape,
+    public_api,
+)
+from ltv_control._exceptions import ArgumentError, DimensionError, NumericalError, PropertyError
 
 __all__ = ["QuadraticResidualPlant", "ResidualMLPPlant", "TANH_SECOND_DERIVATIVE_MAX"]
 
@@ -37,16 +45,41 @@ TANH_SECOND_DERIVATIVE_MAX = 4.0 / (3.0 * np.sqrt(3.0))
 
 
 def _f64(x: Any, name: str) -> np.ndarray:
-    if type(x).__module__.split(".")[0] == "torch":
-        x = x.detach().to("cpu").double().numpy()
-    try:
-        arr = np.asarray(x, dtype=np.float64)
-    except (TypeError, ValueError) as exc:
-        raise ArgumentError(f"{name} must be a numeric array, found {type(x).__name__}") from exc
-    if not np.all(np.isfinite(arr)):
-        raise PropertyError(f"{name} must be finite; found NaN or inf")
-    return arr
+    """A finite float64 array; complex input is refused, never truncated to its real part."""
+    return as_host_float64(x, name)
 
+
+def _refuse_overflow(x: np.ndarray, what: str, *, layout: str = "batch") -> np.ndarray:
+    """Return ``x`` if finite, else raise NumericalError naming the step and batch member.
+
+    ``layout``: ``"batch"`` for ``(*batch, n)``, ``"steps"`` for ``(T, n)`` (one row per step),
+    ``"rollout"`` for ``(*batch, T+1, n)`` (states ``x_0 … x_T``).
+    """
+    if np.all(np.isfinite(x)):
+        return x
+    bad = ~np.all(np.isfinite(x), axis=-1)  # (*batch), (T,) or (*batch, T+1)
+    if layout == "steps":
+        where = f" at step {int(np.argmax(bad))}"
+    elif layout == "rollout":
+        step = int(np.argmax(bad.reshape(-1, bad.shape[-1]).any(axis=0)))
+        member = tuple(int(i) for i in np.argwhere(bad[..., step])[0])
+        where = f" at step {step - 1} (x_{step} is not finite)" + (f", {batch_member(member)}" if member else "")
+    else:
+        where = f", {batch_member(tuple(int(i) for i in np.argwhere(bad)[0]))}" if bad.ndim else ""
+    raise NumericalError(f"{what} overflowed float64 (inf/NaN from finite input){where}; the state "
+                         "grows beyond the range of float64")
+
+
+def _broadcast_batches(batches: dict) -> tuple:
+    """The broadcast of the named batch shapes; DimensionError naming the one that does not fit."""
+    batch: tuple = ()
+    for name, shape in batches.items():
+        try:
+            batch = tuple(np.broadcast_shapes(batch, tuple(shape)))
+        except ValueError:
+            raise DimensionError(f"{name}: batch dimensions {format_shape(tuple(shape))} do not "
+                                 f"broadcast with {format_shape(batch)}") from None
+    return batch
 
 
 def _input_matrix(B: Any, T: int, n: int) -> np.ndarray | None:
@@ -54,9 +87,29 @@ def _input_matrix(B: Any, T: int, n: int) -> np.ndarray | None:
     if B is None:
         return None
     Bm = _f64(B, "B")
-    if Bm.ndim != 3 or Bm.shape[:2] != (T, n):
-        raise DimensionError(f"B must have shape (T, n, m) = ({T}, {n}, m), found {Bm.shape}")
+    if Bm.ndim != 3 or Bm.shape[:2] != (T, n) or Bm.shape[2] < 1:
+        raise DimensionError(f"B must have shape (T, n, m) = ({T}, {n}, m) with m >= 1, found {Bm.shape}")
     return Bm
+
+def _sizes(n: Any, T: Any, m: Any) -> tuple[int, int, int | None]:
+    """Validate the sizes of a random plant: ints ``n, T >= 1`` and ``m`` None or ``>= 1``."""
+    n = as_int(n, "n", low=1, error=DimensionError)
+    T = as_int(T, "T", low=1, error=DimensionError)
+    m = None if m is None else as_int(m, "m", low=1, error=DimensionError)
+    return n, T, m
+
+
+def _seed(seed: Any) -> int | None:
+    """``None`` or a nonnegative int (numpy's ``default_rng`` refuses negative seeds)."""
+    return None if seed is None else as_int(seed, "seed", low=0)
+
+
+def _refuse_scale_overflow(values: np.ndarray, name: str, scale: float) -> None:
+    """PropertyError naming the scale parameter whose random weights overflowed float64."""
+    if not np.all(np.isfinite(values)):
+        raise PropertyError(f"{name}: {scale:g} is too large: the random weights it scales "
+                            "overflow float64")
+
 
 def _cholesky_weights(P: Any, T: int, n: int) -> np.ndarray:
     from ltv_control.bounds import _check_weights, _cholesky_stack
@@ -122,7 +175,11 @@ class _PlantBase:
         """
         k = self._check_k(k)
         xa = self._check_x(x)
-        return self._f(k, xa) + self._input_term(k, u)
+        inp = self._input_term(k, u)
+        _broadcast_batches({"x": xa.shape[:-1], "u": np.shape(inp)[:-1]})
+        with np.errstate(over="ignore", invalid="ignore"):
+            out = self._f(k, xa) + inp
+        return _refuse_overflow(out, f"step({k}): x_{k + 1} = f_{k}(x) + B_{k} u")
 
     @public_api
     def jacobian(self, k: int, x: Any) -> np.ndarray:
@@ -138,7 +195,10 @@ class _PlantBase:
         array (*batch, n, n)
         """
         k = self._check_k(k)
-        return self._jac(k, self._check_x(x))
+        with np.errstate(over="ignore", invalid="ignore"):
+            J = self._jac(k, self._check_x(x))
+        _refuse_overflow(J.reshape(J.shape[:-2] + (-1,)), f"jacobian({k}): J_{k}(x)")
+        return J
 
     @public_api
     def rollout(
@@ -174,7 +234,7 @@ class _PlantBase:
         """
         T, n, m = self.horizon, self.n_states, self.n_inputs
         x = self._check_x(x0, "x0")
-        batch = x.shape[:-1]
+        batches = {"x0": x.shape[:-1]}
         uff = None
         for name, val in (("u", u), ("u_ref", u_ref)):
             if val is None:
@@ -182,7 +242,10 @@ class _PlantBase:
             arr = _f64(val, name)
             if arr.ndim < 2 or arr.shape[-2:] != (T, m):
                 raise DimensionError(f"{name} must have shape (*batch, T, m) = (*batch, {T}, {m}), found {arr.shape}")
+            batches[name] = arr.shape[:-2]
             uff = arr if uff is None else uff + arr
+        batch = _broadcast_batches(batches)
+        x = np.broadcast_to(x, batch + (n,))
         Km = None
         if K is not None:
             Km = _f64(K, "K")
@@ -197,15 +260,16 @@ class _PlantBase:
                 raise DimensionError(f"x_ref must have shape (T+1, n) or (T, n) = ({T + 1}, {n}), found {xr.shape}")
         out = np.empty(batch + (T + 1, n))
         out[..., 0, :] = x
-        for k in range(T):
-            uk = 0.0 if uff is None else uff[..., k, :]
-            if Km is not None:
-                e = x if xr is None else x - xr[k]
-                uk = uk - e @ Km[k].T
-            inp = 0.0 if (uff is None and Km is None) else (uk if self.B is None else uk @ self.B[k].T)
-            x = self._f(k, x) + inp
-            out[..., k + 1, :] = x
-        return out
+        with np.errstate(over="ignore", invalid="ignore"):
+            for k in range(T):
+                uk = 0.0 if uff is None else uff[..., k, :]
+                if Km is not None:
+                    e = x if xr is None else x - xr[k]
+                    uk = uk - e @ Km[k].T
+                inp = 0.0 if (uff is None and Km is None) else (uk if self.B is None else uk @ self.B[k].T)
+                x = self._f(k, x) + inp
+                out[..., k + 1, :] = x
+        return _refuse_overflow(out, "rollout(): the state", layout="rollout")
 
     @public_api
     def linearize(self, nominal_trajectory: Any, *, affine: bool = True):
@@ -228,16 +292,19 @@ class _PlantBase:
         """
         from ltv_control.system import LTVSystem
 
+        affine = as_bool(affine, "affine")
         T, n = self.horizon, self.n_states
         xb = _f64(nominal_trajectory, "nominal_trajectory")
         if xb.shape not in ((T + 1, n), (T, n)):
             raise DimensionError(
                 f"nominal_trajectory must have shape (T+1, n) or (T, n) = ({T + 1}, {n}), found {xb.shape}"
             )
-        A = np.stack([self._jac(k, xb[k]) for k in range(T)])
-        c = None
-        if affine:
-            c = np.stack([self._f(k, xb[k]) - A[k] @ xb[k] for k in range(T)])
+        with np.errstate(over="ignore", invalid="ignore"):
+            A = np.stack([self._jac(k, xb[k]) for k in range(T)])
+            c = np.stack([self._f(k, xb[k]) - A[k] @ xb[k] for k in range(T)]) if affine else None
+        _refuse_overflow(A.reshape(T, -1), "linearize(): the Jacobian A_k", layout="steps")
+        if c is not None:
+            _refuse_overflow(c, "linearize(): the drift c_k = f_k(x̄_k) − A_k x̄_k", layout="steps")
         return LTVSystem(A, None if self.B is None else self.B.copy(), c)
 
     # ---------------------------------------------------------------- remainder constants
@@ -264,7 +331,13 @@ class _PlantBase:
             C = np.broadcast_to(np.eye(n), (T + 1, n, n))
         else:
             C = _cholesky_weights(P, T, n)
-        return np.array([self._weighted_constant(k, C[k], C[k + 1]) for k in range(T)])
+        with np.errstate(over="ignore", invalid="ignore"):
+            L = np.array([self._weighted_constant(k, C[k], C[k + 1]) for k in range(T)])
+        if not np.all(np.isfinite(L)):
+            k = int(np.argmax(~np.isfinite(L)))
+            raise NumericalError(f"remainder_constants(): L_{k} overflowed float64 at step {k} (the "
+                                 "weights P are nearly singular or the plant's coefficients huge)")
+        return L
 
     def _weighted_constant(self, k: int, C_from: np.ndarray, C_to: np.ndarray) -> float:  # pragma: no cover
         raise NotImplementedError
@@ -295,8 +368,8 @@ class QuadraticResidualPlant(_PlantBase):
     @public_api
     def __init__(self, A: Any, H: Any, B: Any = None) -> None:
         A = _f64(A, "A")
-        if A.ndim != 3 or A.shape[1] != A.shape[2] or A.shape[0] < 1:
-            raise DimensionError(f"A must have shape (T, n, n), found {A.shape}")
+        if A.ndim != 3 or A.shape[1] != A.shape[2] or A.shape[0] < 1 or A.shape[1] < 1:
+            raise DimensionError(f"A must have shape (T, n, n) with T >= 1 and n >= 1, found {A.shape}")
         T, n, _ = A.shape
         H = _f64(H, "H")
         if H.shape != (T, n, n, n):
@@ -333,14 +406,20 @@ class QuadraticResidualPlant(_PlantBase):
         m : int, optional
             Number of inputs; ``None`` means ``B = I`` (m = n), else a Gaussian ``B_k`` (n × m).
         """
-        rng = np.random.default_rng(seed)
-        A = rng.standard_normal((T, n, n)) / np.sqrt(n)
-        A *= (spectral_radius * rng.uniform(0.8, 1.2, size=(T, 1, 1))) / np.linalg.norm(A, 2, axis=(1, 2))[:, None, None]
-        H = rng.standard_normal((T, n, n, n))
-        H = 0.5 * (H + np.swapaxes(H, -1, -2))
-        unf = np.linalg.norm(H.reshape(T, n, n * n), 2, axis=(1, 2))
-        H *= quadratic_scale / unf[:, None, None, None]
+        n, T, m = _sizes(n, T, m)
+        spectral_radius = as_real(spectral_radius, "spectral_radius", low=0.0)
+        quadratic_scale = as_real(quadratic_scale, "quadratic_scale", low=0.0)
+        rng = np.random.default_rng(_seed(seed))
+        with np.errstate(over="ignore", invalid="ignore"):  # an overflow is refused below
+            A = rng.standard_normal((T, n, n)) / np.sqrt(n)
+            A *= (spectral_radius * rng.uniform(0.8, 1.2, size=(T, 1, 1))) / np.linalg.norm(A, 2, axis=(1, 2))[:, None, None]
+            H = rng.standard_normal((T, n, n, n))
+            H = 0.5 * (H + np.swapaxes(H, -1, -2))
+            unf = np.linalg.norm(H.reshape(T, n, n * n), 2, axis=(1, 2))
+            H *= quadratic_scale / unf[:, None, None, None]
         B = None if m is None else rng.standard_normal((T, n, m)) / np.sqrt(m)
+        _refuse_scale_overflow(A, "spectral_radius", spectral_radius)
+        _refuse_scale_overflow(H, "quadratic_scale", quadratic_scale)
         return cls(A, H, B)
 
     def _f(self, k: int, x: np.ndarray) -> np.ndarray:
@@ -383,8 +462,8 @@ class ResidualMLPPlant(_PlantBase):
     @public_api
     def __init__(self, W1: Any, W2: Any, b1: Any = None, B: Any = None) -> None:
         W1 = _f64(W1, "W1")
-        if W1.ndim != 3 or W1.shape[0] < 1:
-            raise DimensionError(f"W1 must have shape (T, d, n), found {W1.shape}")
+        if W1.ndim != 3 or 0 in W1.shape:
+            raise DimensionError(f"W1 must have shape (T, d, n) with T, d, n >= 1, found {W1.shape}")
         T, d, n = W1.shape
         W2 = _f64(W2, "W2")
         if W2.shape != (T, n, d):
@@ -424,12 +503,18 @@ class ResidualMLPPlant(_PlantBase):
         m : int, optional
             Number of inputs; ``None`` means ``B = I``.
         """
-        rng = np.random.default_rng(seed)
-        d = 2 * n if hidden is None else int(hidden)
-        W1 = rng.standard_normal((T, d, n)) * input_scale / np.sqrt(n)
-        W2 = rng.standard_normal((T, n, d)) * gain / np.sqrt(d)
+        n, T, m = _sizes(n, T, m)
+        d = 2 * n if hidden is None else as_int(hidden, "hidden", low=1, error=DimensionError)
+        gain = as_real(gain, "gain")
+        input_scale = as_real(input_scale, "input_scale")
+        rng = np.random.default_rng(_seed(seed))
+        with np.errstate(over="ignore", invalid="ignore"):  # an overflow is refused below
+            W1 = rng.standard_normal((T, d, n)) * input_scale / np.sqrt(n)
+            W2 = rng.standard_normal((T, n, d)) * gain / np.sqrt(d)
         b1 = 0.5 * rng.standard_normal((T, d))
         B = None if m is None else rng.standard_normal((T, n, m)) / np.sqrt(m)
+        _refuse_scale_overflow(W1, "input_scale", input_scale)
+        _refuse_scale_overflow(W2, "gain", gain)
         return cls(W1, W2, b1, B)
 
     def _f(self, k: int, x: np.ndarray) -> np.ndarray:

@@ -8,16 +8,33 @@ import numpy as np
 
 from ltv_control._exceptions import ArgumentError, DimensionError, PropertyError
 from ltv_control._validation import (
+    all_finite,
     as_array,
     as_initial_state,
     as_system_arrays,
     as_vector_stack,
     format_shape,
     public_api,
+    refuse_nonfinite_result,
+    resolve_device,
+    resolve_storage_dtype,
 )
 from ltv_control.backends import backend_by_name, get_backend
 
 __all__ = ["LTVSystem"]
+
+_MAX_ELEMENTS = 2 ** 62
+"""Largest element count of a (broadcast) stack: beyond it numpy/torch cannot index a view."""
+
+
+def _refuse_unaddressable(T: int, constants: list) -> None:
+    """Refuse a horizon whose broadcast stacks could not even be indexed (no allocation)."""
+    for x in constants:
+        per_step = int(np.prod([int(d) for d in x.shape], dtype=object))
+        if T * per_step >= _MAX_ELEMENTS:
+            raise DimensionError(f"horizon: T = {T} is too large: a stack of {T} × "
+                                 f"{format_shape(tuple(x.shape))} would have more than 2**62 "
+                                 "elements")
 
 
 class LTVSystem:
@@ -150,6 +167,12 @@ class LTVSystem:
         -------
         x : array (*batch, T+1, n)
             States ``x_0 … x_T``, in the promoted floating dtype of the inputs.
+
+        Raises
+        ------
+        NumericalError
+            The states overflow the dtype (inf/NaN from finite input); the message names
+            the first step ``k`` whose result ``x_{k+1}`` is not finite and the batch member.
         """
         be = self._backend
         T, n, m = self.horizon, self.n_states, self.n_inputs
@@ -162,21 +185,22 @@ class LTVSystem:
         device = None if be.name == "numpy" else self._A.device
         x0 = as_initial_state(x0, "x0", n=n, backend=be, dtype=None, device=device,
                               batch_shape=self._batch_shape)
-        batch = be.broadcast_shapes(self._batch_shape, x0.shape[:-1])
+        batches = {"x0": tuple(x0.shape[:-1])}
         if u is not None:
             u = as_vector_stack(u, "u", length=T, dim=m, backend=be, dtype=None, device=device,
                                 allow_constant=False, batch_shape=self._batch_shape)
-            batch = be.broadcast_shapes(batch, u.shape[:-2])
+            batches["u"] = tuple(u.shape[:-2])
         if K is not None:
             K = as_array(K, "K", be, device=device)
             if K.ndim < 3 or tuple(K.shape[-3:]) != (T, m, n):
                 raise DimensionError(f"K: expected (T={T}, m={m}, n={n}) or (*batch, {T}, {m}, {n}); "
                                      f"found shape {format_shape(K.shape)}")
-            batch = be.broadcast_shapes(batch, K.shape[:-3])
+            batches["K"] = tuple(K.shape[:-3])
             if k is not None:
                 k = as_vector_stack(k, "k", length=T, dim=m, backend=be, dtype=None, device=device,
                                     batch_shape=self._batch_shape)
-                batch = be.broadcast_shapes(batch, k.shape[:-2])
+                batches["k"] = tuple(k.shape[:-2])
+        batch = self._common_batch(batches)
         present = [a for a in (self._A, self._B, self._c, x0, u, K, k) if a is not None]
         dtype = be.result_dtype(*present)
         A = be.astype(self._A, dtype)
@@ -189,8 +213,30 @@ class LTVSystem:
             K = be.astype(K, dtype)
             if k is not None:
                 k = be.astype(k, dtype)
+        with np.errstate(over="ignore", invalid="ignore"):  # overflow is reported below
+            x = self._rollout(x, u, K, k, A, B, c, tuple(batch))
+        refuse_nonfinite_result(x, "simulate(): the state x_{k+1}", be, step_offset=-1,
+                                hint=f"; the trajectory grows beyond the range of {dtype}")
+        return x
+
+    def _common_batch(self, batches: dict) -> tuple:
+        """Broadcast the system's batch shape with each argument's; DimensionError naming them."""
+        batch = self._batch_shape
+        for name, shape in batches.items():
+            try:
+                batch = tuple(self._backend.broadcast_shapes(batch, shape))
+            except (ValueError, RuntimeError):
+                raise DimensionError(
+                    f"{name}: batch dimensions {format_shape(shape)} do not broadcast with "
+                    f"{format_shape(batch)} (the system's and the other arguments')") from None
+        return batch
+
+    def _rollout(self, x: Any, u: Any, K: Any, k: Any, A: Any, B: Any, c: Any, batch: tuple) -> Any:
+        """``x_{j+1} = A_j x_j + B_j u_j + c_j`` for ``j < T``; returns the stacked states."""
+        be = self._backend
+        n = self.n_states
         states = [x]
-        for j in range(T):
+        for j in range(self.horizon):
             if K is not None:
                 uj = -be.matvec(K[..., j, :, :], x)
                 if k is not None:
@@ -220,6 +266,11 @@ class LTVSystem:
         Returns
         -------
         A_cl : array (*batch, T, n, n)
+
+        Raises
+        ------
+        NumericalError
+            ``A_k − B_k K_k`` overflows the dtype (the message names the step and batch member).
         """
         be = self._backend
         T, n, m = self.horizon, self.n_states, self.n_inputs
@@ -228,12 +279,15 @@ class LTVSystem:
         if K.ndim < 3 or tuple(K.shape[-3:]) != (T, m, n):
             raise DimensionError(f"K: expected (T={T}, m={m}, n={n}) or (*batch, {T}, {m}, {n}); "
                                  f"found shape {format_shape(K.shape)}")
+        self._common_batch({"K": tuple(K.shape[:-3])})
         dtype = be.result_dtype(self._A, K)
         A = be.astype(self._A, dtype)
         K = be.astype(K, dtype)
-        if self._B is None:
-            return A - K
-        return A - be.matmul(be.astype(self._B, dtype), K)
+        with np.errstate(over="ignore", invalid="ignore"):
+            A_cl = A - K if self._B is None else A - be.matmul(be.astype(self._B, dtype), K)
+        refuse_nonfinite_result(A_cl, "closed_loop(): A_k - B_k K_k", be, item_ndim=2,
+                                hint=f"; the gains are too large for {dtype}")
+        return A_cl
 
     @public_api
     def project(self, bases: Any) -> "LTVSystem":
@@ -252,6 +306,11 @@ class LTVSystem:
         -------
         LTVSystem
             The reduced system with ``r`` states.
+
+        Raises
+        ------
+        NumericalError
+            A projected matrix overflows the dtype (the message names the step).
         """
         be = self._backend
         T, n = self.horizon, self.n_states
@@ -260,6 +319,7 @@ class LTVSystem:
         if U.ndim < 3 or U.shape[-3] != T + 1 or U.shape[-2] != n or U.shape[-1] < 1:
             raise DimensionError(f"bases: expected (T+1={T + 1}, n={n}, r) or (*batch, {T + 1}, {n}, r); "
                                  f"found shape {format_shape(U.shape)}")
+        self._common_batch({"bases": tuple(U.shape[:-3])})
         r = U.shape[-1]
         if r > n:
             raise DimensionError(f"bases: expected r <= n = {n} orthonormal columns; found r = {r}")
@@ -272,9 +332,14 @@ class LTVSystem:
             raise PropertyError(f"bases: expected orthonormal columns (UᵀU = I), found "
                                 f"‖UᵀU − I‖_F = {err:.3g}")
         Ut_next = be.mT(U[..., 1:, :, :])
-        A_r = be.matmul(be.matmul(Ut_next, be.astype(self._A, dtype)), U[..., :-1, :, :])
-        B_r = Ut_next if self._B is None else be.matmul(Ut_next, be.astype(self._B, dtype))
-        c_r = None if self._c is None else be.matvec(Ut_next, be.astype(self._c, dtype))
+        with np.errstate(over="ignore", invalid="ignore"):
+            A_r = be.matmul(be.matmul(Ut_next, be.astype(self._A, dtype)), U[..., :-1, :, :])
+            B_r = Ut_next if self._B is None else be.matmul(Ut_next, be.astype(self._B, dtype))
+            c_r = None if self._c is None else be.matvec(Ut_next, be.astype(self._c, dtype))
+        for label, M, item in (("A_r", A_r, 2), ("B_r", B_r, 2), ("c_r", c_r, 1)):
+            if M is not None:
+                refuse_nonfinite_result(M, f"project(): the projected {label}", be, item_ndim=item,
+                                        hint=f"; the system's matrices are too large for {dtype}")
         if self._B is None:
             B_r = be.broadcast_to(B_r, tuple(A_r.shape[:-2]) + (r, n))
         return LTVSystem(A_r, B_r, c_r)
@@ -287,7 +352,9 @@ class LTVSystem:
         Parameters
         ----------
         dtype : numpy dtype, torch dtype or str, optional
-            Target floating dtype (``None`` keeps the current one).
+            Target floating dtype (``None`` keeps the current one): float16, float32,
+            float64, or bfloat16 for torch systems. Half precisions are for storage only:
+            the recursions (LQR, tracking) compute in float32 or float64 (``dtype=``).
         device : str or torch.device, optional
             Target torch device. Given for a numpy system, the arrays become torch
             tensors on that device (requires torch).
@@ -295,20 +362,39 @@ class LTVSystem:
         Returns
         -------
         LTVSystem
+
+        Raises
+        ------
+        ArgumentError
+            An integer, boolean, complex or unknown dtype (a cast would truncate the
+            matrices), or a device that does not exist here (``"cuda"`` without CUDA, an
+            unknown name, ``"meta"``).
+        PropertyError
+            A value overflows the target dtype (e.g. ``1e5`` in float16).
         """
         be = self._backend
         if device is not None and be.name == "numpy":
-            be = backend_by_name("torch")
+            try:
+                be = backend_by_name("torch")
+            except ImportError:
+                raise ArgumentError(f"device: {device!r} needs torch, which is not installed") from None
+        device = resolve_device(device, be)
+        dtype = resolve_storage_dtype(dtype, be)
         arrays = []
-        for x in (self._A, self._B, self._c):
+        for name, x in (("A", self._A), ("B", self._B), ("c", self._c)):
             if x is None:
                 arrays.append(None)
                 continue
             try:
-                arrays.append(be.asarray(x, dtype=dtype, device=device))
+                with np.errstate(over="ignore"):
+                    y = be.asarray(x, dtype=dtype, device=device)
             except (TypeError, ValueError) as exc:
                 raise ArgumentError(f"to(): cannot convert to dtype={dtype!r}, device={device!r} "
                                     f"({exc})") from None
+            if not all_finite(y, be):
+                raise PropertyError(f"{name}: values overflow the target dtype {dtype}; "
+                                    "keep a wider dtype or rescale the system")
+            arrays.append(y)
         return LTVSystem(*arrays)
 
     def numpy(self) -> "LTVSystem":
@@ -386,26 +472,27 @@ class LTVSystem:
             raise DimensionError(f"horizon: expected T >= 1, found {T}")
         be = get_backend(A, B, c)
         device = next((x.device for x in (A, B, c) if be.name == "torch" and be.is_array(x)), None)
+        # finiteness is checked here, on the constant matrices, before any broadcast
         A = as_array(A, "A", be, device=device)
         if A.ndim < 2 or A.shape[-1] != A.shape[-2]:
             raise DimensionError(f"A: expected a square matrix (n, n) or (*batch, n, n); found "
                                  f"shape {format_shape(A.shape)}")
         n = A.shape[-1]
-        A_st = be.broadcast_to(A[..., None, :, :], tuple(A.shape[:-2]) + (T, n, n))
-        B_st = None
         if B is not None:
             B = as_array(B, "B", be, device=device)
             if B.ndim < 2 or B.shape[-2] != n:
                 raise DimensionError(f"B: expected (n={n}, m) or (*batch, {n}, m); found shape "
                                      f"{format_shape(B.shape)}")
-            B_st = be.broadcast_to(B[..., None, :, :], tuple(B.shape[:-2]) + (T,) + tuple(B.shape[-2:]))
-        c_st = None
         if c is not None:
             c = as_array(c, "c", be, device=device)
             if c.ndim < 1 or c.shape[-1] != n:
                 raise DimensionError(f"c: expected (n={n},) or (*batch, {n}); found shape "
                                      f"{format_shape(c.shape)}")
-            c_st = be.broadcast_to(c[..., None, :], tuple(c.shape[:-1]) + (T, n))
+        _refuse_unaddressable(T, [x for x in (A, B, c) if x is not None])
+        A_st = be.broadcast_to(A[..., None, :, :], tuple(A.shape[:-2]) + (T, n, n))
+        B_st = None if B is None else be.broadcast_to(
+            B[..., None, :, :], tuple(B.shape[:-2]) + (T,) + tuple(B.shape[-2:]))
+        c_st = None if c is None else be.broadcast_to(c[..., None, :], tuple(c.shape[:-1]) + (T, n))
         return cls(A_st, B_st, c_st)
 
     @classmethod
