@@ -1,14 +1,17 @@
 """The ``ltv-control`` command line: help, errors and exit codes, JSON output, end-to-end runs.
 
-The end-to-end runs use a tiny random Llama saved to ``tmp_path`` (``--model``); one
+The end-to-end runs use a tiny random Llama saved to ``tmp_path`` (``--model``); the fit →
+generate loop runs in fresh processes (``python -m ltv_control.app.cli``), as users run it; one
 ``demo --quick`` run on the embedded SmolLM2 is marked slow.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
+import sys
 
 import pytest
 
@@ -91,32 +94,47 @@ def tiny_dirs(tmp_path_factory):
     return {"a": a, "b": b, "data": data}
 
 
-def test_fit_generate_roundtrip_on_a_tiny_model(tiny_dirs, tmp_path, capsys):
-    a, data = str(tiny_dirs["a"]), tiny_dirs["data"]
-    ctrl = tmp_path / "alqr.safetensors"
-    status = main(["fit", "--model", a, "--desired", str(data / "d.txt"), "--undesired",
-                   str(data / "u.txt"), "--jacobian-prompts", str(data / "j.txt"),
-                   "--n-jacobian", "2", "--max-tokens", "6", "--out", str(ctrl), "--quiet",
-                   "--json"])
-    out = capsys.readouterr().out
-    assert status == 0, out
-    payload = json.loads(out)
-    assert payload["method"] == "alqr" and payload["num_layers"] == 3
-    assert payload["hidden_size"] == 32 and ctrl.is_file()
+def _run_cli(*argv: str, cwd) -> dict:
+    """Run ``python -m ltv_control.app.cli ARGV --quiet --json`` in a fresh process, as a user
+    does; return its JSON output."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    result = subprocess.run([sys.executable, "-m", "ltv_control.app.cli", *argv, "--quiet",
+                             "--json"], capture_output=True, text=True, timeout=600, cwd=cwd,
+                            env=env)
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    return json.loads(result.stdout)
 
-    runs = {}
-    for extra in ([], ["--controller", str(ctrl), "--positions", "last"],
-                  ["--controller", str(ctrl), "--positions", "all", "--lam", "50"]):
-        status = main(["generate", "--model", a, "--prompt", "The soup was", "--prompt",
-                       "I went to the store yesterday and", "--max-new-tokens", "4",
-                       "--quiet", "--json", *extra])
-        out = capsys.readouterr().out
-        assert status == 0
-        payload = json.loads(out)
-        assert len(payload["continuations"]) == 2
-        runs[len(extra) and extra[-1]] = payload["continuations"]
+
+@pytest.mark.parametrize("method, strong", [
+    ("alqr", ["--positions", "all", "--lam", "50"]),
+    ("actadd", ["--coeff", "50"]),
+])
+def test_fit_then_generate_in_fresh_processes(tiny_dirs, tmp_path, capsys, method, strong):
+    a, data = str(tiny_dirs["a"]), tiny_dirs["data"]
+    ctrl = tmp_path / f"{method}.safetensors"
+    fitted = _run_cli("fit", "--method", method, "--model", a, "--desired", str(data / "d.txt"),
+                      "--undesired", str(data / "u.txt"), "--jacobian-prompts",
+                      str(data / "j.txt"), "--n-jacobian", "2", "--max-tokens", "6",
+                      "--out", str(ctrl), cwd=tmp_path)
+    assert fitted["method"] == method and fitted["num_layers"] == 3
+    assert fitted["hidden_size"] == 32 and fitted["n_desired"] == 8 and ctrl.is_file()
+    prompts = ["--prompt", "The soup was", "--prompt", "I went to the store yesterday and",
+               "--max-new-tokens", "4"]
+    steered = _run_cli("generate", "--model", a, "--controller", str(ctrl), *strong, *prompts,
+                       cwd=tmp_path)
+    assert steered["controller"] == str(ctrl) and len(steered["continuations"]) == 2
+
+    def in_process(*extra):
+        assert main(["generate", "--model", a, *prompts, "--quiet", "--json", *extra]) == 0
+        return json.loads(capsys.readouterr().out)["continuations"]
+
+    unsteered = in_process()
+    assert len(unsteered) == 2
     # a strong controller changes the text; attaching nothing reproduces the unsteered text
-    assert runs["50"] != runs[0]
+    assert steered["continuations"] != unsteered
+    if method == "alqr":
+        assert len(in_process("--controller", str(ctrl), "--positions", "last")) == 2
 
 
 def test_seeded_sampling_is_reproducible(tiny_dirs, capsys):
@@ -176,6 +194,11 @@ def test_eval_end_to_end_on_a_tiny_model(tiny_dirs, tmp_path, capsys):
         assert (out_dir / name).is_file(), name
     for m in report["methods"].values():
         assert 0.0 <= m["positive_rate"] <= 1.0 and m["perplexity"] > 1.0
+    # the β figure's data: every method's own steered profile (not a copy of the unsteered one)
+    beta = json.loads((out_dir / "details.json").read_text())["beta"]
+    assert set(beta) == {"target", *report["methods"]}
+    for method in set(report["methods"]) - {"unsteered"}:
+        assert beta[method] != beta["unsteered"], method
 
 
 def test_linearize_writes_a_system_file(tiny_dirs, tmp_path, capsys):

@@ -116,3 +116,18 @@ def test_table_lists_every_method():
     md = format_table(_report(), markdown=True)
     assert md.startswith("| method") and md.count("\n") == 4
     assert not math.isnan(float(lines[2].split()[2]))
+
+
+def test_to_json_is_standard_json():
+    import numpy as np
+
+    from ltv_control.app.report import clean_json, to_json
+
+    value = {"a": float("nan"), "b": [1.0, float("inf"), (2, 3)], "c": np.float32(1.5),
+             "d": np.arange(3), "e": {"f": -float("inf")}}
+    assert clean_json(value)["b"][1] is None and clean_json(value)["e"]["f"] is None
+    text = to_json(value)
+    assert "NaN" not in text and "Infinity" not in text
+    back = json.loads(text)
+    assert back == {"a": None, "b": [1.0, None, [2, 3]], "c": 1.5, "d": [0, 1, 2],
+                    "e": {"f": None}}

@@ -13,6 +13,7 @@ import textwrap
 from pathlib import Path
 
 from ltv_control import ArgumentError, DimensionError
+from ltv_control.app.settings import METRIC_KEYS as _METRIC_KEYS
 from ltv_control.atomic import atomic_save_figure, atomic_write_text
 
 __all__ = ["REPORT_KEYS", "clean_json", "format_table", "json_default", "to_json", "validate_report",
@@ -21,7 +22,6 @@ __all__ = ["REPORT_KEYS", "clean_json", "format_table", "json_default", "to_json
 REPORT_KEYS = ("version", "settings", "seed", "methods", "sweep")
 """Top-level keys of ``report.json``."""
 
-_METRIC_KEYS = ("positive_rate", "vader_mean", "perplexity", "distinct2", "tokens_per_s")
 _LABELS = {"unsteered": "Unsteered", "actadd": "ActAdd", "pid": "S-PID", "alqr": "A-LQR",
            "alqr_plus": "A-LQR+", "constrained": "Constrained"}
 
