@@ -135,11 +135,6 @@ class NumpyBackend:
         return np.stack(arrays, axis=axis)
 
     @staticmethod
-    def concatenate(arrays: Sequence[np.ndarray], axis: int = 0) -> np.ndarray:
-        """Join along an existing axis."""
-        return np.concatenate(arrays, axis=axis)
-
-    @staticmethod
     def broadcast_to(x: np.ndarray, shape: Sequence[int]) -> np.ndarray:
         """A read-only broadcast view of ``x`` with ``shape``."""
         return np.broadcast_to(x, tuple(shape))
@@ -148,11 +143,6 @@ class NumpyBackend:
     def broadcast_shapes(*shapes: Sequence[int]) -> tuple[int, ...]:
         """The broadcast of ``shapes`` (raises ValueError when incompatible)."""
         return tuple(np.broadcast_shapes(*[tuple(s) for s in shapes]))
-
-    @staticmethod
-    def copy(x: np.ndarray) -> np.ndarray:
-        """A writable copy."""
-        return np.array(x, copy=True)
 
     @staticmethod
     def astype(x: np.ndarray, dtype: Any) -> np.ndarray:
@@ -199,10 +189,11 @@ class NumpyBackend:
         return np.matmul(a, v[..., None])[..., 0]
 
     @staticmethod
-    def cholesky(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def cholesky(x: np.ndarray, *, overwrite_a: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """Lower Cholesky factor of each matrix and a failure flag per batch member.
 
-        Only the lower triangle (and diagonal) of ``x`` is read.
+        Only the lower triangle (and diagonal) of ``x`` is read.  ``overwrite_a=True`` lets a
+        single C-ordered matrix be factored in place (its memory becomes ``L``).
 
         Returns
         -------
@@ -217,7 +208,8 @@ class NumpyBackend:
             # One matrix: LAPACK potrf directly. The C-ordered symmetric x is, read in Fortran
             # order, xᵀ = x; its upper factor U (xᵀ = UᵀU) read back in C order is L = Uᵀ.
             potrf = _routine("lapack", "potrf", x.dtype)
-            U, info = potrf(np.ascontiguousarray(x).T, lower=0, clean=1, overwrite_a=0)
+            U, info = potrf(np.ascontiguousarray(x).T, lower=0, clean=1,
+                             overwrite_a=int(overwrite_a))
             L = U.T
             ok = info == 0 and bool(np.isfinite(L).all())
             return L, np.asarray(0 if ok else 1, dtype=np.int64)
@@ -243,15 +235,18 @@ class NumpyBackend:
         return L, info
 
     @classmethod
-    def cholesky_flags(cls, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def cholesky_flags(cls, x: np.ndarray, *, overwrite_a: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """Like :meth:`cholesky`, with boolean failure flags (same interface as torch)."""
-        L, info = cls.cholesky(x)
+        L, info = cls.cholesky(x, overwrite_a=overwrite_a)
         return L, np.asarray(info) != 0
 
     @staticmethod
     def solve_triangular(L: np.ndarray, b: np.ndarray, *, lower: bool = True,
-                         trans: bool = False) -> np.ndarray:
-        """Solve ``L X = b`` (or ``Lᵀ X = b`` with ``trans=True``) for triangular ``L``."""
+                         trans: bool = False, overwrite_b: bool = False) -> np.ndarray:
+        """Solve ``L X = b`` (or ``Lᵀ X = b`` with ``trans=True``) for triangular ``L``.
+
+        ``overwrite_b=True`` lets a single C-ordered ``b`` hold the solution (no new array).
+        """
         if (L.ndim == 2 and b.ndim == 2 and L.dtype == b.dtype
                 and L.dtype in (np.float32, np.float64) and b.shape[1] > 0):
             # BLAS trsm on C-ordered data, read as Fortran-ordered transposes:
@@ -259,44 +254,50 @@ class NumpyBackend:
             trsm = _routine("blas", "trsm", L.dtype)
             Lt = np.ascontiguousarray(L).T
             bt = np.ascontiguousarray(b).T
-            Xt = trsm(1.0, Lt, bt, side=1, lower=0 if lower else 1, trans_a=1 if trans else 0)
+            Xt = trsm(1.0, Lt, bt, side=1, lower=0 if lower else 1, trans_a=1 if trans else 0,
+                      overwrite_b=int(overwrite_b))
             return Xt.T
         return scipy.linalg.solve_triangular(L, b, lower=lower, trans=1 if trans else 0,
-                                             check_finite=False)
+                                             overwrite_b=overwrite_b, check_finite=False)
 
     @staticmethod
-    def gram(W: np.ndarray) -> np.ndarray:
-        """``Wᵀ W`` over the last two axes (BLAS syrk for a single matrix: half the flops)."""
-        if W.ndim == 2 and W.dtype in (np.float32, np.float64) and W.shape[0] > 0:
-            syrk = _routine("blas", "syrk", W.dtype)
-            # Fortran-order view of C-ordered W is Wᵀ; syrk(trans=0) gives Wᵀ(Wᵀ)ᵀ = WᵀW,
-            # upper triangle (Fortran) = lower triangle in C order.
-            G = syrk(1.0, np.ascontiguousarray(W).T, trans=0, lower=0).T
-            lower = np.tril(G)
-            return lower + np.tril(G, -1).T
-        return np.matmul(np.swapaxes(W, -1, -2), W)
+    def add_identity(x: np.ndarray, c: float) -> np.ndarray:
+        """``x + c·I`` over the last two axes (a new array; no identity is materialised)."""
+        out = np.array(x, copy=True)
+        np.einsum("...ii->...i", out)[...] += c
+        return out
 
     @staticmethod
-    def riccati_update(Q: np.ndarray, X: np.ndarray, W: np.ndarray) -> np.ndarray:
+    def riccati_update(Q: Any, X: np.ndarray, W: np.ndarray) -> np.ndarray:
         """``sym(Q + X − WᵀW)`` with ``sym(M) = (M + Mᵀ)/2``, over the last two axes.
 
-        For single matrices the Gram term comes from BLAS syrk, which fills one triangle
-        ``Y_l`` (diagonal included) of ``WᵀW = Y_l + Y_lᵀ − D``; since
-        ``sym(Q + X − 2Y_l + D) = Q + sym(X) − WᵀW`` (for symmetric ``Q``), the mirrored
-        Gram matrix is never formed.
+        ``Q`` is a symmetric array or a Python scalar ``q`` meaning ``q·I``.  ``X`` is consumed
+        (its memory may be reused for the result).  For single matrices the Gram term comes
+        from BLAS syrk, which fills one triangle ``Y_l`` (diagonal included) of
+        ``WᵀW = Y_l + Y_lᵀ − D``; since ``sym(Q + X − 2Y_l + D) = Q + sym(X) − WᵀW`` (for
+        symmetric ``Q``), the mirrored Gram matrix is never formed.
         """
-        if (W.ndim == 2 and X.ndim == 2 and Q.ndim == 2 and W.dtype == X.dtype
-                and W.dtype in (np.float32, np.float64) and W.shape[0] > 0):
+        scalar = not isinstance(Q, np.ndarray)
+        if (W.ndim == 2 and X.ndim == 2 and (scalar or Q.ndim == 2) and W.dtype == X.dtype
+                and W.dtype in (np.float32, np.float64) and W.shape[0] > 0
+                and X.flags.writeable and X.flags.c_contiguous):
             syrk = _routine("blas", "syrk", W.dtype)
             Yl2 = syrk(-2.0, np.ascontiguousarray(W).T, trans=0, lower=0).T  # −2·Y_l (C lower)
             Yl2.flat[:: Yl2.shape[0] + 1] *= 0.5                              # −2Y_l + D
-            M = X + Yl2
+            M = X
+            M += Yl2
+            del Yl2
+        else:
+            M = X - np.matmul(np.swapaxes(W, -1, -2), W)
+        if scalar:
+            np.einsum("...ii->...i", M)[...] += Q
+        elif M.shape == np.broadcast_shapes(M.shape, Q.shape):
             M += Q
-            M += M.T.copy()
-            M *= 0.5
-            return M
-        M = Q + X - np.matmul(np.swapaxes(W, -1, -2), W)
-        return 0.5 * (M + np.swapaxes(M, -1, -2))
+        else:
+            M = M + Q
+        M += np.swapaxes(M, -1, -2).copy()
+        M *= 0.5
+        return M
 
     def cholesky_solve(self, L: np.ndarray, b: np.ndarray) -> np.ndarray:
         """Solve ``(L Lᵀ) X = b`` given the lower Cholesky factor ``L``."""
@@ -320,13 +321,6 @@ class NumpyBackend:
         return bool(np.isfinite(x).all())
 
     @staticmethod
-    def norm(x: np.ndarray, axis: Any = None) -> np.ndarray:
-        """Euclidean / Frobenius norm over ``axis`` (all axes when None)."""
-        if axis is None:
-            return np.sqrt(np.sum(x * x))
-        return np.sqrt(np.sum(x * x, axis=axis))
-
-    @staticmethod
     def frobenius(x: np.ndarray) -> np.ndarray:
         """Frobenius norm of each matrix (over the last two axes)."""
         return np.sqrt(np.sum(x * x, axis=(-1, -2)))
@@ -335,11 +329,6 @@ class NumpyBackend:
     def sum(x: np.ndarray, axis: Any = None) -> np.ndarray:
         """Sum over ``axis``."""
         return np.sum(x, axis=axis)
-
-    @staticmethod
-    def sqrt(x: Any) -> Any:
-        """Element-wise square root."""
-        return np.sqrt(x)
 
     @staticmethod
     def to_host(x: np.ndarray) -> np.ndarray:

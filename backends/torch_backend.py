@@ -15,7 +15,6 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-
 import numpy as np
 import torch
 
@@ -134,11 +133,6 @@ class TorchBackend:
         return torch.stack(list(arrays), dim=axis)
 
     @staticmethod
-    def concatenate(arrays: Sequence[torch.Tensor], axis: int = 0) -> torch.Tensor:
-        """Join along an existing axis."""
-        return torch.cat(list(arrays), dim=axis)
-
-    @staticmethod
     def broadcast_to(x: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
         """A broadcast view of ``x`` with ``shape``."""
         return x.expand(tuple(shape))
@@ -147,11 +141,6 @@ class TorchBackend:
     def broadcast_shapes(*shapes: Sequence[int]) -> tuple[int, ...]:
         """The broadcast of ``shapes`` (raises ValueError/RuntimeError when incompatible)."""
         return tuple(np.broadcast_shapes(*[tuple(s) for s in shapes]))
-
-    @staticmethod
-    def copy(x: torch.Tensor) -> torch.Tensor:
-        """A writable copy."""
-        return x.clone()
 
     def astype(self, x: torch.Tensor, dtype: Any) -> torch.Tensor:
         """``x`` in ``dtype`` (no copy when it already is)."""
@@ -184,10 +173,11 @@ class TorchBackend:
         return torch.matmul(a, v.unsqueeze(-1)).squeeze(-1)
 
     @staticmethod
-    def cholesky(x: torch.Tensor) -> tuple[torch.Tensor, np.ndarray]:
+    def cholesky(x: torch.Tensor, *, overwrite_a: bool = False) -> tuple[torch.Tensor, np.ndarray]:
         """Lower Cholesky factor and a failure flag per batch member.
 
-        Only the lower triangle (and diagonal) of ``x`` is read.
+        Only the lower triangle (and diagonal) of ``x`` is read.  ``overwrite_a`` is accepted
+        for parity with numpy and ignored (out of place, so autograd flows through).
 
         Returns
         -------
@@ -201,7 +191,7 @@ class TorchBackend:
         return L, bad.to(torch.int64).cpu().numpy()
 
     @staticmethod
-    def cholesky_flags(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def cholesky_flags(x: torch.Tensor, *, overwrite_a: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """Like :meth:`cholesky`, but the failure flags stay on the device (bool, no sync)."""
         L, info = torch.linalg.cholesky_ex(x)
         bad = (info != 0) | ~torch.isfinite(L).all(dim=-1).all(dim=-1)
@@ -209,21 +199,32 @@ class TorchBackend:
 
     @staticmethod
     def solve_triangular(L: torch.Tensor, b: torch.Tensor, *, lower: bool = True,
-                         trans: bool = False) -> torch.Tensor:
-        """Solve ``L X = b`` (or ``Lᵀ X = b`` with ``trans=True``) for triangular ``L``."""
+                         trans: bool = False, overwrite_b: bool = False) -> torch.Tensor:
+        """Solve ``L X = b`` (or ``Lᵀ X = b`` with ``trans=True``) for triangular ``L``.
+
+        ``overwrite_b`` is accepted for parity with numpy and ignored (out of place).
+        """
         if trans:
             return torch.linalg.solve_triangular(L.transpose(-1, -2), b, upper=lower)
         return torch.linalg.solve_triangular(L, b, upper=not lower)
 
     @staticmethod
-    def gram(W: torch.Tensor) -> torch.Tensor:
-        """``Wᵀ W`` over the last two axes."""
-        return torch.matmul(W.transpose(-1, -2), W)
+    def add_identity(x: torch.Tensor, c: float) -> torch.Tensor:
+        """``x + c·I`` over the last two axes (out of place; no identity is materialised)."""
+        diag = x.diagonal(dim1=-2, dim2=-1) + c
+        return x.diagonal_scatter(diag, dim1=-2, dim2=-1)
 
     @staticmethod
-    def riccati_update(Q: torch.Tensor, X: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
-        """``sym(Q + X − WᵀW)`` with ``sym(M) = (M + Mᵀ)/2``, over the last two axes."""
-        M = Q + X - torch.matmul(W.transpose(-1, -2), W)
+    def riccati_update(Q: Any, X: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
+        """``sym(Q + X − WᵀW)`` with ``sym(M) = (M + Mᵀ)/2`` (``Q`` a tensor or a scalar ``q·I``).
+
+        Out of place (autograd flows through); ``X`` is left untouched.
+        """
+        M = X - torch.matmul(W.transpose(-1, -2), W)
+        if isinstance(Q, torch.Tensor):
+            M = M + Q
+        else:
+            M = TorchBackend.add_identity(M, float(Q))
         return 0.5 * (M + M.transpose(-1, -2))
 
     def cholesky_solve(self, L: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -247,13 +248,6 @@ class TorchBackend:
         return bool(torch.isfinite(x).all())
 
     @staticmethod
-    def norm(x: torch.Tensor, axis: Any = None) -> torch.Tensor:
-        """Euclidean / Frobenius norm over ``axis`` (all axes when None)."""
-        if axis is None:
-            return torch.sqrt(torch.sum(x * x))
-        return torch.sqrt(torch.sum(x * x, dim=axis))
-
-    @staticmethod
     def frobenius(x: torch.Tensor) -> torch.Tensor:
         """Frobenius norm of each matrix (over the last two axes)."""
         return torch.sqrt(torch.sum(x * x, dim=(-1, -2)))
@@ -264,11 +258,6 @@ class TorchBackend:
         if axis is None:
             return torch.sum(x)
         return torch.sum(x, dim=axis)
-
-    @staticmethod
-    def sqrt(x: Any) -> Any:
-        """Element-wise square root."""
-        return torch.sqrt(x) if isinstance(x, torch.Tensor) else np.sqrt(x)
 
     @staticmethod
     def to_host(x: torch.Tensor) -> np.ndarray:

@@ -34,6 +34,7 @@ arrives: ``import ltv_control.streaming`` does not import torch.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable, Iterator
 from typing import Any, NamedTuple
 
@@ -41,6 +42,8 @@ import numpy as np
 
 from ltv_control._exceptions import ArgumentError, DimensionError
 from ltv_control._validation import as_array, as_terminal_weight, as_weight, public_api, resolve_dtype
+from ltv_control.backends import backend_by_name, get_backend
+from ltv_control.riccati import Stage, backward_recursion, lqr_step
 
 __all__ = [
     "GainStep",
@@ -143,18 +146,17 @@ def _backward_matrices(provider: Any, horizon: int | None, name: str = "provider
 
 
 # ----------------------------------------------------------------------------------------------
-# memory-lean step for the activation-steering case (B = I, Q = qI, R = rI)
+# the activation-steering step (B = I, Q = qI, R = rI)
 # ----------------------------------------------------------------------------------------------
 
 
 def scaled_identity_step(S_next: Any, A: Any, q: float, r: float, *, step: Any = None) -> tuple[Any, Any]:
-    """One Riccati step for ``B = I``, ``Q = q·I``, ``R = r·I``, with few ``n × n`` temporaries.
+    """One Riccati step for ``B = I``, ``Q = q·I``, ``R = r·I``: :func:`~ltv_control.riccati.lqr_step`
+    with scalar weights.
 
-    Same equations as :func:`ltv_control.riccati.riccati_step` (``G = rI + S``, ``G = LLᵀ``,
-    ``W = L⁻¹ S A``, ``K = L⁻ᵀ W``, ``S_k = qI + Aᵀ S A − Wᵀ W``, symmetrised), but ``Q`` and
-    ``R`` are never materialised as matrices and intermediate products are updated in place, so
-    the step holds about 7 ``n × n`` arrays (inputs included) instead of about 15.  numpy or torch
-    (any device); unbatched ``(n, n)`` only.
+    ``G = S_{k+1} + rI = LLᵀ``, ``W = L⁻¹S_{k+1}A``, ``K = L⁻ᵀW``, ``S_k = sym(qI + AᵀS_{k+1}A − WᵀW)``.
+    ``Q`` and ``R`` are never materialised as matrices, so (numpy) the step holds about 7
+    ``n × n`` arrays at its peak, inputs included.  numpy or torch (any device).
 
     Parameters
     ----------
@@ -175,56 +177,10 @@ def scaled_identity_step(S_next: Any, A: Any, q: float, r: float, *, step: Any =
     Raises
     ------
     NumericalError
-        When ``S_{k+1} + rI`` is not positive definite.
+        When ``S_{k+1} + rI`` is not positive definite, or ``S_k`` overflows.
     """
-    from ltv_control._exceptions import NumericalError
-
-    where = "" if step is None else f" at step {step}"
-    if type(S_next).__module__.split(".")[0] == "torch":
-        import torch
-
-        G = S_next.clone()
-        G.diagonal().add_(r)
-        L, info = torch.linalg.cholesky_ex(G)
-        del G
-        if int(info) != 0 or not bool(torch.isfinite(L.diagonal()).all()):
-            raise NumericalError(f"Riccati recursion{where}: S + rI is not positive definite "
-                                 "(Cholesky factorisation failed)")
-        SA = S_next @ A
-        S_new = A.mT @ SA
-        W = torch.linalg.solve_triangular(L, SA, upper=False)
-        del SA
-        K = torch.linalg.solve_triangular(L.mT, W, upper=True)
-        del L
-        S_new.sub_(W.mT @ W)
-        del W
-        S_new.diagonal().add_(q)
-        S_new.add_(S_new.mT.clone()).mul_(0.5)
-        return K, S_new
-    import scipy.linalg
-
-    G = S_next.copy()
-    G[np.diag_indices_from(G)] += r
-    try:
-        L = scipy.linalg.cholesky(G, lower=True, overwrite_a=True, check_finite=False)
-    except np.linalg.LinAlgError:
-        L = None
-    del G
-    if L is None or not np.isfinite(np.diagonal(L)).all():
-        raise NumericalError(f"Riccati recursion{where}: S + rI is not positive definite "
-                             "(Cholesky factorisation failed)")
-    SA = S_next @ A
-    S_new = A.T @ SA
-    W = scipy.linalg.solve_triangular(L, SA, lower=True, overwrite_b=True, check_finite=False)
-    del SA
-    K = scipy.linalg.solve_triangular(L, W, lower=True, trans=1, check_finite=False)
-    del L
-    S_new -= W.T @ W
-    del W
-    S_new[np.diag_indices_from(S_new)] += q
-    S_new += S_new.T.copy()
-    S_new *= 0.5
-    return K, S_new
+    result = lqr_step(S_next, A, None, float(q), float(r), step=step)
+    return result.K, result.S
 
 
 # ----------------------------------------------------------------------------------------------
@@ -232,107 +188,118 @@ def scaled_identity_step(S_next: Any, A: Any, q: float, r: float, *, step: Any =
 # ----------------------------------------------------------------------------------------------
 
 
-def _run(
-    provider: Any,
-    Q: Any,
-    R: Any,
-    *,
-    Qf: Any,
-    B: Any,
-    horizon: int | None,
-    dtype: Any,
-    device: Any,
-    final: dict,
-) -> Iterator[tuple[int, Any, Any]]:
-    """Core generator: yields ``(k, A_k, K_k)``; stores ``S_0`` in ``final['S0']`` at the end.
+class _Plan(NamedTuple):
+    """What the first stage fixes: backend, dtype, device, sizes, weights and ``S_T``."""
 
-    Backend, device and compute dtype are fixed by the first ``A_k``; the weights are validated
-    once (symmetry, PSD ``Q``/``Qf``, PD ``R``) by the core's validation gatekeeper.
+    be: Any
+    dtype: Any
+    device: Any
+    n: int
+    m: int
+    B_at: Any
+    weights_at: Any
+
+
+def _input_matrices(B: Any, be: Any, dt: Any, device: Any, n: int, steps: int) -> Any:
+    """``k -> B_k`` (None meaning the identity) from None, (n, m), (T, n, m) or a callable."""
+    if callable(B):
+        return B
+    if B is None:
+        return lambda _k: None
+    B_arr = as_array(B, "B", be, dtype=dt, device=device)
+    if B_arr.ndim == 2:
+        return lambda _k: B_arr
+    if B_arr.ndim != 3 or _shape(B_arr)[0] != steps:
+        raise DimensionError(f"B: expected None, ({n}, m), ({steps}, {n}, m) or a callable, "
+                             f"found {_shape(B_arr)}")
+    return lambda k: B_arr[k]
+
+
+def _weights(Q: Any, R: Any, n: int, m: int, common: dict) -> tuple[Any, Any]:
+    """``k -> (Q_k, R_k)``, validated once, and ``Q`` of the last stage.  Scalar ``Q`` and ``R``
+    stay Python floats (``c·I`` is never materialised)."""
+    if _is_scalar(Q) and _is_scalar(R):
+        as_weight(Q, "Q", rows=1, definiteness="psd", **common)
+        as_weight(R, "R", rows=1, definiteness="pd", **common)
+        q, r = float(Q), float(R)
+        return (lambda _k: (q, r)), q * common["backend"].eye(n, dtype=common["dtype"],
+                                                             device=common["device"])
+    Qw = as_weight(Q, "Q", rows=n, definiteness="psd", **common)
+    Rw = as_weight(R, "R", rows=m, definiteness="pd", **common)
+    if Qw.batch_shape or Rw.batch_shape:
+        raise DimensionError("Q, R: batched weights are not supported by the streamed path")
+    return (lambda k: (Qw.at(k), Rw.at(k))), Qw.last()
+
+
+def _plan(k: int, A_k: Any, Q: Any, R: Any, Qf: Any, B: Any, dtype: Any,
+          device: Any) -> tuple[_Plan, Any]:
+    """Fix backend, dtype, device and sizes from the first stage; validate the weights once.
+
+    Returns the plan and ``S_T`` (not kept in the plan, so that it is freed after step T−1).
     """
-    from ltv_control.backends import get_backend, get_torch_backend
-    from ltv_control.riccati import riccati_step
+    if device is None:
+        be = get_backend(A_k)
+        device = be.device_of(A_k) if be.is_array(A_k) else None
+    else:
+        be = backend_by_name("torch")
+    dt = resolve_dtype(dtype, be, A_k if be.is_array(A_k) else device)
+    shape = _shape(A_k)
+    if len(shape) != 2 or shape[0] != shape[1]:
+        raise DimensionError(f"A[{k}]: expected a square (n, n) matrix, found {shape}")
+    n, steps = shape[0], k + 1
+    B_at = _input_matrices(B, be, dt, device, n, steps)
+    B_first = B_at(k)
+    m = n if B_first is None else _shape(B_first)[-1]
+    common = dict(horizon=steps, backend=be, dtype=dt, device=device)
+    weights_at, Q_last = _weights(Q, R, n, m, common)
+    if Qf is None:
+        S_T = Q_last
+    else:
+        S_T = as_terminal_weight(Qf, "Qf", n=n, backend=be, dtype=dt, device=device)
+        if S_T.ndim != 2:
+            raise DimensionError(f"Qf: expected a scalar or a ({n}, {n}) matrix, found {_shape(S_T)}")
+    return _Plan(be, dt, device, n, m, B_at, weights_at), S_T
 
+
+def _stages(stream: Iterator[tuple[int, Any]], plan: _Plan) -> Iterator[Stage]:
+    """Convert and check each ``(k, A_k)`` of the provider into a :class:`Stage`."""
+    n, m, be = plan.n, plan.m, plan.be
+    for k, A_k in stream:
+        A = as_array(A_k, f"A[{k}]", be, dtype=plan.dtype, device=plan.device)
+        del A_k
+        if _shape(A) != (n, n):
+            raise DimensionError(f"A[{k}]: expected shape ({n}, {n}), found {_shape(A)}")
+        B_k = plan.B_at(k)
+        if B_k is not None:
+            B_k = as_array(B_k, f"B[{k}]", be, dtype=plan.dtype, device=plan.device)
+            if _shape(B_k) != (n, m):
+                raise DimensionError(f"B[{k}]: expected shape ({n}, {m}), found {_shape(B_k)}")
+        Q_k, R_k = plan.weights_at(k)
+        yield Stage(k, A, B_k, Q_k, R_k)
+        del A, B_k, Q_k, R_k
+
+
+def _run(provider: Any, Q: Any, R: Any, *, Qf: Any, B: Any, horizon: int | None, dtype: Any,
+         device: Any, final: dict) -> Iterator[tuple[int, int, Any]]:
+    """Yield ``(k, n, K_k)`` from :func:`~ltv_control.riccati.backward_recursion` over the
+    provider's stages; store ``S_0`` in ``final['S0']`` at the end.
+
+    Only ``S_{k+1}`` and the current stage are alive (references are dropped after each yield).
+    """
     stream = _backward_matrices(provider, horizon)
     try:
-        S_next = None
-        for k, A_k in stream:
-            if S_next is None:
-                # first stage: fix backend, dtype, device, sizes; validate the weights once
-                if device is None:
-                    bk = get_backend(A_k)
-                    device = bk.device_of(A_k) if bk.is_array(A_k) else None
-                else:
-                    import torch
-
-                    bk = get_torch_backend()
-                    device = torch.device(device)
-                dt = resolve_dtype(dtype, bk, A_k if bk.is_array(A_k) else None)
-                shape = _shape(A_k)
-                if len(shape) != 2 or shape[0] != shape[1]:
-                    raise DimensionError(f"A[{k}]: expected a square (n, n) matrix, found {shape}")
-                n = shape[0]
-                steps = k + 1
-                if callable(B):
-                    B_fn = B
-                elif B is not None:
-                    B_arr = as_array(B, "B", bk, dtype=dt, device=device)
-                    if B_arr.ndim == 2:
-                        B_fn = lambda _k, _B=B_arr: _B  # noqa: E731
-                    else:
-                        B_fn = lambda _k, _B=B_arr: _B[_k]  # noqa: E731
-                        if B_arr.ndim != 3 or _shape(B_arr)[0] != steps:
-                            raise DimensionError(
-                                f"B: expected None, ({n}, m), ({steps}, {n}, m) or a callable, found {_shape(B_arr)}"
-                            )
-                else:
-                    B_fn = lambda _k: None  # noqa: E731
-                B_first = B_fn(k)
-                m = n if B_first is None else _shape(B_first)[-1]
-                common = dict(horizon=steps, backend=bk, dtype=dt, device=device)
-                # scalar Q and R: validated here, materialised as matrices only if a step needs them
-                lean = _is_scalar(Q) and _is_scalar(R)
-                weights: dict = {}
-
-                def weight_matrices(k: int) -> tuple[Any, Any]:
-                    if "Q" not in weights:
-                        weights["Q"] = as_weight(Q, "Q", rows=n, definiteness="psd", **common)
-                        weights["R"] = as_weight(R, "R", rows=m, definiteness="pd", **common)
-                        if weights["Q"].batch_shape or weights["R"].batch_shape:
-                            raise DimensionError("Q, R: batched weights are not supported by the streamed path")
-                    return weights["Q"].at(k), weights["R"].at(k)
-
-                if lean:
-                    as_weight(Q, "Q", rows=1, definiteness="psd", **common)
-                    as_weight(R, "R", rows=1, definiteness="pd", **common)
-                    q_scalar, r_scalar = float(Q), float(R)
-                else:
-                    weight_matrices(steps - 1)
-                if Qf is None:
-                    S_next = q_scalar * bk.eye(n, dtype=dt, device=device) if lean else weights["Q"].last()
-                else:
-                    S_next = as_terminal_weight(Qf, "Qf", n=n, backend=bk, dtype=dt, device=device)
-                    if S_next.ndim != 2:
-                        raise DimensionError(f"Qf: expected a scalar or a ({n}, {n}) matrix, found {_shape(S_next)}")
-            A = as_array(A_k, f"A[{k}]", bk, dtype=dt, device=device)
-            del A_k
-            if _shape(A) != (n, n):
-                raise DimensionError(f"A[{k}]: expected shape ({n}, {n}), found {_shape(A)}")
-            B_k = B_fn(k)
-            if B_k is not None:
-                B_k = as_array(B_k, f"B[{k}]", bk, dtype=dt, device=device)
-                if _shape(B_k) != (n, m):
-                    raise DimensionError(f"B[{k}]: expected shape ({n}, {m}), found {_shape(B_k)}")
-            if lean and B_k is None:
-                K_k, S_k = scaled_identity_step(S_next, A, q_scalar, r_scalar, step=k)
-            else:
-                Q_k, R_k = weight_matrices(k)
-                K_k, S_k = riccati_step(S_next, A, B_k, Q_k, R_k, step=k)
-                del Q_k, R_k
-            S_next = S_k  # the previous S_{k+1} is released here
-            del S_k
-            yield k, A, K_k
-            del A, K_k
-        final["S0"] = S_next
+        k, A_k = next(stream)
+        plan, S = _plan(k, A_k, Q, R, Qf, B, dtype, device)
+        stages = _stages(itertools.chain([(k, A_k)], stream), plan)
+        del A_k
+        recursion = backward_recursion(stages, S, backend=plan.be)
+        del S
+        for k, result in recursion:
+            S, K = result.S, result.K
+            del result
+            yield k, plan.n, K
+            del K
+        final["S0"] = S
     finally:
         # an abandoned recursion (error, early break) closes the provider's generator at once,
         # so that e.g. the plant's hooks and progress bars are released deterministically
@@ -386,7 +353,7 @@ def iter_lqr_gains(
         ``(k, K_k)`` with ``K_k`` of shape (m, n), in the provider's array type.
     """
     final: dict = {}
-    for k, _A, K_k in _run(provider, Q, R, Qf=Qf, B=B, horizon=horizon, dtype=dtype, device=device, final=final):
+    for k, _n, K_k in _run(provider, Q, R, Qf=Qf, B=B, horizon=horizon, dtype=dtype, device=device, final=final):
         yield GainStep(k, K_k)
 
 
@@ -427,8 +394,6 @@ def streamed_feedback(
     StreamedFeedback
         ``w`` (T, m) and ``S0`` (n, n), in the provider's array type and ``dtype``.
     """
-    from ltv_control.backends import get_backend
-
     d_shape = _shape(directions)
     if len(d_shape) != 2:
         raise DimensionError(f"directions: expected shape (T, n), found {d_shape}")
@@ -444,9 +409,9 @@ def streamed_feedback(
 
         bar = tqdm(total=T, desc="streamed Riccati", unit="layer")
     try:
-        for k, A, K_k in gen:
-            if d_shape[1] != _shape(A)[0]:
-                raise DimensionError(f"directions: expected shape ({T}, {_shape(A)[0]}), found {d_shape}")
+        for k, n, K_k in gen:
+            if d_shape[1] != n:
+                raise DimensionError(f"directions: expected shape ({T}, {n}), found {d_shape}")
             bk = get_backend(K_k)
             v = as_array(directions[k], f"directions[{k}]", bk, dtype=bk.dtype_of(K_k), device=bk.device_of(K_k))
             rows[k] = K_k @ v

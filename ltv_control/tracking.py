@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 from ltv_control._validation import as_vector_stack, public_api
-from ltv_control.lqr import prepare_problem
-from ltv_control.riccati import DeferredChecks, check_finite_step, factor_stage
+from ltv_control.lqr import prepare_problem, problem_stages
+from ltv_control.riccati import DeferredChecks, backward_recursion, terminal_value
 
 __all__ = ["TrackingLQRResult", "tracking_lqr"]
 
@@ -96,53 +96,14 @@ def tracking_lqr(system: Any, Q: Any, R: Any, x_ref: Any, *, Qf: Any = None, u_r
                                device=p.device, batch_shape=system.batch_shape)
     batch = be.broadcast_shapes(p.batch, tuple(r.shape[:-2]),
                                 () if ubar is None else tuple(ubar.shape[:-2]))
-    K_out = be.zeros(batch + (T, m, n), dtype=p.dtype, device=p.device)
-    k_out = be.zeros(batch + (T, m), dtype=p.dtype, device=p.device)
-    S_out = be.zeros(batch + (T + 1, n, n), dtype=p.dtype, device=p.device)
-    s_out = be.zeros(batch + (T + 1, n), dtype=p.dtype, device=p.device)
-    s0_out = be.zeros(batch + (T + 1,), dtype=p.dtype, device=p.device)
-
-    def quad(M: Any, v: Any) -> Any:
-        return be.sum(v * be.matvec(M, v), axis=-1)
-
-    S = p.Qf
-    r_T = r[..., T, :]
-    s = -be.matvec(S, r_T)
-    s0 = quad(S, r_T)
-    S_out[..., T, :, :] = S
-    s_out[..., T, :] = s
-    s0_out[..., T] = s0
-    # torch: failure flags stay on the device and are checked once after the loop
-    deferred = DeferredChecks(be) if be.name == "torch" else None
-    for j in range(T - 1, -1, -1):
-        A_j = p.A[..., j, :, :]
-        B_j = None if p.B is None else p.B[..., j, :, :]
-        Q_j, R_j, r_j = p.Q.at(j), p.R.at(j), r[..., j, :]
-        Scs = s if p.c is None else be.matvec(S, p.c[..., j, :]) + s
-        g = Scs if B_j is None else be.matvec(be.mT(B_j), Scs)
-        if ubar is not None:
-            g = g - be.matvec(R_j, ubar[..., j, :])
-        L, W, SA = factor_stage(S, A_j, B_j, R_j, None, step=j, backend=be,
-                              deferred=deferred)
-        w = be.solve_triangular(L, g[..., None], lower=True)
-        K_j = be.solve_triangular(L, W, lower=True, trans=True)
-        k_j = -be.solve_triangular(L, w, lower=True, trans=True)[..., 0]
-        w = w[..., 0]
-        s0_new = quad(Q_j, r_j) + s0 - be.sum(w * w, axis=-1)
-        if ubar is not None:
-            s0_new = s0_new + quad(R_j, ubar[..., j, :])
-        if p.c is not None:
-            c_j = p.c[..., j, :]
-            s0_new = s0_new + be.sum(c_j * (Scs + s), axis=-1)
-        s_new = -be.matvec(Q_j, r_j) + be.matvec(be.mT(A_j), Scs) - be.matvec(be.mT(W), w)
-        S = be.riccati_update(Q_j, be.matmul(be.mT(A_j), SA), W)
-        check_finite_step(S, "S", j, be, deferred)
-        s, s0 = s_new, s0_new
-        K_out[..., j, :, :] = K_j
-        k_out[..., j, :] = k_j
-        S_out[..., j, :, :] = S
-        s_out[..., j, :] = s
-        s0_out[..., j] = s0
-    if deferred is not None:
-        deferred.raise_first()
-    return TrackingLQRResult(K_out, k_out, S_out, s_out, s0_out)
+    S, s, s0 = terminal_value(p.Qf, r[..., T, :], backend=be)
+    out: list[list[Any]] = [[], [], [S], [s], [s0]]
+    steps = backward_recursion(problem_stages(p, T, r, ubar, drift=True), S, s, s0, backend=be,
+                               deferred=DeferredChecks.for_backend(be))
+    for _, step in steps:
+        for acc, value in zip(out, step[:5]):
+            acc.append(value)
+    K, k, S, s, s0 = (be.stack([be.broadcast_to(v, batch + tuple(v.shape[len(v.shape) - nd:]))
+                                for v in acc[::-1]], axis=-nd - 1)
+                      for acc, nd in zip(out, (2, 1, 2, 1, 0)))
+    return TrackingLQRResult(K, k, S, s, s0)
