@@ -265,7 +265,7 @@ def as_array(x: Any, name: str, backend: Any, *, dtype: Any = None, device: Any 
     """
     if isinstance(x, (str, bytes, dict, set, bool, np.bool_)) or x is None:
         raise ArgumentError(f"{name}: expected an array or a real number, found {type(x).__name__}")
-    if is_torch_tensor(x) and x.device.type == "meta":
+    if (is_torch_tensor(x) and x.device.type == "meta") or str(device) == "meta":
         raise ArgumentError(f"{name}: a tensor on the 'meta' device holds no values")
     if getattr(x, "ndim", None) == 0 and str(getattr(x, "dtype", "")) in ("bool", "torch.bool"):
         raise ArgumentError(f"{name}: expected an array or a real number, found a 0-d bool array")

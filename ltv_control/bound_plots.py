@@ -45,6 +45,35 @@ def _target(path: Any) -> Path:
     return target
 
 
+def _plot_data(deviations: Any, bound: Any, P: Any, norm: str) -> tuple:
+    """Validated ``(D (R, T+1, n), bound (T+1,) or (R, T+1), realised errors (R, T+1))``."""
+    from ltv_control.bounds import TrackingBound, _cholesky_stack, _weighted_norms
+
+    D = as_host_float64(deviations, "deviations")
+    if D.ndim == 2:
+        D = D[None]
+    if D.ndim != 3 or 0 in D.shape:
+        raise DimensionError(f"deviations must have shape (R, T+1, n) or (T+1, n) with R, T+1, n >= 1, "
+                             f"found {D.shape}")
+    if isinstance(bound, TrackingBound):
+        b = _to_numpy(bound.euclidean if norm == "euclidean" else bound.bound, "bound")
+        P = bound.P if P is None else P
+    else:
+        b = _to_numpy(bound, "bound")
+    if b.ndim not in (1, 2) or b.shape[-1] != D.shape[1] or b.shape[0] == 0:
+        raise DimensionError(f"bound must have shape (T+1,) or (R, T+1) with T+1 = {D.shape[1]} and "
+                             f"R >= 1, found {b.shape}")
+    T1, n = D.shape[1], D.shape[2]
+    if norm == "euclidean":  # scaled norms: no overflow for entries beyond 1e154
+        return D, b, _weighted_norms(D, np.broadcast_to(np.eye(n), (T1, n, n)))
+    if P is None:
+        raise ArgumentError("norm='P' needs the weights P (or a TrackingBound)")
+    Pm = as_host_float64(P, "P")
+    if Pm.shape != (T1, n, n):
+        raise DimensionError(f"P must have shape (T+1, n, n) = {(T1, n, n)}, found {Pm.shape}")
+    return D, b, _weighted_norms(D, _cholesky_stack(Pm))
+
+
 @public_api
 def plot_tracking_bound(
     path: str | os.PathLike,
@@ -91,38 +120,13 @@ def plot_tracking_bound(
     pathlib.Path
         The written file.
     """
-    from ltv_control.bounds import TrackingBound, _cholesky_stack, _weighted_norms
-
     if not isinstance(norm, str) or norm not in _NORMS:
         raise ArgumentError(f"norm must be one of {_NORMS}, found {norm!r}")
     target = _target(path)
     for name, text in (("title", title), ("annotation", annotation), ("xlabel", xlabel)):
         _check_text(text, name)
     dpi = as_int(dpi, "dpi", low=1, high=2400)
-    D = as_host_float64(deviations, "deviations")
-    if D.ndim == 2:
-        D = D[None]
-    if D.ndim != 3 or 0 in D.shape:
-        raise DimensionError(f"deviations must have shape (R, T+1, n) or (T+1, n) with R, T+1, n >= 1, "
-                             f"found {D.shape}")
-    if isinstance(bound, TrackingBound):
-        b = _to_numpy(bound.euclidean if norm == "euclidean" else bound.bound, "bound")
-        if P is None:
-            P = bound.P
-    else:
-        b = _to_numpy(bound, "bound")
-    if b.ndim not in (1, 2) or b.shape[-1] != D.shape[1] or b.shape[0] == 0:
-        raise DimensionError(f"bound must have shape (T+1,) or (R, T+1) with T+1 = {D.shape[1]} and "
-                             f"R >= 1, found {b.shape}")
-    if norm == "euclidean":  # scaled norms: no overflow for entries beyond 1e154
-        realised = _weighted_norms(D, np.broadcast_to(np.eye(D.shape[2]), (D.shape[1],) + (D.shape[2],) * 2))
-    else:
-        if P is None:
-            raise ArgumentError("norm='P' needs the weights P (or a TrackingBound)")
-        Pm = as_host_float64(P, "P")
-        if Pm.shape != (D.shape[1], D.shape[2], D.shape[2]):
-            raise DimensionError(f"P must have shape (T+1, n, n) = {(D.shape[1], D.shape[2], D.shape[2])}, found {Pm.shape}")
-        realised = _weighted_norms(D, _cholesky_stack(Pm))
+    D, b, realised = _plot_data(deviations, bound, P, norm)
     b2 = np.atleast_2d(b)
 
     from matplotlib.backends.backend_agg import FigureCanvasAgg

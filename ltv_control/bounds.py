@@ -592,34 +592,9 @@ def tracking_error_bound(
     Lm = _check_L(L, T)
     Pm = lyapunov_weights(A) if P is None else _check_weights(P, T, n)
     C = _cholesky_stack(Pm)
-    if G is None:
-        G = _transition_norms_from_factors(_whitened_factors(A, C))
-    else:
-        G = _as_float64(G, "G")
-        if G.shape != (T + 1, T + 1):
-            raise DimensionError(f"G must have shape (T+1, T+1) = {(T + 1, T + 1)}, found {G.shape}")
-        if np.any(G < 0) or np.any(np.triu(G, 1) != 0):
-            raise PropertyError("G must be nonnegative and zero above the diagonal (transition norms)")
+    G = _transition_norms_from_factors(_whitened_factors(A, C)) if G is None else _given_G(G, T)
     D = None if deviations is None else _check_deviations(deviations, T, n)
-    if delta0 is None:
-        if D is None:
-            raise ArgumentError("tracking_error_bound needs delta0 or deviations")
-        d0 = D[..., 0, :]
-    else:
-        d0 = _as_float64(delta0, "delta0")
-        if d0.ndim < 1 or d0.shape[-1] != n:
-            raise DimensionError(f"delta0 must have shape (*R, n) with n = {n}, found {d0.shape}")
-        if D is not None:
-            first = D[..., 0, :]
-            try:
-                d0 = np.broadcast_to(d0, np.broadcast_shapes(d0.shape, first.shape))
-            except ValueError as exc:
-                raise DimensionError(
-                    f"delta0 {d0.shape} does not match deviations[..., 0, :] {first.shape}"
-                ) from exc
-            scale = max(float(np.max(np.abs(first), initial=0.0)), float(np.max(np.abs(d0), initial=0.0)), 1e-300)
-            if np.max(np.abs(d0 - first), initial=0.0) > 1e-8 * scale:
-                raise PropertyError("delta0 must equal deviations[..., 0, :] (the first realised deviation)")
+    d0 = _initial_deviation(delta0, D, n)
     with np.errstate(over="ignore", invalid="ignore"):
         n0 = np.linalg.norm(d0 @ C[0], axis=-1)  # ‖δz_0‖_{P_0} = ‖C_0ᵀ δz_0‖
     if not np.all(np.isfinite(n0)):
@@ -645,15 +620,51 @@ def tracking_error_bound(
             bound[..., k] = G[k, 0] * n0 + c[..., :k] @ G[k, 1 : k + 1]
         bound = np.where(np.isnan(bound), np.inf, bound)
     bound[..., 0] = n0
+    b, e, Pw, Gw = _wrap_like(A_cl, bound, _euclidean(bound, Pm), Pm, G)
+    return TrackingBound(b, e, Pw, Gw, mode)
+
+
+def _given_G(G: Any, T: int) -> np.ndarray:
+    """Validate precomputed transition norms: ``(T+1, T+1)``, nonnegative, lower triangular."""
+    G = _as_float64(G, "G")
+    if G.shape != (T + 1, T + 1):
+        raise DimensionError(f"G must have shape (T+1, T+1) = {(T + 1, T + 1)}, found {G.shape}")
+    if np.any(G < 0) or np.any(np.triu(G, 1) != 0):
+        raise PropertyError("G must be nonnegative and zero above the diagonal (transition norms)")
+    return G
+
+
+def _initial_deviation(delta0: Any, D: np.ndarray | None, n: int) -> np.ndarray:
+    """``δz_0``: ``delta0`` (checked against ``D[..., 0, :]`` when both are given) or ``D[..., 0, :]``."""
+    if delta0 is None:
+        if D is None:
+            raise ArgumentError("tracking_error_bound needs delta0 or deviations")
+        return D[..., 0, :]
+    d0 = _as_float64(delta0, "delta0")
+    if d0.ndim < 1 or d0.shape[-1] != n:
+        raise DimensionError(f"delta0 must have shape (*R, n) with n = {n}, found {d0.shape}")
+    if D is not None:
+        first = D[..., 0, :]
+        try:
+            d0 = np.broadcast_to(d0, np.broadcast_shapes(d0.shape, first.shape))
+        except ValueError as exc:
+            raise DimensionError(
+                f"delta0 {d0.shape} does not match deviations[..., 0, :] {first.shape}"
+            ) from exc
+        scale = max(float(np.max(np.abs(first), initial=0.0)), float(np.max(np.abs(d0), initial=0.0)), 1e-300)
+        if np.max(np.abs(d0 - first), initial=0.0) > 1e-8 * scale:
+            raise PropertyError("delta0 must equal deviations[..., 0, :] (the first realised deviation)")
+    return d0
+
+
+def _euclidean(bound: np.ndarray, Pm: np.ndarray) -> np.ndarray:
+    """``b_k / sqrt(λ_min(P_k))``; a ``P_k`` whose λ_min rounds to <= 0 raises NumericalError."""
     lam_min = _smallest_eigenvalues(Pm)
     if np.any(lam_min <= 0):
         k = int(np.argmax(lam_min <= 0))
         raise NumericalError(f"P[{k}] has smallest eigenvalue {lam_min[k]:.3g} <= 0 in floating "
                              "point (too ill-conditioned for a Euclidean bound)")
-    euclid = bound / np.sqrt(lam_min)
-    ref = A_cl
-    b, e, Pw, Gw = _wrap_like(ref, bound, euclid, Pm, G)
-    return TrackingBound(b, e, Pw, Gw, mode)
+    return bound / np.sqrt(lam_min)
 
 
 @public_api

@@ -91,11 +91,23 @@ def _input_matrix(B: Any, T: int, n: int) -> np.ndarray | None:
         raise DimensionError(f"B must have shape (T, n, m) = ({T}, {n}, m) with m >= 1, found {Bm.shape}")
     return Bm
 
-def _sizes(n: Any, T: Any, m: Any) -> tuple[int, int, int | None]:
-    """Validate the sizes of a random plant: ints ``n, T >= 1`` and ``m`` None or ``>= 1``."""
+_MAX_ELEMENTS = 2 ** 28
+"""Largest coefficient array a random plant draws (2 GiB of float64): refused before allocating."""
+
+
+def _sizes(n: Any, T: Any, m: Any, per_step: Any = None) -> tuple[int, int, int | None]:
+    """Validate the sizes of a random plant: ints ``n, T >= 1`` and ``m`` None or ``>= 1``.
+
+    ``per_step(n)`` is the number of coefficients drawn per step (``n³`` for ``H``); a draw of
+    more than ``2**28`` coefficients raises :class:`DimensionError` before anything is allocated.
+    """
     n = as_int(n, "n", low=1, error=DimensionError)
     T = as_int(T, "T", low=1, error=DimensionError)
     m = None if m is None else as_int(m, "m", low=1, error=DimensionError)
+    size = T * (per_step(n) if per_step is not None else n * n)
+    if size > _MAX_ELEMENTS or (m is not None and T * n * m > _MAX_ELEMENTS):
+        raise DimensionError(f"n, T: a random plant with n = {n}, T = {T} would draw {size} "
+                             f"coefficients per array (more than 2**28 = {_MAX_ELEMENTS})")
     return n, T, m
 
 
@@ -406,7 +418,7 @@ class QuadraticResidualPlant(_PlantBase):
         m : int, optional
             Number of inputs; ``None`` means ``B = I`` (m = n), else a Gaussian ``B_k`` (n × m).
         """
-        n, T, m = _sizes(n, T, m)
+        n, T, m = _sizes(n, T, m, per_step=lambda k: k ** 3)
         spectral_radius = as_real(spectral_radius, "spectral_radius", low=0.0)
         quadratic_scale = as_real(quadratic_scale, "quadratic_scale", low=0.0)
         rng = np.random.default_rng(_seed(seed))
@@ -504,7 +516,11 @@ class ResidualMLPPlant(_PlantBase):
             Number of inputs; ``None`` means ``B = I``.
         """
         n, T, m = _sizes(n, T, m)
-        d = 2 * n if hidden is None else as_int(hidden, "hidden", low=1, error=DimensionError)
+        d = 2 * n if hidden is None else as_int(hidden, "hidden", low=1, high=_MAX_ELEMENTS,
+                                                error=DimensionError)
+        if T * d * n > _MAX_ELEMENTS:
+            raise DimensionError(f"hidden: a random plant with d = {d}, n = {n}, T = {T} would draw "
+                                 f"{T * d * n} coefficients per array (more than 2**28)")
         gain = as_real(gain, "gain")
         input_scale = as_real(input_scale, "input_scale")
         rng = np.random.default_rng(_seed(seed))

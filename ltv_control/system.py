@@ -10,6 +10,7 @@ from ltv_control._exceptions import ArgumentError, DimensionError, PropertyError
 from ltv_control._validation import (
     all_finite,
     as_array,
+    as_host_float64,
     as_initial_state,
     as_system_arrays,
     as_vector_stack,
@@ -526,8 +527,8 @@ class LTVSystem:
             if s.dt == 0:
                 raise PropertyError(f"systems[{k}]: expected a discrete-time model (dt != 0), "
                                     "found a continuous-time one")
-            A_list.append(np.asarray(s.A, dtype=np.float64))
-            B_list.append(np.asarray(s.B, dtype=np.float64))
+            A_list.append(as_host_float64(s.A, f"systems[{k}].A"))  # complex refused, not truncated
+            B_list.append(as_host_float64(s.B, f"systems[{k}].B"))
         n, m = A_list[0].shape[0], B_list[0].shape[1]
         for k, (a, b) in enumerate(zip(A_list, B_list)):
             if a.shape != (n, n) or b.shape != (n, m):

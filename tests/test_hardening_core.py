@@ -137,7 +137,7 @@ def test_mlp_plant_overflow_names_step():
     with pytest.raises(lc.NumericalError, match=r"rollout\(\).*at step 1"):
         plant.rollout(np.ones(2))
     with pytest.raises(lc.PropertyError, match="gain"):
-        ResidualMLPPlant.random(2, 3, gain=1e308)  # the random weights themselves overflow
+        ResidualMLPPlant.random(2, 3, gain=1e308, hidden=64, seed=0)  # the weights overflow
 
 
 def test_bounds_overflow_names_step(rng):
@@ -462,6 +462,11 @@ def test_to_device_of_wrong_type(device):
 def test_meta_tensors_are_refused_as_input():
     with pytest.raises(lc.ArgumentError, match="A: a tensor on the 'meta' device"):
         lc.LTVSystem(torch.zeros(3, 2, 2, device="meta"))
+    # a meta B would pull a numpy A onto the meta device: refused, naming A (converted there)
+    with pytest.raises(lc.ArgumentError, match="'meta' device"):
+        lc.LTVSystem(np.zeros((3, 2, 2)), torch.zeros(3, 2, 1, device="meta"))
+    with pytest.raises(lc.ArgumentError, match="'meta' device"):
+        lc.LTVSystem.constant(np.eye(2), None, 3, c=torch.zeros(2, device="meta"))
     with pytest.raises(lc.ArgumentError, match="M: a tensor on the 'meta' device"):
         bounds.induced_norm(torch.zeros(2, 2, device="meta"), np.eye(2), np.eye(2))
 
@@ -522,6 +527,14 @@ SWEEP = [
 ]
 
 
+def test_from_statespace_names_the_model_with_bad_values():
+    control = pytest.importorskip("control")
+    good = control.ss(np.eye(2), np.ones((2, 1)), np.eye(2), 0, dt=True)
+    bad = control.ss(np.array([[np.nan, 0.0], [0.0, 1.0]]), np.ones((2, 1)), np.eye(2), 0, dt=True)
+    with pytest.raises(lc.PropertyError, match=r"systems\[1\]\.A: contains NaN"):
+        lc.LTVSystem.from_statespace([good, bad])
+
+
 @pytest.mark.parametrize("case", SWEEP, ids=lambda c: c[0])
 def test_core_sweep(case):
     _, call, error, name = case
@@ -545,6 +558,10 @@ PLANT_SWEEP = [
     ("input_scale=inf", lambda: ResidualMLPPlant.random(2, 2, input_scale=float("inf")),
      lc.PropertyError, "input_scale"),
     ("m=True", lambda: ResidualMLPPlant.random(2, 2, m=True), lc.ArgumentError, "m"),
+    ("n=10**29", lambda: QuadraticResidualPlant.random(10 ** 29, 2), lc.DimensionError, "n"),
+    ("n=1000 (n³ H draw)", lambda: QuadraticResidualPlant.random(1000, 2), lc.DimensionError, "n"),
+    ("hidden=10**29", lambda: ResidualMLPPlant.random(2, 2, hidden=10 ** 29), lc.DimensionError,
+     "hidden"),
     ("rollout batch clash", lambda: QuadraticResidualPlant.random(2, 3, seed=0).rollout(
         np.zeros((2, 2)), np.zeros((3, 3, 2))), lc.DimensionError, "u"),
     ("step batch clash", lambda: QuadraticResidualPlant.random(2, 3, seed=0).step(
