@@ -14,7 +14,6 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
-from torch.autograd.function import once_differentiable
 
 __all__ = ["requires_grad", "implicit_apply"]
 
@@ -37,8 +36,13 @@ class _Implicit(torch.autograd.Function):
         return torch.as_tensor(np.asarray(y), dtype=a.dtype, device=a.device)
 
     @staticmethod
-    @once_differentiable
     def backward(ctx: Any, grad_y: torch.Tensor) -> tuple:
+        if torch.is_grad_enabled() and grad_y.requires_grad:
+            # create_graph=True through this node: the numpy VJP has no graph, so a second
+            # derivative would silently miss this path.  Refuse instead.
+            raise RuntimeError(
+                "ltv_control: second derivatives through an implicit (numpy) solver such as "
+                "ConstrainedLQR.solve are not supported; differentiate once (create_graph=False)")
         a_dtype, a_device, b_dtype, b_device = ctx.meta
         g_a, g_b = ctx.vjp(grad_y.detach().cpu().numpy().astype(np.float64))
         return (torch.as_tensor(g_a, dtype=a_dtype, device=a_device),
@@ -58,6 +62,7 @@ def implicit_apply(solve: Callable, a: torch.Tensor, b: torch.Tensor) -> torch.T
     Returns
     -------
     Tensor
-        ``y``; its backward calls ``vjp`` (first order only: double backward raises).
+        ``y``; its backward calls ``vjp`` (first order only: a backward pass that builds a graph
+        for higher derivatives through it raises ``RuntimeError``).
     """
     return _Implicit.apply(a, b, solve)

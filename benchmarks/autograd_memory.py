@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     text = json.dumps(res, indent=2)
     print(text)
     mib = 2.0 ** 20
-    print(f"\n| T | n | forward result | saved (distinct) | ratio | saved (naive) | fwd s | bwd s |")
+    print("\n| T | n | forward result | saved (distinct) | ratio | saved (naive) | fwd s | bwd s |")
     print("|---|---|---|---|---|---|---|---|")
     print(f"| {res['horizon']} | {res['n']} | {res['forward_result_bytes'] / mib:.0f} MiB | "
           f"{res['saved_bytes'] / mib:.0f} MiB | {res['ratio']:.2f}x | "

@@ -47,6 +47,24 @@ slower (22 s against 2 s), must be recompiled for every batch size and its memor
 with copies x parameters, while its re-solve time stayed within a factor of two of the
 loop's either way (0.4x to 1.8x over four runs); so the loop is the implementation.
 
+Differentiability: :meth:`ConstrainedLQR.solve` given torch ``x0`` and/or ``x_ref`` that
+require grad returns torch ``x``, ``u`` and ``cost`` that carry gradients with respect to
+them.  The plan comes from the usual solver (either method); its derivative from the
+implicit function theorem applied to the optimality (KKT) conditions at the active set
+(:mod:`ltv_control.constrained_grad`; wrapped for autograd by
+``ltv_control.backends.torch_autograd``).  Checked against central finite differences with
+``u_norm_max``, ``u_box``, ``x_box`` and feature constraints active (``tests/
+test_constrained_grad.py``: 1e-4 relative for polyhedral constraints, 5e-4 with active
+budgets, where the oracle is limited by the solver's accuracy) and against cvxpylayers.
+Exact where the active set is locally constant; a weakly active constraint (zero multiplier)
+is treated as inactive; linearly dependent active constraints raise
+:class:`~ltv_control.NumericalError`.  First derivatives only (a backward pass with
+``create_graph=True`` through the plan raises ``RuntimeError``).  Gradients with respect to
+the problem data (``A``, ``B``, ``c``, weights, bounds) are not propagated: such tensors
+that require grad are refused with :class:`~ltv_control.ArgumentError` rather than silently
+detached.  Cost of the backward pass: one dense ``(Tm + p)``-sized KKT factorisation
+(``p`` active constraints) — ~0.15 s at ``T = 30, m = 32`` on one loaded core.
+
 cvxpy is an optional extra (``pip install ltv-control[cvxpy]``) and is imported lazily: this
 module (and ``method="admm"``) works without it, except for the cvxpy method and the
 infeasibility diagnosis.
@@ -285,7 +303,10 @@ class ConstrainedLQR:
     Raises
     ------
     ArgumentError
-        Unknown keyword, a system that is not an LTVSystem, unknown method or solver.
+        Unknown keyword, a system that is not an LTVSystem, unknown method or solver, an
+        unknown Clarabel setting in ``solver_options`` (other solvers' unknown settings are
+        reported at the first solve), or problem data given as torch tensors that require
+        grad (gradients flow only to ``solve``'s ``x0`` and ``x_ref``).
     DimensionError
         Shapes that do not fit the system, or a batched system.
     PropertyError
@@ -646,14 +667,23 @@ class ConstrainedLQR:
         ConstrainedSolution
             ``x (T+1, n)``, ``u (T, m)``, ``cost``, ``status``, ``solve_time``; with a batch,
             ``x (batch, T+1, n)``, ``u (batch, T, m)``, ``cost (batch,)``.  numpy in → numpy
-            out; a torch ``x0`` gives torch tensors on its device.
+            out; a torch ``x0`` gives torch tensors on its device.  When ``x0`` or ``x_ref``
+            is a torch tensor that requires grad (and autograd is recording), ``x``, ``u``
+            and ``cost`` (a 0-d tensor when unbatched) are differentiable with respect to
+            both (see "Differentiability" in the module docstring); the attribute
+            ``last_active`` then lists, per batch member, the number of active constraints
+            per family.
 
         Raises
         ------
         InfeasibleError
             The problem has no solution or the solver failed (message: status, binding family).
         DimensionError, PropertyError, ArgumentError
-            Bad ``x0`` / ``x_ref``.
+            Bad ``x0`` / ``x_ref``; ``ArgumentError`` also when the solver rejects
+            ``solver_options``.
+        NumericalError
+            Differentiable solve only: the active constraints are linearly dependent, so
+            the plan has no derivative there.
         """
         if not isinstance(warm_start, (bool, np.bool_)):
             raise ArgumentError(f"warm_start: expected a bool, found {type(warm_start).__name__}")

@@ -235,19 +235,26 @@ class KKTSensitivity:
                 f"ConstrainedLQR gradient: the {p} active constraints ({self.active.families}) "
                 "have linearly dependent gradients (LICQ fails, e.g. a box corner on a budget "
                 "sphere); the plan is not differentiable at this x0/x_ref")
+        self._N = N
+        self._lu = None  # the KKT matrix is factored at the first vjp (forward-only use is free)
+
+    def _factor(self) -> tuple:
+        qp, act, N = self.qp, self.active, self._N
+        p = act.J.shape[0]
         H = qp.H.copy()
         m = qp.m
-        for i, k in self.active.budget_steps:
+        for i, k in act.budget_steps:
             blk = slice(k * m, (k + 1) * m)
-            H[blk, blk] += self.active.multipliers[i] * np.eye(m)
+            H[blk, blk] += act.multipliers[i] * np.eye(m)
         K = np.zeros((N + p, N + p))
-        K[:N, :N], K[:N, N:], K[N:, :N] = H, J.T, J
-        self._lu = scipy.linalg.lu_factor(K, check_finite=True)
-        self._N = N
+        K[:N, :N], K[:N, N:], K[N:, :N] = H, act.J.T, act.J
+        return scipy.linalg.lu_factor(K, check_finite=True)
 
     def vjp(self, grad_u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``(∂u/∂x_0)ᵀ ḡ`` (n,) and ``(∂u/∂r)ᵀ ḡ`` (T+1, n) for ``ḡ`` of shape (T, m)."""
         qp, N = self.qp, self._N
+        if self._lu is None:
+            self._lu = self._factor()
         rhs = np.zeros(self._lu[0].shape[0])
         rhs[:N] = np.asarray(grad_u, dtype=np.float64).reshape(-1)
         w = scipy.linalg.lu_solve(self._lu, rhs)

@@ -185,6 +185,37 @@ def test_problem_data_requiring_grad_is_refused(field):
         ConstrainedLQR(tsys, Q, 1.0, u_box=(lo, 1.0))
 
 
+def test_create_graph_through_the_plan_raises():
+    rng = np.random.default_rng(5)
+    mpc = ConstrainedLQR(_system(rng), 1.0, 0.5, u_box=(-0.5, 0.5))
+    x0t = torch.tensor(X0, requires_grad=True)
+    with pytest.raises(RuntimeError, match="second derivatives"):
+        torch.autograd.grad(mpc.solve(x0t).cost, (x0t,), create_graph=True)
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # cvxpylayers 1.2 on numpy 2
+def test_gradient_agrees_with_cvxpylayers():
+    """Second oracle: cvxpylayers (diffcp, SCS at eps 1e-10) on the same compiled DPP problem."""
+    pytest.importorskip("cvxpylayers")
+    from cvxpylayers.torch import CvxpyLayer
+
+    rng = np.random.default_rng(7)
+    system = _system(rng)
+    xr, (wu, _) = _reference(rng), _loss_weights(rng)
+    mpc = ConstrainedLQR(system, 1.0, 0.5, **CASES["combined"])
+    x0t, xrt = torch.tensor(X0, requires_grad=True), torch.tensor(xr, requires_grad=True)
+    g0, gr = torch.autograd.grad((mpc.solve(x0t, xrt).u * torch.tensor(wu)).sum(), (x0t, xrt))
+    cv = mpc._cvx
+    layer = CvxpyLayer(cv["problem"], parameters=[cv["x0"], cv["xref"]], variables=[cv["u"]])
+    x0c, xrc = torch.tensor(X0, requires_grad=True), torch.tensor(xr, requires_grad=True)
+    weighted = torch.cat([torch.tensor(F) @ xrc[k] for k, F in enumerate(mpc._cost_factors())])
+    (u,) = layer(x0c, weighted, solver_args=dict(solve_method="SCS", eps=1e-10,
+                                                max_iters=100000))
+    c0, cr = torch.autograd.grad((u * torch.tensor(wu)).sum(), (x0c, xrc))
+    assert float((c0 - g0).abs().max()) <= 1e-4 * float(g0.abs().max())
+    assert float((cr - gr).abs().max()) <= 1e-4 * float(gr.abs().max())
+
+
 @pytest.mark.parametrize("solver,options", [(None, {"bogus_option": 1}), ("SCS", {"bogus": 1}),
                                             ("OSQP", {"bogus": 1})])
 def test_unknown_solver_options_raise_argument_error(solver, options):
