@@ -214,6 +214,11 @@ def _refuse_grad(**values: Any) -> None:
                 "finite_horizon_lqr / tracking_lqr, which are differentiable in them")
 
 
+def _detached(value: Any) -> Any:
+    """A torch tensor without its graph (for validation into numpy); anything else as is."""
+    return value.detach() if is_torch_tensor(value) else value
+
+
 def _wants_grad(*values: Any) -> bool:
     """Whether a torch tensor among ``values`` requires grad (and autograd is recording)."""
     if not any(is_torch_tensor(v) for v in values):
@@ -687,7 +692,7 @@ class ConstrainedLQR:
         """
         if not isinstance(warm_start, (bool, np.bool_)):
             raise ArgumentError(f"warm_start: expected a bool, found {type(warm_start).__name__}")
-        X0, XR, batched = self._validate_state(x0, x_ref)
+        X0, XR, batched = self._validate_state(_detached(x0), _detached(x_ref))
         if _wants_grad(x0, x_ref):
             return self._solve_differentiable(x0, x_ref, X0, XR, batched, warm_start)
         t0 = time.perf_counter()
