@@ -63,7 +63,7 @@ from ltv_control._validation import (
     format_shape,
     public_api,
 )
-from ltv_control.backends import numpy_backend
+from ltv_control.backends import get_torch_backend, numpy_backend
 from ltv_control._exceptions import (
     ArgumentError,
     DimensionError,
@@ -216,9 +216,8 @@ def _wrap_like(ref: Any, *arrays: np.ndarray):
     """Return ``arrays`` as float64 torch tensors on ``ref``'s device when ``ref`` is a tensor."""
     if not _is_torch(ref):
         return arrays if len(arrays) > 1 else arrays[0]
-    import torch
-
-    out = tuple(torch.as_tensor(np.ascontiguousarray(a), dtype=torch.float64, device=ref.device) for a in arrays)
+    be = get_torch_backend()  # torch only through the backends layer
+    out = tuple(be.asarray(np.ascontiguousarray(a), dtype="float64", device=ref.device) for a in arrays)
     return out if len(out) > 1 else out[0]
 
 
@@ -345,7 +344,9 @@ def induced_norm(M: Any, P_from: Any, P_to: Any) -> float:
 
     Raises
     ------
-    DimensionError, PropertyError, NumericalError (a weight is not positive definite), ArgumentError
+    DimensionError
+        Wrong shapes, or an empty dimension (``n_to`` or ``n_from`` = 0: refused, not 0).
+    PropertyError, NumericalError (a weight is not positive definite, or an overflow), ArgumentError
     """
     Mm = _as_float64(M, "M")
     if Mm.ndim != 2 or 0 in Mm.shape:
@@ -406,6 +407,14 @@ def transition_norms(A_cl: Any, P: Any):
     Returns
     -------
     G : array (T+1, T+1)
+
+    Raises
+    ------
+    DimensionError
+        Wrong shapes, or ``T = 0`` / ``n = 0`` (refused: there is no transition to measure).
+    NumericalError
+        A weight is not positive definite, or a transition ``Φ(k,i)`` overflows float64 in the
+        given weights (Lyapunov weights make every factor a contraction, so it cannot).
 
     Notes
     -----

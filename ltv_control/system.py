@@ -463,6 +463,18 @@ class LTVSystem:
         -------
         LTVSystem
             With ``A_k = A`` for all ``k`` (broadcast views, no copies).
+
+        Raises
+        ------
+        PropertyError
+            Non-finite ``A``, ``B`` or ``c``: checked on the constant matrices before the
+            broadcast, so nothing of size ``T`` is ever allocated (a horizon of ``10**12``
+            costs no memory).
+        DimensionError
+            ``horizon < 1``, or so large that a stack would exceed ``2**62`` elements (numpy
+            and torch cannot index such a view).
+        ArgumentError
+            ``horizon`` missing or not an int (a bool or a float is refused).
         """
         if horizon is None:
             raise ArgumentError("LTVSystem.constant(): horizon (the number of steps T) is required")
