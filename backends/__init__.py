@@ -1,18 +1,10 @@
-"""Array backends (numpy, torch) so the core numerics are written once.
+"""Array backends (numpy, torch): the core's only way to torch.
 
-``get_backend(*arrays)`` returns the torch backend when any argument is a
-``torch.Tensor`` and the numpy backend otherwise. ``torch`` is imported only
-when a tensor is actually passed (or :func:`get_torch_backend` is called), so
-``import ltv_control.backends`` works without torch installed.
-
-Both backends expose the same operations (``asarray``, ``zeros``, ``eye``,
-``stack``, ``matmul``, ``einsum``, ``mT``, ``symmetrize``, ``matvec``,
-``cholesky`` returning a per-batch-member failure flag, ``solve_triangular``,
-``cholesky_solve``, ``eigvalsh``, ``isfinite``, ``frobenius``, ``norm``, ...),
-all vectorised over leading batch dimensions.
-
-Compute dtype: float64 by default (``resolve_dtype(None)``); torch tensors on
-devices without float64 (Apple MPS) default to their own floating dtype.
+``get_backend(*arrays)`` returns the torch backend when any argument is a ``torch.Tensor`` and the
+numpy backend otherwise; torch is imported only then (or by :func:`get_torch_backend`), so
+``import ltv_control.backends`` works without torch.  Both implement :class:`Backend`
+(``backends/protocol.py``), vectorised over leading batch dimensions.  Compute dtype: float64 by
+default; torch tensors on devices without float64 (Apple MPS) default to their own dtype.
 """
 
 from __future__ import annotations
@@ -21,9 +13,10 @@ import sys
 from typing import Any
 
 from ltv_control.backends.numpy_backend import NumpyBackend, numpy_backend
+from ltv_control.backends.protocol import BACKEND_OPERATIONS, Backend
 
-__all__ = ["get_backend", "backend_by_name", "is_torch_tensor", "numpy_backend",
-           "get_torch_backend", "NumpyBackend"]
+__all__ = ["Backend", "BACKEND_OPERATIONS", "get_backend", "backend_by_name", "is_torch_tensor",
+           "numpy_backend", "get_torch_backend", "NumpyBackend"]
 
 
 def is_torch_tensor(x: Any) -> bool:
@@ -35,14 +28,14 @@ def is_torch_tensor(x: Any) -> bool:
     return tensor_type is not None and isinstance(x, tensor_type)
 
 
-def get_torch_backend():
+def get_torch_backend() -> Backend:
     """The torch backend singleton (imports torch)."""
     from ltv_control.backends.torch_backend import torch_backend as backend
 
     return backend
 
 
-def get_backend(*arrays: Any):
+def get_backend(*arrays: Any) -> Backend:
     """The backend for ``arrays``: torch if any is a torch tensor, else numpy.
 
     Parameters
@@ -52,7 +45,8 @@ def get_backend(*arrays: Any):
 
     Returns
     -------
-    backend : NumpyBackend or TorchBackend
+    backend : Backend
+        ``numpy_backend`` or the torch backend.
     """
     for a in arrays:
         if is_torch_tensor(a):
@@ -60,7 +54,7 @@ def get_backend(*arrays: Any):
     return numpy_backend
 
 
-def backend_by_name(name: str):
+def backend_by_name(name: str) -> Backend:
     """The backend called ``name`` (``"numpy"`` or ``"torch"``)."""
     if name == "numpy":
         return numpy_backend

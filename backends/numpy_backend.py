@@ -49,7 +49,7 @@ class NumpyBackend:
     """
 
     name = "numpy"
-    default_dtype = np.dtype(np.float64)
+    _default_dtype = np.dtype(np.float64)
 
     # ------------------------------------------------------------------ types
     @staticmethod
@@ -68,7 +68,7 @@ class NumpyBackend:
             Unused for numpy (kept so both backends share one signature).
         """
         if dtype is None:
-            return self.default_dtype
+            return self._default_dtype
         if type(dtype).__module__ == "torch":  # a torch.dtype given to a numpy system
             dtype = str(dtype).replace("torch.", "")
         return np.dtype(dtype)
@@ -106,6 +106,10 @@ class NumpyBackend:
     def is_floating(x: np.ndarray) -> bool:
         """Whether ``x`` has a real floating dtype."""
         return np.issubdtype(x.dtype, np.floating)
+
+    def eps(self, dtype: Any) -> float:
+        """Machine epsilon of the floating ``dtype`` (numpy, string or torch dtype)."""
+        return float(np.finfo(self.resolve_dtype(dtype)).eps)
 
     @staticmethod
     def to_numpy(x: np.ndarray) -> np.ndarray:

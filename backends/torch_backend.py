@@ -33,7 +33,7 @@ class TorchBackend:
     """Array operations on :class:`torch.Tensor`; use the singleton :data:`torch_backend`."""
 
     name = "torch"
-    default_dtype = torch.float64
+    _default_dtype = torch.float64
 
     # ------------------------------------------------------------------ types
     @staticmethod
@@ -65,7 +65,7 @@ class TorchBackend:
                 return like.dtype if like.is_floating_point() else torch.float32
         elif like is not None and _device_type(like) in _NO_FLOAT64_DEVICES:
             return torch.float32
-        return self.default_dtype
+        return self._default_dtype
 
     def asarray(self, x: Any, dtype: Any = None, device: Any = None) -> torch.Tensor:
         """Convert ``x`` (tensor, numpy array, list, scalar) to a tensor.
@@ -98,6 +98,10 @@ class TorchBackend:
     def is_floating(x: torch.Tensor) -> bool:
         """Whether ``x`` has a real floating dtype."""
         return x.is_floating_point()
+
+    def eps(self, dtype: Any) -> float:
+        """Machine epsilon of the floating ``dtype`` (torch, numpy or string dtype)."""
+        return float(torch.finfo(self.resolve_dtype(dtype)).eps)
 
     @staticmethod
     def to_numpy(x: torch.Tensor) -> np.ndarray:

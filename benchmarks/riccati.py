@@ -89,6 +89,41 @@ def _explicit_inverse_loop(A: Any, q: float, r: float, xp: Any) -> Callable[[], 
     return run
 
 
+def _measure(n: int, T: int, dtype: str, backend: str, q: float, r: float, repeats: int) -> dict:
+    """One result row: the three methods timed on the same plant, interleaved per repeat."""
+    if backend == "torch":
+        import torch as xp
+    else:
+        xp = np
+    A_np = _plant(n, T, dtype)
+    if backend == "torch":
+        A = xp.as_tensor(A_np)
+        S0 = xp.eye(n, dtype=A.dtype)
+    else:
+        A = A_np
+        S0 = np.eye(n, dtype=dtype)
+    system = lc.LTVSystem(A)
+    methods = {
+        "lqr": lambda: lc.finite_horizon_lqr(system, q, r, dtype=dtype),
+        "gemm": _gemm_bound(A, S0, xp),
+        "inverse": _explicit_inverse_loop(A, q, r, xp),
+    }
+    # Interleave the methods within each repeat so that load changes on a shared
+    # machine affect all of them alike; keep the best time of each.
+    best = {name: float("inf") for name in methods}
+    for _ in range(repeats):
+        for name, fn in methods.items():
+            best[name] = min(best[name], _best_time(fn, 1))
+    t_lqr, t_gemm, t_inv = best["lqr"], best["gemm"], best["inverse"]
+    return {
+        "n": n, "T": T, "dtype": dtype, "backend": backend,
+        "lqr_s": t_lqr, "gemm_bound_s": t_gemm, "explicit_inverse_s": t_inv,
+        "lqr_over_gemm_bound": t_lqr / t_gemm,
+        "inverse_over_lqr": t_inv / t_lqr,
+        "target_met": (t_lqr / t_gemm <= 2.0) if n >= 576 else None,
+    }
+
+
 def run(*, quick: bool = False, ns: Sequence[int] | None = None, T: int = 30,
         dtypes: Sequence[str] = ("float64", "float32"), repeats: int | None = None,
         backend: str = "numpy", q: float = 0.1, r: float = 1.0) -> dict:
@@ -119,40 +154,7 @@ def run(*, quick: bool = False, ns: Sequence[int] | None = None, T: int = 30,
     """
     ns = tuple(ns) if ns is not None else (QUICK_NS if quick else DEFAULT_NS)
     repeats = repeats if repeats is not None else (1 if quick else 3)
-    if backend == "torch":
-        import torch as xp
-    else:
-        xp = np
-    rows = []
-    for n in ns:
-        for dtype in dtypes:
-            A_np = _plant(n, T, dtype)
-            if backend == "torch":
-                A = xp.as_tensor(A_np)
-                S0 = xp.eye(n, dtype=A.dtype)
-            else:
-                A = A_np
-                S0 = np.eye(n, dtype=dtype)
-            system = lc.LTVSystem(A)
-            methods = {
-                "lqr": lambda: lc.finite_horizon_lqr(system, q, r, dtype=dtype),
-                "gemm": _gemm_bound(A, S0, xp),
-                "inverse": _explicit_inverse_loop(A, q, r, xp),
-            }
-            # Interleave the methods within each repeat so that load changes on a shared
-            # machine affect all of them alike; keep the best time of each.
-            best = {name: float("inf") for name in methods}
-            for _ in range(repeats):
-                for name, fn in methods.items():
-                    best[name] = min(best[name], _best_time(fn, 1))
-            t_lqr, t_gemm, t_inv = best["lqr"], best["gemm"], best["inverse"]
-            rows.append({
-                "n": n, "T": T, "dtype": dtype, "backend": backend,
-                "lqr_s": t_lqr, "gemm_bound_s": t_gemm, "explicit_inverse_s": t_inv,
-                "lqr_over_gemm_bound": t_lqr / t_gemm,
-                "inverse_over_lqr": t_inv / t_lqr,
-                "target_met": (t_lqr / t_gemm <= 2.0) if n >= 576 else None,
-            })
+    rows = [_measure(n, T, dtype, backend, q, r, repeats) for n in ns for dtype in dtypes]
     return {
         "benchmark": "riccati",
         "settings": {"T": T, "ns": list(ns), "dtypes": list(dtypes), "repeats": repeats,

@@ -262,6 +262,49 @@ def low_rank_identity_feedback(
     return W
 
 
+def _effective_ranks(A: np.ndarray) -> tuple[list[int], list[int], float]:
+    """Per layer, the directions holding 90 % / 99 % of the energy of ``A_k − I``, and the mean
+    spectral norm of ``A_k − I``."""
+    eye = np.eye(A.shape[-1])
+    ranks_90, ranks_99 = [], []
+    for Ak in A:
+        sv = np.linalg.svd(Ak - eye, compute_uv=False) ** 2
+        cum = np.cumsum(sv) / sv.sum()
+        ranks_90.append(int(np.searchsorted(cum, 0.90) + 1))
+        ranks_99.append(int(np.searchsorted(cum, 0.99) + 1))
+    return ranks_90, ranks_99, float(np.mean([np.linalg.norm(Ak - eye, 2) for Ak in A]))
+
+
+def _common_basis(A: np.ndarray) -> np.ndarray:
+    """Eigenvectors (descending) of ``Σ_k (D_k D_kᵀ + D_kᵀ D_k)``, ``D_k = A_k − I``: the common
+    basis giving the low-rank method its best chance (the subspace holding most of the range and
+    co-range of every residual; O(T·n³), not counted in the recursion time)."""
+    eye = np.eye(A.shape[-1])
+    gram = np.zeros_like(eye)
+    for Ak in A:
+        D = Ak - eye
+        gram += D @ D.T + D.T @ D
+    return np.linalg.eigh(gram)[1][:, ::-1]
+
+
+def _rank_row(A: np.ndarray, V: np.ndarray, q: float, r: float, qf: float, basis: np.ndarray,
+              p: int, w_dense: np.ndarray, t_dense: float) -> dict:
+    """Error, time and captured energy of the rank-``p`` restricted recursion."""
+    eye = np.eye(A.shape[-1])
+    U = basis[:, :p].copy() if p else None
+    t0 = time.perf_counter()
+    w = low_rank_identity_feedback(A, V, q, r, qf, U)
+    seconds = time.perf_counter() - t0
+    per_layer = [_rel(w[k], w_dense[k]) for k in range(len(A)) if np.linalg.norm(w_dense[k]) > 0]
+    captured = 0.0
+    if p:
+        captured = float(np.mean([np.linalg.norm(U.T @ (Ak - eye) @ U) ** 2
+                                  / np.linalg.norm(Ak - eye) ** 2 for Ak in A]))
+    return {"rank": p, "w_rel_error": _rel(w, w_dense), "w_rel_error_worst_layer": max(per_layer),
+            "energy_captured": captured, "seconds": seconds,
+            "time_ratio_over_dense": seconds / t_dense}
+
+
 def structured_study(
     A: np.ndarray,
     V: np.ndarray,
@@ -286,52 +329,12 @@ def structured_study(
     from ltv_control.streaming import streamed_feedback
 
     T, n, _ = A.shape
-    eye = np.eye(n)
     t0 = time.perf_counter()
     w_dense = np.asarray(streamed_feedback(A, V, q, r, Qf=qf).w)
     t_dense = time.perf_counter() - t0
-    ranks_90, ranks_99 = [], []
-    for k in range(T):
-        sv = np.linalg.svd(A[k] - eye, compute_uv=False) ** 2
-        cum = np.cumsum(sv) / sv.sum()
-        ranks_90.append(int(np.searchsorted(cum, 0.90) + 1))
-        ranks_99.append(int(np.searchsorted(cum, 0.99) + 1))
-    residual_norm = float(np.mean([np.linalg.norm(A[k] - eye, 2) for k in range(T)]))
-    gram = np.zeros((n, n))
-    for k in range(T):
-        D = A[k] - eye
-        gram += D @ D.T + D.T @ D
-    basis = np.linalg.eigh(gram)[1][:, ::-1]
-    rows = []
-    for p in ranks:
-        p = min(p, n)
-        if p:
-            # common basis giving the method its best chance: the top-p eigenvectors of
-            # Σ_k (D_k D_kᵀ + D_kᵀ D_k), i.e. the subspace holding most of the range and co-range
-            # of every residual (O(T·n³) to build; not counted in the recursion time below)
-            U = basis[:, :p].copy()
-        else:
-            U = None
-        t0 = time.perf_counter()
-        w = low_rank_identity_feedback(A, V, q, r, qf, U)
-        seconds = time.perf_counter() - t0
-        per_layer = [_rel(w[k], w_dense[k]) for k in range(T) if np.linalg.norm(w_dense[k]) > 0]
-        if p:
-            captured = float(
-                np.mean([np.linalg.norm(U.T @ (A[k] - eye) @ U) ** 2 / np.linalg.norm(A[k] - eye) ** 2 for k in range(T)])
-            )
-        else:
-            captured = 0.0
-        rows.append(
-            {
-                "rank": p,
-                "w_rel_error": _rel(w, w_dense),
-                "w_rel_error_worst_layer": max(per_layer),
-                "energy_captured": captured,
-                "seconds": seconds,
-                "time_ratio_over_dense": seconds / t_dense,
-            }
-        )
+    ranks_90, ranks_99, residual_norm = _effective_ranks(A)
+    basis = _common_basis(A)
+    rows = [_rank_row(A, V, q, r, qf, basis, min(p, n), w_dense, t_dense) for p in ranks]
     return {
         "T": T,
         "n": n,

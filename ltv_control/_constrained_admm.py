@@ -39,10 +39,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
-import numpy as np
-import scipy.linalg
+import numbers
+from typing import Any
 
-__all__ = ["ADMMSettings", "RiccatiADMM", "ADMMResult"]
+import numpy as np
+
+from ltv_control._exceptions import ArgumentError, PropertyError
+from ltv_control.backends import numpy_backend
+from ltv_control.riccati import Stage, backward_recursion
+
+__all__ = ["ADMMSettings", "RiccatiADMM", "ADMMResult", "validate_admm_option"]
 
 
 @dataclass
@@ -78,6 +84,61 @@ class ADMMSettings:
     adapt_every: int = 50
     adapt_ratio: float = 10.0
     check_every: int = 1
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        # every assignment is checked (construction, ``admm_options`` and later updates)
+        super().__setattr__(name, validate_admm_option(name, value))
+
+
+# name -> (kind, lower bound, lower bound inclusive, upper bound, expected (for messages))
+_OPTION_RULES = {
+    "eps_abs": ("real", 0.0, True, None, "a finite number >= 0"),
+    "eps_rel": ("real", 0.0, True, None, "a finite number >= 0"),
+    "max_iter": ("int", 1, True, None, "an integer >= 1"),
+    "alpha": ("real", 0.0, False, 2.0, "a number in (0, 2)"),
+    "rho": ("real", 0.0, False, None, "a finite number > 0 or None"),
+    "adapt_every": ("int", 0, True, None, "an integer >= 0 (0 disables)"),
+    "adapt_ratio": ("real", 1.0, False, None, "a finite number > 1"),
+    "check_every": ("int", 1, True, None, "an integer >= 1"),
+}
+
+
+def validate_admm_option(name: str, value: Any) -> Any:
+    """Check one ADMM option and return it normalised (``int`` / ``float``).
+
+    Parameters
+    ----------
+    name : str
+        A field of :class:`ADMMSettings`.
+    value : object
+        Its value.
+
+    Returns
+    -------
+    int, float or None
+        ``value`` as a Python number (``rho`` may be None).
+
+    Raises
+    ------
+    ArgumentError
+        Unknown option, or a value of the wrong type (``max_iter='x'``, a float iteration count).
+    PropertyError
+        A value out of range or not finite (``rho=-1``, ``check_every=0``, ``alpha=2``).
+    """
+    if name not in _OPTION_RULES:
+        raise ArgumentError(f"admm_options: unknown option {name!r}; accepted: {sorted(_OPTION_RULES)}")
+    kind, low, inclusive, high, expected = _OPTION_RULES[name]
+    if name == "rho" and value is None:
+        return None
+    number = numbers.Integral if kind == "int" else numbers.Real
+    if isinstance(value, bool) or not isinstance(value, number):
+        raise ArgumentError(f"admm_options[{name!r}]: expected {expected}, found "
+                            f"{type(value).__name__} {value!r}")
+    value = int(value) if kind == "int" else float(value)
+    ok = np.isfinite(value) and (value >= low if inclusive else value > low)
+    if not ok or (high is not None and not value < high):
+        raise PropertyError(f"admm_options[{name!r}]: expected {expected}, found {value!r}")
+    return value
 
 
 @dataclass
@@ -212,34 +273,34 @@ class RiccatiADMM:
     def _factor(self, rho: float) -> None:
         """Riccati factorisation of the augmented Hessians for penalty ``rho``.
 
-        ``S_T = Q̃_T``; ``H_k = R̃_k + B_kᵀS_{k+1}B_k = L_kL_kᵀ``;
-        ``K_k = H_k⁻¹B_kᵀS_{k+1}A_k``; ``S_k = Q̃_k + A_kᵀS_{k+1}(A_k - B_kK_k)`` (symmetrised).
+        :func:`ltv_control.riccati.backward_recursion` with ``Q̃`` (``Q`` plus the ``ρ`` terms of
+        the state blocks) and ``R̃ = R + ρ·(number of input copies)·I``: ``S_T = Q̃_T``,
+        ``H_k = R̃_k + B_kᵀS_{k+1}B_k = L_kL_kᵀ``, ``K_k = H_k⁻¹B_kᵀS_{k+1}A_k``,
+        ``S_k = Q̃_k + A_kᵀS_{k+1}A_k − K_kᵀH_kK_k``.  ``H_k⁻¹`` (the per-iteration map
+        ``g -> H_k⁻¹g``) comes from Cholesky solves with ``L_k``.
         """
         T, n, m = self.T, self.n, self.m
-        A, B = self.A, self.B
         Qt = self._Qx.copy()                       # Q̃ for x_1..x_T (index k-1)
         if self.blocks.x_box is not None:
             Qt += rho * np.eye(n)
         if self._feat_gram is not None:
             Qt += rho * self._feat_gram
         Rt = self.R + (rho * self.n_u_copies) * np.eye(m)
+        be = numpy_backend
+        # S_0 is not needed (x_0 is given); stage 0 takes Q_0 only to keep the loop uniform.
+        stages = (Stage(k, self.A[k], None if self._identity_B else self.B[k],
+                        Qt[k - 1] if k > 0 else self.Q[0], Rt[k]) for k in range(T - 1, -1, -1))
         K = np.empty((T, m, n))
         S_next = np.empty((T, n, n))               # S_{k+1} for k = 0..T-1
         H_inv = np.empty((T, m, m))
-        S = Qt[T - 1]
+        S_next[T - 1] = Qt[T - 1]
         eye_m = np.eye(m)
-        for k in range(T - 1, -1, -1):
-            S_next[k] = S
-            SB = S @ B[k]
-            H = Rt[k] + B[k].T @ SB
-            H = 0.5 * (H + H.T)
-            factor = scipy.linalg.cho_factor(H, lower=True, check_finite=False)
-            K[k] = scipy.linalg.cho_solve(factor, SB.T @ A[k], check_finite=False)
-            # Per-iteration linear map g -> H⁻¹ g, formed once per ρ by a Cholesky solve.
-            H_inv[k] = scipy.linalg.cho_solve(factor, eye_m, check_finite=False)
+        for k, step in backward_recursion(stages, Qt[T - 1], backend=be):
+            K[k] = step.K
+            H_inv[k] = be.cholesky_solve(step.L, eye_m)
             if k > 0:
-                S = Qt[k - 1] + A[k].T @ S @ (A[k] - B[k] @ K[k])
-                S = 0.5 * (S + S.T)
+                S_next[k - 1] = step.S
+        A, B = self.A, self.B
         self.K = K
         self.Acl = A - B @ K                                   # (T, n, n)
         self.AclT = np.ascontiguousarray(np.swapaxes(self.Acl, 1, 2))

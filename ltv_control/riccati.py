@@ -295,16 +295,21 @@ def lqr_step(S_next: Any, A: Any, B: Any, Q: Any, R: Any, N: Any = None, *, s_ne
 # ---------------------------------------------------------------------------------- the loop
 
 
-def terminal_value(Qf: Any, x_ref: Any = None, *, backend: Any = None) -> tuple[Any, Any, Any]:
+def terminal_value(Qf: Any, x_ref: Any = None, *, step: Any = None,
+                   backend: Any = None) -> tuple[Any, Any, Any]:
     """``V_T(x) = (x − r_T)ᵀQ_f(x − r_T)`` as ``(S_T, s_T, s0_T) = (Q_f, −Q_f r_T, r_TᵀQ_f r_T)``.
 
-    Without ``x_ref`` the value is purely quadratic: ``(Q_f, None, None)``.
+    Without ``x_ref`` the value is purely quadratic: ``(Q_f, None, None)``.  An overflow of
+    ``s_T`` or ``s0_T`` raises :class:`NumericalError` naming ``step`` (``T``).
     """
     if x_ref is None:
         return Qf, None, None
     be = backend or get_backend(Qf, x_ref)
     Qr = be.matvec(Qf, x_ref)
-    return Qf, -Qr, be.sum(x_ref * Qr, axis=-1)
+    s, s0 = -Qr, be.sum(x_ref * Qr, axis=-1)
+    _check_finite(be, s, "s", step, None, 1)
+    _check_finite(be, s0, "s0", step, None, 0)
+    return Qf, s, s0
 
 
 def backward_recursion(stages: Iterable[Stage], S_T: Any, s_T: Any = None, s0_T: Any = None, *,

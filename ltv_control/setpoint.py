@@ -26,8 +26,9 @@ control), never NaN.
 
 Everything here is a pure function over arrays.  numpy arrays give numpy arrays;
 torch tensors give torch tensors on the same device (computed in float64 and cast
-back to the input's floating dtype).  torch is only imported when a torch tensor is
-passed.
+back to the input's floating dtype), through :mod:`ltv_control.backends`.
+:func:`steering_input` is the float64 reference implementation of the A-LQR law
+(the adapters' hooks are tested against it).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from ltv_control._exceptions import DimensionError, PropertyError
+from ltv_control.backends import get_backend, is_torch_tensor
 
 __all__ = [
     "DEFAULT_REL_TOL",
@@ -76,14 +78,10 @@ class LinearFeatureSetpoint(NamedTuple):
 # --------------------------------------------------------------------------- helpers
 
 
-def _is_torch(x: Any) -> bool:
-    return type(x).__module__.split(".")[0] == "torch"
-
-
 def _to_numpy64(x: Any, name: str) -> np.ndarray:
     """``x`` as a float64 numpy array (torch tensors are detached and moved to the CPU)."""
-    if _is_torch(x):
-        x = x.detach().to("cpu").double().numpy()
+    if is_torch_tensor(x):
+        x = get_backend(x).to_numpy(x)
     try:
         arr = np.asarray(x, dtype=np.float64)
     except (TypeError, ValueError) as exc:
@@ -93,12 +91,11 @@ def _to_numpy64(x: Any, name: str) -> np.ndarray:
 
 def _like(result: np.ndarray, reference: Any) -> Any:
     """``result`` converted to the array type of ``reference`` (torch: same device, float dtype)."""
-    if _is_torch(reference):
-        import torch
-
-        dtype = reference.dtype if reference.is_floating_point() else torch.float64
-        return torch.as_tensor(result, dtype=dtype, device=reference.device)
-    return result
+    if not is_torch_tensor(reference):
+        return result
+    be = get_backend(reference)
+    dtype = be.dtype_of(reference) if be.is_floating(reference) else "float64"
+    return be.asarray(result, dtype=dtype, device=be.device_of(reference))
 
 
 def _check_finite(arr: np.ndarray, name: str) -> None:
@@ -220,7 +217,7 @@ def linear_feature_setpoint(
         )
     e = d.mean(axis=0) - u.mean(axis=0)
     result = setpoint_from_difference(e, lam=lam, rel_tol=rel_tol)
-    if _is_torch(desired_states):
+    if is_torch_tensor(desired_states):
         return LinearFeatureSetpoint(*(_like(np.asarray(x), desired_states) for x in result))
     return result
 
@@ -256,11 +253,9 @@ def feedback_directions(K: Any, v: Any) -> Any:
         raise DimensionError(
             f"v: expected shape ({k_shape[0]}, {k_shape[2]}) to match K {k_shape}, found {v_shape}"
         )
-    if _is_torch(K):
-        import torch
-
-        v_t = torch.as_tensor(v, device=K.device).to(K.dtype)
-        return torch.einsum("tmn,tn->tm", K, v_t)
+    if is_torch_tensor(K):
+        be = get_backend(K)
+        return be.einsum("tmn,tn->tm", K, be.asarray(v, dtype=be.dtype_of(K), device=be.device_of(K)))
     K_np = np.asarray(K, dtype=np.result_type(K, np.float64))
     return np.einsum("tmn,tn->tm", K_np, _to_numpy64(v, "v"))
 

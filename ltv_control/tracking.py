@@ -96,7 +96,7 @@ def tracking_lqr(system: Any, Q: Any, R: Any, x_ref: Any, *, Qf: Any = None, u_r
                                device=p.device, batch_shape=system.batch_shape)
     batch = be.broadcast_shapes(p.batch, tuple(r.shape[:-2]),
                                 () if ubar is None else tuple(ubar.shape[:-2]))
-    S, s, s0 = terminal_value(p.Qf, r[..., T, :], backend=be)
+    S, s, s0 = terminal_value(p.Qf, r[..., T, :], step=T, backend=be)
     out: list[list[Any]] = [[], [], [S], [s], [s0]]
     steps = backward_recursion(problem_stages(p, T, r, ubar, drift=True), S, s, s0, backend=be,
                                deferred=DeferredChecks.for_backend(be))

@@ -153,3 +153,46 @@ def test_torch_backend_accessors_return_the_singleton():
     assert backends.get_torch_backend() is torch_backend
     assert backends.backend_by_name("torch") is torch_backend
     assert backends.get_backend(torch.zeros(2)) is torch_backend
+
+
+@pytest.mark.parametrize("be", BACKENDS, ids=lambda b: b.name)
+def test_backends_implement_exactly_the_protocol(be):
+    from ltv_control.backends import BACKEND_OPERATIONS, Backend
+
+    assert isinstance(be, Backend)
+    public = {name for name in dir(be) if not name.startswith("_")}
+    assert public == BACKEND_OPERATIONS, (public ^ BACKEND_OPERATIONS)
+
+
+def test_identity_shift_riccati_update_and_eps_agree(rng):
+    a = rng.normal(size=(2, 4, 4))
+    W = rng.normal(size=(2, 3, 4))
+    Q = a @ np.swapaxes(a, -1, -2)
+    np.testing.assert_allclose(torch_backend.add_identity(torch.as_tensor(a), 0.7).numpy(),
+                               a + 0.7 * np.eye(4), rtol=1e-15)
+    np.testing.assert_array_equal(numpy_backend.add_identity(a, 0.7), a + 0.7 * np.eye(4))
+    expected = Q + a - np.swapaxes(W, -1, -2) @ W
+    expected = 0.5 * (expected + np.swapaxes(expected, -1, -2))
+    for q_arg, q_mat in ((Q, Q), (0.3, 0.3 * np.eye(4))):
+        ref = expected - Q + q_mat
+        got_np = numpy_backend.riccati_update(q_arg, a.copy(), W)
+        got_t = torch_backend.riccati_update(q_arg if isinstance(q_arg, float) else torch.as_tensor(q_arg),
+                                             torch.as_tensor(a), torch.as_tensor(W)).numpy()
+        np.testing.assert_allclose(got_np, ref, rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(got_t, ref, rtol=1e-12, atol=1e-12)
+    # single matrices take the BLAS path (syrk, in place on X)
+    got = numpy_backend.riccati_update(Q[0], a[0].copy(), W[0])
+    np.testing.assert_allclose(got, expected[0], rtol=1e-12, atol=1e-12)
+    np.testing.assert_array_equal(got, got.T)
+    assert numpy_backend.eps("float32") == torch_backend.eps(torch.float32) == np.finfo(np.float32).eps
+
+
+def test_overwrite_flags_give_the_same_result(rng):
+    M = rng.normal(size=(5, 5))
+    G = M @ M.T + np.eye(5)
+    b = rng.normal(size=(5, 3))
+    L, info = numpy_backend.cholesky(G.copy(), overwrite_a=True)
+    assert not np.any(info)
+    np.testing.assert_allclose(L @ L.T, G, rtol=1e-12)
+    x = numpy_backend.solve_triangular(L, b.copy(), lower=True, trans=True, overwrite_b=True)
+    np.testing.assert_allclose(L.T @ x, b, rtol=1e-12, atol=1e-12)
