@@ -44,13 +44,30 @@ def tiny_fit():
     model, tokenizer = tiny_llama(0)
     plant = LLMPlant(model, tokenizer)
     task = load_sentiment_task().subset(n_fit=8, n_eval=6, n_jacobian=1)
-    fitted = fit_methods(plant, task, _settings(methods=ALL), progress=False, log=None)
+    measured = []  # prompt counts of every last_token_states call during the fit
+    original = plant.last_token_states
+    plant.last_token_states = lambda prompts, **kw: (measured.append(len(prompts)),
+                                                     original(prompts, **kw))[1]
+    try:
+        fitted = fit_methods(plant, task, _settings(methods=ALL), progress=False, log=None)
+    finally:
+        del plant.last_token_states
+    fitted.measured = measured
     return model, plant, task, fitted
 
 
-def test_fit_methods_fits_each_steerer_once_on_one_linearization(tiny_fit):
-    model, plant, _, fitted = tiny_fit
+def test_fit_methods_shares_one_setpoint_and_one_linearization(tiny_fit):
+    model, plant, task, fitted = tiny_fit
     assert fitted.methods == list(ALL)
+    assert fitted.measured == [8, 8]  # desired and undesired states, once for all four fits
+    # every steerer holds the shared setpoint's numbers (no steerer measured its own)
+    reference = plant.setpoint(list(task.desired), list(task.undesired), lam=1.0)
+    assert np.allclose(fitted.setpoint.e, reference.e, atol=1e-6)
+    assert np.allclose(fitted.steerers["alqr"].v.double().numpy(), fitted.setpoint.v, atol=1e-6)
+    assert np.allclose(fitted.steerers["pid"].beta_star.double().numpy(),
+                       fitted.setpoint.beta_star, atol=1e-5)
+    assert np.allclose(fitted.steerers["actadd"].e.double().numpy(), fitted.setpoint.e,
+                       atol=1e-6)
     assert set(fitted.steerers) == {"alqr", "actadd", "pid", "constrained"}
     assert fitted.system.A.shape == (plant.horizon, plant.state_dim, plant.state_dim)
     assert fitted.actadd_layers == [plant.horizon // 3]
@@ -62,13 +79,14 @@ def test_steered_beta_profiles_differ_from_the_unsteered_one(tiny_fit):
     from ltv_control.app.profiles import beta_profiles
 
     model, plant, task, fitted = tiny_fit
-    alqr = fitted.steerers["alqr"]
+    setpoint = fitted.setpoint
     steerings = {m: fitted.steering(model, m, None if m == "unsteered" else 4.0)
                  for m in fitted.methods}
-    profiles = beta_profiles(plant, list(task.eval_prompts), alqr.v, alqr.beta_star, steerings)
+    profiles = beta_profiles(plant, list(task.eval_prompts), setpoint.v, setpoint.beta_star,
+                             steerings)
     assert list(profiles) == ["target", *ALL]
     base = np.array(profiles["unsteered"])
-    assert np.allclose(profiles["target"], alqr.beta_star.double().numpy())
+    assert np.allclose(profiles["target"], setpoint.beta_star)
     for method in ALL[1:]:
         steered = np.array(profiles[method])
         assert steered.shape == base.shape
@@ -76,7 +94,7 @@ def test_steered_beta_profiles_differ_from_the_unsteered_one(tiny_fit):
         assert steered[0] == pytest.approx(base[0], abs=1e-5)
         assert np.max(np.abs(steered - base)) > 1e-4, f"{method}: steering was not measured"
     # unsteered measurement again: the same (no hooks left behind by the steered runs)
-    again = beta_profiles(plant, list(task.eval_prompts), alqr.v, alqr.beta_star,
+    again = beta_profiles(plant, list(task.eval_prompts), setpoint.v, setpoint.beta_star,
                           {"unsteered": None})["unsteered"]
     assert np.allclose(again, base, atol=1e-6)
 
@@ -92,8 +110,8 @@ def test_alqr_moves_the_last_layer_toward_its_target_on_the_embedded_model(embed
     settings = ExperimentSettings(methods=("unsteered", "alqr"), n_fit=32, n_eval=8,
                                   n_jacobian=1, max_jacobian_tokens=10)
     fitted = fit_methods(plant, task, settings, progress=False, log=None)
-    alqr = fitted.steerers["alqr"]
-    profiles = beta_profiles(plant, list(task.eval_prompts), alqr.v, alqr.beta_star,
+    profiles = beta_profiles(plant, list(task.eval_prompts), fitted.setpoint.v,
+                             fitted.setpoint.beta_star,
                              {m: fitted.steering(plant.model, m, 1.0 if m != "unsteered" else None)
                               for m in ("unsteered", "alqr")})
     target, base, steered = (np.array(profiles[k]) for k in ("target", "unsteered", "alqr"))

@@ -41,8 +41,11 @@ def test_vader_scores_match_the_analyzer_and_threshold():
 
 
 def test_left_pad_positions():
+    """The adapters' left padding that perplexity and generation use (one pad rule)."""
     torch = pytest.importorskip("torch")
-    ids, mask, pos = metrics.left_pad([[5, 6, 7], [8]], pad_id=0)
+    from ltv_control.adapters.tokens import left_pad
+
+    ids, mask, pos = left_pad([[5, 6, 7], [8]], pad_id=0)
     assert ids.tolist() == [[5, 6, 7], [0, 0, 8]]
     assert mask.tolist() == [[1, 1, 1], [0, 0, 1]]
     assert pos.tolist() == [[0, 1, 2], [0, 0, 0]]

@@ -143,9 +143,9 @@ def _eval_options(p: argparse.ArgumentParser, *, quick: bool) -> None:
 def _add_demo(sub) -> None:
     p = sub.add_parser("demo", help="steer the embedded model from negative to positive sentiment "
                                     "and compare with baselines",
-                       description="Fit ActAdd, S-PID, A-LQR, A-LQR+ (and the constrained steerer "
-                                   "when available) on the packaged sentiment data, generate on "
-                                   "held-out prompts, and write report.json, report.md and PNGs.")
+                       description="Fit ActAdd, S-PID, A-LQR, A-LQR+ and the constrained steerer "
+                                   "on the packaged sentiment data, generate on held-out prompts, "
+                                   "and write report.json, report.md and PNGs.")
     _common(p)
     _eval_options(p, quick=True)
     p.set_defaults(handler=_cmd_demo)

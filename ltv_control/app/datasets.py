@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from ltv_control._exceptions import ArgumentError, PropertyError
+from ltv_control import ArgumentError, PropertyError
 
 __all__ = ["SentimentTask", "load_sentiment_task", "read_lines"]
 

@@ -195,18 +195,18 @@ def build_report(model, plant, task: SentimentTask, settings: ExperimentSettings
 
 def build_details(model, plant, task: SentimentTask, settings: ExperimentSettings,
                   fitted: FittedMethods, runs: dict, report: dict) -> dict:
-    """The figures' data: β_k profiles (each method measured with its own steerer attached, at
-    its default λ, on the first 16 evaluation prompts), the claim check, four examples per
+    """The figures' data: β_k profiles along the shared setpoint's directions (each method
+    measured with its own steerer attached, at its default λ, on the first 16 evaluation
+    prompts; the target is ``β*_k`` at ``settings.lam``), the claim check, four examples per
     method, notes and timings; plus the live ``steerers`` and ``plant``."""
     details: dict = {"notes": fitted.notes, "timings": dict(fitted.timings)}
     began = time.perf_counter()
-    alqr = fitted.steerers.get("alqr")
-    if alqr is not None:
+    if fitted.setpoint is not None:
         steerings = {m: fitted.steering(model, m, None if m == "unsteered"
                                         else float(settings.default_lam(m)))
                      for m in fitted.methods}
-        details["beta"] = beta_profiles(plant, list(task.eval_prompts[:16]), alqr.v,
-                                        alqr.beta_star, steerings)
+        details["beta"] = beta_profiles(plant, list(task.eval_prompts[:16]), fitted.setpoint.v,
+                                        fitted.setpoint.beta_star, steerings)
     details["timings"]["feature_strengths_s"] = time.perf_counter() - began
     details["claim"] = claim_check(report["sweep"], "alqr", "actadd", lam=float(settings.lam))
     details["examples"] = {"prompts": list(task.eval_prompts[:4]),

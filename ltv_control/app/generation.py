@@ -12,7 +12,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from ltv_control._exceptions import ArgumentError, PropertyError
+from ltv_control import ArgumentError, PropertyError
 
 __all__ = ["Decoding", "Generation", "generate_continuations"]
 
@@ -99,6 +99,26 @@ def _eos_ids(model, tokenizer) -> set[int]:
     return ids
 
 
+def _generate_options(decoding: Decoding, pad: int) -> dict:
+    """Keyword arguments of ``model.generate`` for ``decoding`` (greedy or nucleus sampling)."""
+    options = dict(max_new_tokens=decoding.max_new_tokens, do_sample=decoding.do_sample,
+                   use_cache=decoding.use_cache, pad_token_id=pad)
+    if decoding.do_sample:
+        options.update(temperature=decoding.temperature, top_p=decoding.top_p, top_k=0)
+    else:
+        options.update(temperature=None, top_p=None, top_k=None)
+    return options
+
+
+def _collect(out: Generation, rows: list[list[int]], eos: set[int], tokenizer) -> None:
+    """Append continuations cut at their first EOS (EOS counted as generated, not kept)."""
+    for row in rows:
+        cut = next((j for j, token in enumerate(row) if token in eos), len(row))
+        out.n_tokens += min(cut + 1, len(row))
+        out.token_ids.append(row[:cut])
+        out.texts.append(tokenizer.decode(row[:cut], skip_special_tokens=True).strip())
+
+
 def generate_continuations(model, tokenizer, prompts: Sequence[str], *,
                            decoding: Decoding | None = None, steering=None,
                            progress: bool = True, desc: str = "generate") -> Generation:
@@ -107,7 +127,8 @@ def generate_continuations(model, tokenizer, prompts: Sequence[str], *,
     Parameters
     ----------
     model : transformers causal LM
-    tokenizer : its tokenizer; prompts are tokenized as given (``tokenizer(prompt)``).
+    tokenizer : its tokenizer; prompts are tokenized as given (``tokenizer(prompt)``), batches
+        left-padded by :func:`ltv_control.adapters.tokenize_left_padded`.
     prompts : sequence of str, length P
     decoding : Decoding, optional
         Defaults to ``Decoding()`` (greedy, 24 new tokens, KV cache on).
@@ -125,7 +146,8 @@ def generate_continuations(model, tokenizer, prompts: Sequence[str], *,
     """
     import torch
 
-    from ltv_control.app.metrics import _pad_id, left_pad
+    from ltv_control.adapters import tokenize_left_padded
+    from ltv_control.adapters.tokens import model_device, pad_token_id
 
     if isinstance(prompts, str) or not all(isinstance(p, str) for p in prompts):
         raise ArgumentError("prompts must be a sequence of str")
@@ -134,40 +156,24 @@ def generate_continuations(model, tokenizer, prompts: Sequence[str], *,
     decoding = decoding or Decoding()
     if not isinstance(decoding, Decoding):
         raise ArgumentError(f"decoding must be a Decoding, found {type(decoding).__name__}")
-    pad = _pad_id(tokenizer)
-    eos = _eos_ids(model, tokenizer)
-    device = next(model.parameters()).device
+    options = _generate_options(decoding, pad_token_id(tokenizer))
+    eos, device = _eos_ids(model, tokenizer), model_device(model)
     out = Generation(prompts=list(prompts))
     starts = list(range(0, len(prompts), decoding.batch_size))
-    iterator = starts
     if progress:
         from tqdm.auto import tqdm
 
-        iterator = tqdm(starts, desc=desc, unit="batch", leave=False)
-    options = dict(max_new_tokens=decoding.max_new_tokens, do_sample=decoding.do_sample,
-                   use_cache=decoding.use_cache, pad_token_id=pad)
-    if decoding.do_sample:
-        options.update(temperature=decoding.temperature, top_p=decoding.top_p, top_k=0)
-    else:
-        options.update(temperature=None, top_p=None, top_k=None)
-    for batch_index, start in enumerate(iterator):
-        chunk = list(prompts[start:start + decoding.batch_size])
-        ids, mask, _ = left_pad([list(tokenizer(p)["input_ids"]) for p in chunk], pad)
-        ids, mask = ids.to(device), mask.to(device)
+        starts = tqdm(starts, desc=desc, unit="batch", leave=False)
+    for batch_index, start in enumerate(starts):
+        batch = tokenize_left_padded(tokenizer, list(prompts[start:start + decoding.batch_size]),
+                                     device=device)
         if decoding.do_sample:
             torch.manual_seed(decoding.seed + batch_index)
         context = steering() if steering is not None else contextlib.nullcontext()
         began = time.perf_counter()
         with torch.no_grad(), context:
-            generated = model.generate(input_ids=ids, attention_mask=mask, **options)
+            generated = model.generate(input_ids=batch.input_ids,
+                                       attention_mask=batch.attention_mask, **options)
         out.seconds += time.perf_counter() - began
-        for row in generated[:, ids.shape[1]:].tolist():
-            cut = len(row)
-            for j, token in enumerate(row):
-                if token in eos:
-                    cut = j
-                    break
-            out.n_tokens += min(cut + 1, len(row))
-            out.token_ids.append(row[:cut])
-            out.texts.append(tokenizer.decode(row[:cut], skip_special_tokens=True).strip())
+        _collect(out, generated[:, batch.input_ids.shape[1]:].tolist(), eos, tokenizer)
     return out

@@ -1,9 +1,12 @@
 """Fitting the steering methods of an evaluation once, on shared work.
 
-One evaluation fits every method on the same contrastive prompts.  The linearization
-``z_{k+1} = A_k z_k + u_k`` (:meth:`LLMPlant.linearize`) is computed once and handed to the
-steerers that need it (A-LQR, the constrained steerer); :class:`FittedMethods` then gives, for
-any method and strength λ (ActAdd: coeff), the context manager that attaches it to the model.
+One evaluation fits every method on the same contrastive prompts.  The setpoint
+(:meth:`LLMPlant.setpoint`: ``e_k``, ``v_k``, ``β*_k``) and the linearization
+``z_{k+1} = A_k z_k + u_k`` (:meth:`LLMPlant.linearize`) are computed once; each steerer is
+built from them (``ALQRSteerer.from_system``, ``ActAddSteerer.from_setpoint``,
+``PIDSteerer.from_setpoint``, ``ConstrainedSteerer.from_system``).  :class:`FittedMethods`
+gives, for any method and strength λ (ActAdd: coeff), the context manager that attaches it to
+the model.
 A-LQR+ is the A-LQR steerer attached with ``positions="all"``.
 """
 
@@ -45,6 +48,9 @@ class FittedMethods:
         By steerer name (``"alqr"``, ``"actadd"``, ``"pid"``, ``"constrained"``).
     actadd_layers : list of int
         The layers ActAdd adds its vector to.
+    setpoint : Setpoint or None
+        The shared setpoint (:meth:`LLMPlant.setpoint` at ``settings.lam``; None when only
+        ``unsteered`` runs).
     system : LTVSystem or None
         The shared linearization (None when no fitted method needed it).
     notes : list of str
@@ -55,6 +61,7 @@ class FittedMethods:
 
     steerers: dict[str, Any] = field(default_factory=dict)
     actadd_layers: list[int] = field(default_factory=list)
+    setpoint: Any = None
     system: Any = None
     notes: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
@@ -94,62 +101,56 @@ def _actadd_layers(settings: ExperimentSettings, horizon: int) -> list[int]:
     return layers
 
 
-def _fit_alqr(plant: Any, task: SentimentTask, settings: ExperimentSettings,
-              fitted: FittedMethods, progress: bool) -> Any:
+def _fit_alqr(fitted: FittedMethods, settings: ExperimentSettings) -> Any:
     from ltv_control.adapters import ALQRSteerer
 
-    return ALQRSteerer.fit(plant, list(task.desired), list(task.undesired), q=settings.q,
-                           r=settings.r, qf=settings.qf, lam=settings.lam, positions="last",
-                           system=fitted.system, progress=progress)
+    return ALQRSteerer.from_system(fitted.system, fitted.setpoint, q=settings.q, r=settings.r,
+                                   qf=settings.qf, positions="last")
 
 
-def _fit_actadd(plant: Any, task: SentimentTask, settings: ExperimentSettings,
-                fitted: FittedMethods, progress: bool) -> Any:
+def _fit_actadd(fitted: FittedMethods, settings: ExperimentSettings) -> Any:
     from ltv_control.adapters import ActAddSteerer
 
-    return ActAddSteerer.fit(plant, list(task.desired), list(task.undesired),
-                             layers=fitted.actadd_layers, coeff=settings.actadd_coeff,
-                             positions="all")
+    return ActAddSteerer.from_setpoint(fitted.setpoint, layers=fitted.actadd_layers,
+                                       coeff=settings.actadd_coeff, positions="all")
 
 
-def _fit_pid(plant: Any, task: SentimentTask, settings: ExperimentSettings,
-             fitted: FittedMethods, progress: bool) -> Any:
+def _fit_pid(fitted: FittedMethods, settings: ExperimentSettings) -> Any:
     from ltv_control.adapters import PIDSteerer
 
-    return PIDSteerer.fit(plant, list(task.desired), list(task.undesired), lam=settings.lam,
-                          positions="last", **settings.pid)
+    return PIDSteerer.from_setpoint(fitted.setpoint, positions="last", **settings.pid)
 
 
-def _fit_constrained(plant: Any, task: SentimentTask, settings: ExperimentSettings,
-                     fitted: FittedMethods, progress: bool) -> Any:
+def _fit_constrained(fitted: FittedMethods, settings: ExperimentSettings) -> Any:
     from ltv_control.adapters import ConstrainedSteerer
 
-    options = {"q": settings.q, "r": settings.r, "qf": settings.qf, "lam": settings.lam,
-               **settings.constrained}
-    return ConstrainedSteerer.fit(plant, list(task.desired), list(task.undesired),
-                                  system=fitted.system, progress=progress, **options)
+    options = {"q": settings.q, "r": settings.r, "qf": settings.qf, **settings.constrained}
+    return ConstrainedSteerer.from_system(fitted.system, fitted.setpoint, **options)
 
 
 #: steerer name -> (methods that use it, fit function, log line)
 _FITS = (
-    ("alqr", ("alqr", "alqr_plus"), _fit_alqr, "fitting A-LQR on the shared linearization"),
-    ("actadd", ("actadd",), _fit_actadd, "fitting ActAdd"),
-    ("pid", ("pid",), _fit_pid, "fitting S-PID"),
-    ("constrained", ("constrained",), _fit_constrained, "fitting the constrained steerer"),
+    ("alqr", ("alqr", "alqr_plus"), _fit_alqr, "A-LQR gains on the shared linearization"),
+    ("actadd", ("actadd",), _fit_actadd, "ActAdd vectors from the shared setpoint"),
+    ("pid", ("pid",), _fit_pid, "S-PID from the shared setpoint"),
+    ("constrained", ("constrained",), _fit_constrained,
+     "constrained steerer on the shared linearization"),
 )
 
 
 def fit_methods(plant: Any, task: SentimentTask, settings: ExperimentSettings, *,
                 linearize: bool = False, progress: bool = True,
                 log: Callable[[str], None] | None = stderr_log) -> FittedMethods:
-    """Fit every method of ``settings.methods`` on ``task``, linearizing the plant once.
+    """Fit every method of ``settings.methods`` on ``task`` from one setpoint and one
+    linearization.
 
     Parameters
     ----------
     plant : LLMPlant
     task : SentimentTask
         Its ``desired``/``undesired`` prompts give the setpoint ``e_k = mean(desired) −
-        mean(undesired)`` (block inputs at the last token); its ``jacobian_prompts``, cut to
+        mean(undesired)`` (block inputs at the last token), ``v_k = e_k/‖e_k‖``,
+        ``β*_k = settings.lam·‖e_k‖``; its ``jacobian_prompts``, cut to
         ``settings.max_jacobian_tokens`` tokens, the linearization
         ``A_k = mean ∂(block k output)/∂(block k input)``.
     settings : ExperimentSettings
@@ -169,6 +170,13 @@ def fit_methods(plant: Any, task: SentimentTask, settings: ExperimentSettings, *
     wanted = set(settings.methods)
     fitted = FittedMethods(actadd_layers=_actadd_layers(settings, plant.horizon))
     began = time.perf_counter()
+    if wanted - {"unsteered"}:
+        _log(log, f"measuring the setpoint on {len(task.desired)} + {len(task.undesired)} "
+                  "contrastive prompts")
+        fitted.setpoint = plant.setpoint(list(task.desired), list(task.undesired),
+                                         lam=settings.lam)
+    fitted.timings["setpoint_shared_s"] = time.perf_counter() - began
+    began = time.perf_counter()
     if linearize or wanted & _NEEDS_SYSTEM:
         _log(log, f"linearizing {plant.horizon} layers on {len(task.jacobian_prompts)} prompts")
         fitted.system = plant.linearize(list(task.jacobian_prompts),
@@ -181,7 +189,7 @@ def fit_methods(plant: Any, task: SentimentTask, settings: ExperimentSettings, *
         _log(log, message)
         began = time.perf_counter()
         try:
-            fitted.steerers[name] = fit(plant, task, settings, fitted, progress)
+            fitted.steerers[name] = fit(fitted, settings)
         except Exception as exc:
             if name != "constrained":
                 raise

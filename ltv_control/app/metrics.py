@@ -18,13 +18,12 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ltv_control._exceptions import ArgumentError, DimensionError, PropertyError
+from ltv_control import ArgumentError, DimensionError, PropertyError
 
 __all__ = [
     "POSITIVE_THRESHOLD",
     "continuation_perplexity",
     "distinct_n",
-    "left_pad",
     "positive_rate",
     "tokens_per_second",
     "vader_compound",
@@ -114,39 +113,6 @@ def tokens_per_second(n_tokens: int, seconds: float) -> float:
     return float(n_tokens) / seconds if seconds > 0 else float("nan")
 
 
-def left_pad(sequences: Sequence[Sequence[int]], pad_id: int):
-    """Left-pad token id lists into ``(input_ids, attention_mask, position_ids)`` torch tensors.
-
-    Position ids count real tokens only (``cumsum(mask) - 1``, 0 on pads), as ``generate`` does,
-    so absolute-position models see the same positions with and without padding.
-
-    Returns
-    -------
-    tuple of torch.LongTensor, each shape (B, L) with L the longest sequence.
-    """
-    import torch
-
-    if not sequences:
-        raise DimensionError("sequences must hold at least one sequence, found 0")
-    length = max(len(s) for s in sequences)
-    ids = torch.full((len(sequences), length), int(pad_id), dtype=torch.long)
-    mask = torch.zeros((len(sequences), length), dtype=torch.long)
-    for row, seq in enumerate(sequences):
-        if len(seq):
-            ids[row, length - len(seq):] = torch.as_tensor(list(seq), dtype=torch.long)
-            mask[row, length - len(seq):] = 1
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    return ids, mask, positions
-
-
-def _pad_id(tokenizer) -> int:
-    for attr in ("pad_token_id", "eos_token_id", "bos_token_id"):
-        value = getattr(tokenizer, attr, None)
-        if isinstance(value, int):
-            return value
-    return 0
-
-
 def continuation_perplexity(model, tokenizer, prompts: Sequence[str],
                             continuations: Sequence[str] | Sequence[Sequence[int]], *,
                             batch_size: int = 8, per_text: bool = False, progress: bool = False):
@@ -178,8 +144,6 @@ def continuation_perplexity(model, tokenizer, prompts: Sequence[str],
     -------
     float, or (float, numpy.ndarray) when ``per_text``.  NaN when no continuation has a token.
     """
-    import torch
-
     prompts = _check_texts(prompts, "prompts")
     if len(continuations) != len(prompts):
         raise DimensionError(
@@ -187,44 +151,20 @@ def continuation_perplexity(model, tokenizer, prompts: Sequence[str],
             f"found {len(continuations)}")
     if not isinstance(batch_size, int) or batch_size < 1:
         raise PropertyError(f"batch_size must be a positive int, found {batch_size!r}")
-    rows = []
-    for prompt, cont in zip(prompts, continuations):
-        prompt_ids = list(tokenizer(prompt)["input_ids"])
-        if isinstance(cont, str):
-            cont_ids = list(tokenizer(cont, add_special_tokens=False)["input_ids"]) if cont else []
-        else:
-            cont_ids = [int(t) for t in cont]
-        rows.append((prompt_ids, cont_ids))
-    pad = _pad_id(tokenizer)
+    rows = [_token_rows(tokenizer, p, c) for p, c in zip(prompts, continuations)]
     nll = np.zeros(len(rows))
     count = np.zeros(len(rows), dtype=np.int64)
-    device = next(model.parameters()).device
     starts = range(0, len(rows), batch_size)
     if progress:
         from tqdm.auto import tqdm
 
         starts = tqdm(starts, desc="perplexity", unit="batch")
-    with torch.no_grad():
-        for start in starts:
-            chunk = [(i, p, c) for i, (p, c) in enumerate(rows[start:start + batch_size], start)
-                     if c]
-            if not chunk:
-                continue
-            ids, mask, pos = left_pad([p + c for _, p, c in chunk], pad)
-            labels = torch.full_like(ids, -100)
-            length = ids.shape[1]
-            for row, (_, _, c) in enumerate(chunk):
-                labels[row, length - len(c):] = ids[row, length - len(c):]
-            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device),
-                           position_ids=pos.to(device), use_cache=False).logits
-            logp = torch.log_softmax(logits[:, :-1].to(torch.float64), dim=-1).cpu()
-            target = labels[:, 1:]
-            valid = target != -100
-            picked = logp.gather(-1, target.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-            token_nll = -(picked * valid).sum(-1)
+    for start in starts:
+        chunk = [(i, p, c) for i, (p, c) in enumerate(rows[start:start + batch_size], start) if c]
+        if chunk:
+            batch_nll, batch_count = _continuation_nll(model, tokenizer, chunk)
             for row, (i, _, _) in enumerate(chunk):
-                nll[i] = float(token_nll[row])
-                count[i] = int(valid[row].sum())
+                nll[i], count[i] = batch_nll[row], batch_count[row]
     total = int(count.sum())
     corpus = math.exp(nll.sum() / total) if total else float("nan")
     if per_text:
@@ -232,3 +172,38 @@ def continuation_perplexity(model, tokenizer, prompts: Sequence[str],
             each = np.where(count > 0, np.exp(nll / np.maximum(count, 1)), np.nan)
         return corpus, each
     return corpus
+
+
+def _token_rows(tokenizer, prompt: str, cont) -> tuple[list[int], list[int]]:
+    """Prompt ids (``tokenizer(prompt)``) and continuation ids (a string is tokenized without
+    special tokens, a list of ints used as is)."""
+    prompt_ids = list(tokenizer(prompt)["input_ids"])
+    if isinstance(cont, str):
+        cont_ids = list(tokenizer(cont, add_special_tokens=False)["input_ids"]) if cont else []
+    else:
+        cont_ids = [int(t) for t in cont]
+    return prompt_ids, cont_ids
+
+
+def _continuation_nll(model, tokenizer, chunk) -> tuple[np.ndarray, np.ndarray]:
+    """Summed negative log-likelihood ``−Σ_t log p(y_t | prompt, y_<t)`` of each row's
+    continuation tokens, and their count, in one left-padded forward pass."""
+    import torch
+
+    from ltv_control.adapters.tokens import left_pad, model_device, pad_token_id
+
+    batch = left_pad([p + c for _, p, c in chunk], pad_token_id(tokenizer),
+                     device=model_device(model))
+    ids = batch.input_ids.cpu()
+    labels = torch.full_like(ids, -100)
+    length = ids.shape[1]
+    for row, (_, _, c) in enumerate(chunk):
+        labels[row, length - len(c):] = ids[row, length - len(c):]
+    with torch.no_grad():
+        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                       position_ids=batch.position_ids, use_cache=False).logits
+    logp = torch.log_softmax(logits[:, :-1].to(torch.float64), dim=-1).cpu()
+    target = labels[:, 1:]
+    valid = target != -100
+    picked = logp.gather(-1, target.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    return (-(picked * valid).sum(-1)).numpy(), valid.sum(-1).numpy()

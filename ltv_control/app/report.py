@@ -252,9 +252,31 @@ def write_report(out_dir: str | os.PathLike, report: dict, details: dict | None 
 
 
 def _markdown(report: dict, details: dict, files: dict) -> str:
+    """report.md: header, methods table, claim check, sweep, figures, examples, bound, notes."""
+    parts = _md_header(report) + _md_claim(details.get("claim", {})) + _md_sweep(report)
+    captions = {"beta.png": "Per-layer feature strength β_k against the target β*_k",
+                "tradeoff.png": "Positive rate against perplexity along each method's λ sweep",
+                "bound.png": "Tracking-error bound against the realized deviations",
+                "examples.png": "Example continuations side by side"}
+    figs = [n for n in captions if n in files]
+    if figs:
+        parts += ["## Figures", ""]
+        parts += [f"![{captions[n]}]({n})\n\n*{captions[n]}.*\n" for n in figs]
+    if "examples" in details:
+        parts += _md_examples(details["examples"])
+    parts += _md_bound(details.get("bound"))
+    if details.get("notes"):
+        parts += ["## Notes", ""] + [f"- {n}" for n in details["notes"]] + [""]
+    if details.get("timings"):
+        parts += ["## Timings (s)", ""] + [f"- {k}: {v:.1f}" for k, v in details["timings"].items()]
+        parts.append("")
+    return "\n".join(parts)
+
+
+def _md_header(report: dict) -> list[str]:
     s = report["settings"]
     dec = s.get("decoding", {})
-    parts = [
+    return [
         "# ltv-control steering report",
         "",
         f"ltv-control {report['version']}, model `{s.get('model', '?')}`, seed {report['seed']}. "
@@ -272,55 +294,52 @@ def _markdown(report: dict, details: dict, files: dict) -> str:
         format_table(report, markdown=True),
         "",
     ]
-    claim = details.get("claim", {})
-    if claim.get("available"):
-        verdict = "holds" if claim["holds"] else "does NOT hold"
-        parts += [
-            "## Claim check",
-            "",
-            f"A-LQR (λ={claim['lam']:g}) reaches positive rate {claim['positive_rate']:.2f} at "
-            f"perplexity {claim['perplexity']:.1f}; ActAdd interpolated to the same positive rate "
-            f"has perplexity {claim['baseline_perplexity']:.1f}"
-            f"{' (extrapolated: outside ActAdd sweep range)' if claim['extrapolated'] else ''}. "
-            f"The claim (A-LQR no worse than ActAdd at equal positive rate) {verdict} here.",
-            "",
-        ]
-    parts += ["## λ sweep", "", "| method | λ | positive rate | VADER mean | perplexity | "
-              "distinct-2 | tokens/s |", "|---|---|---|---|---|---|---|"]
+
+
+def _md_claim(claim: dict) -> list[str]:
+    if not claim.get("available"):
+        return []
+    verdict = "holds" if claim["holds"] else "does NOT hold"
+    return [
+        "## Claim check",
+        "",
+        f"A-LQR (λ={claim['lam']:g}) reaches positive rate {claim['positive_rate']:.2f} at "
+        f"perplexity {claim['perplexity']:.1f}; ActAdd interpolated to the same positive rate "
+        f"has perplexity {claim['baseline_perplexity']:.1f}"
+        f"{' (extrapolated: outside ActAdd sweep range)' if claim['extrapolated'] else ''}. "
+        f"The claim (A-LQR no worse than ActAdd at equal positive rate) {verdict} here.",
+        "",
+    ]
+
+
+def _md_sweep(report: dict) -> list[str]:
+    parts = ["## λ sweep", "", "| method | λ | positive rate | VADER mean | perplexity | "
+             "distinct-2 | tokens/s |", "|---|---|---|---|---|---|---|"]
     for p in report["sweep"]:
         parts.append(f"| {_LABELS.get(p['method'], p['method'])} | {p['lam']:g} | "
                      f"{_fmt(p['positive_rate'], 2)} | {_fmt(p['vader_mean'])} | "
                      f"{_fmt(p['perplexity'], 1)} | {_fmt(p['distinct2'])} | "
                      f"{_fmt(p['tokens_per_s'], 1)} |")
-    parts.append("")
-    captions = {"beta.png": "Per-layer feature strength β_k against the target β*_k",
-                "tradeoff.png": "Positive rate against perplexity along each method's λ sweep",
-                "bound.png": "Tracking-error bound against the realized deviations",
-                "examples.png": "Example continuations side by side"}
-    figs = [n for n in captions if n in files]
-    if figs:
-        parts += ["## Figures", ""]
-        parts += [f"![{captions[n]}]({n})\n\n*{captions[n]}.*\n" for n in figs]
-    if "examples" in details:
-        ex = details["examples"]
-        parts += ["## Examples", ""]
-        for i, prompt in enumerate(ex["prompts"]):
-            parts.append(f"**{prompt} …**\n")
-            for m in ex:
-                if m != "prompts":
-                    parts.append(f"- *{_LABELS.get(m, m)}*: {' '.join(ex[m][i].split())}")
-            parts.append("")
-    bound = details.get("bound")
-    if bound:
-        parts += ["## Tracking-error bound", "",
-                  f"LQR tracking of one prompt's last-token trajectory while the model reads "
-                  f"other prompts; the {bound.get('mode', '?')} bound holds on "
-                  f"{_fmt(100 * bound.get('coverage', float('nan')), 1)} % of held-out steps "
-                  f"({bound.get('violations', '?')} violations of {bound.get('n_steps', '?')}). "
-                  "Per-step data: `details.json`.", ""]
-    if details.get("notes"):
-        parts += ["## Notes", ""] + [f"- {n}" for n in details["notes"]] + [""]
-    if details.get("timings"):
-        parts += ["## Timings (s)", ""] + [f"- {k}: {v:.1f}" for k, v in details["timings"].items()]
+    return parts + [""]
+
+
+def _md_examples(ex: dict) -> list[str]:
+    parts = ["## Examples", ""]
+    for i, prompt in enumerate(ex["prompts"]):
+        parts.append(f"**{prompt} …**\n")
+        for m in ex:
+            if m != "prompts":
+                parts.append(f"- *{_LABELS.get(m, m)}*: {' '.join(ex[m][i].split())}")
         parts.append("")
-    return "\n".join(parts)
+    return parts
+
+
+def _md_bound(bound: dict | None) -> list[str]:
+    if not bound:
+        return []
+    return ["## Tracking-error bound", "",
+            f"LQR tracking of one prompt's last-token trajectory while the model reads "
+            f"other prompts; the {bound.get('mode', '?')} bound holds on "
+            f"{_fmt(100 * bound.get('coverage', float('nan')), 1)} % of held-out steps "
+            f"({bound.get('violations', '?')} violations of {bound.get('n_steps', '?')}). "
+            "Per-step data: `details.json`.", ""]
