@@ -1,4 +1,5 @@
-"""Argument checks shared by the adapters: prompts, layer indices, scalars, ``positions``.
+"""Argument checks and conversions shared by the adapters: prompts, layer indices, scalars,
+``positions``, and the one "any array to float64 numpy" helper.
 
 Each raises the package's typed errors (:mod:`ltv_control._exceptions`) naming the argument and
 what was expected and found.
@@ -15,7 +16,7 @@ import numpy as np
 from ltv_control._exceptions import ArgumentError, DimensionError, PropertyError
 
 __all__ = ["POSITIONS", "reject_unknown", "check_positions", "check_prompts", "check_layer_indices",
-           "check_scalar", "check_positive_int"]
+           "check_scalar", "check_positive_int", "to_numpy64"]
 
 POSITIONS = ("last", "all")
 
@@ -90,3 +91,19 @@ def check_positive_int(value: Any, name: str) -> int:
     if value < 1:
         raise ArgumentError(f"{name}: expected a positive int, found {value}")
     return int(value)
+
+
+def to_numpy64(x: Any, name: str = "array", *, finite: bool = False) -> np.ndarray:
+    """``x`` (numpy, torch on any device, nested lists) as a float64 numpy array.
+
+    Raises
+    ------
+    PropertyError
+        ``finite=True`` and ``x`` holds NaN or inf (the message names ``name``).
+    """
+    if type(x).__module__.split(".")[0] == "torch":
+        x = x.detach().to("cpu").double().numpy()
+    arr = np.asarray(x, dtype=np.float64)
+    if finite and not np.all(np.isfinite(arr)):
+        raise PropertyError(f"{name}: expected finite values, found NaN or inf")
+    return arr

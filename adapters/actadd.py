@@ -18,13 +18,9 @@ import numpy as np
 from ltv_control.adapters.setpoint import measure_setpoint
 from ltv_control._exceptions import ArgumentError
 from ltv_control._validation import public_api
-from ltv_control.adapters.steering_base import (
-    SteeringHandle,
-    Steerer,
-    check_layer_indices,
-    check_positions,
-    check_scalar,
-)
+from ltv_control.adapters._checks import check_layer_indices, check_positions, check_scalar
+from ltv_control.adapters.laws import AffineLaw
+from ltv_control.adapters.steerer import SteeringHandle, Steerer
 
 __all__ = ["ActAddSteerer"]
 
@@ -142,9 +138,8 @@ class ActAddSteerer(Steerer):
             coeff = check_scalar(coeff, "coeff")
         return super().attach(model, positions=positions, layers=layers, coeff=coeff)
 
-    def _layer_parameters(self, options: dict) -> dict:
-        coeff = self.coeff if options.get("coeff") is None else options["coeff"]
-        return {"u": coeff * self.e}
-
-    def _control(self, k: int, z: Any, params: dict, state: dict) -> Any:
-        return params["u"].expand_as(z)
+    def layer_laws(self, *, coeff: float | None = None) -> dict:
+        """``u_k = coeff · e_k`` (:class:`AffineLaw` with ``c = coeff·e_k``) on every layer (the
+        fitted ``layers`` restrict it at attach)."""
+        coeff = self.coeff if coeff is None else coeff
+        return {k: AffineLaw(c=coeff * self.e[k]) for k in range(self.horizon)}

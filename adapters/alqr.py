@@ -37,14 +37,9 @@ import numpy as np
 
 from ltv_control.adapters.setpoint import measure_setpoint
 from ltv_control._validation import public_api
-from ltv_control.adapters.steering_base import (
-    SteeringHandle,
-    Steerer,
-    check_layer_indices,
-    check_positions,
-    check_prompts,
-    check_scalar,
-)
+from ltv_control.adapters._checks import check_layer_indices, check_positions, check_prompts, check_scalar
+from ltv_control.adapters.laws import AffineLaw
+from ltv_control.adapters.steerer import SteeringHandle, Steerer
 
 __all__ = ["ALQRSteerer"]
 
@@ -244,24 +239,10 @@ class ALQRSteerer(Steerer):
             lam = check_scalar(lam, "lam")
         return super().attach(model, positions=positions, layers=layers, lam=lam)
 
-    def _layer_parameters(self, options: dict) -> dict:
-        lam = options.get("lam")
+    def layer_laws(self, *, lam: float | None = None) -> dict:
+        """``u_k = (β_k − v_kᵀz) w_k`` (:class:`AffineLaw` with ``U = w_k``, ``V = v_k``,
+        ``b = β_k``; ``β = lam·e_norm``, the fitted ``β*`` when ``lam`` is None) on the layers
+        with a direction."""
         beta = self.beta_star if lam is None else lam * self.e_norm
-        return {"v": self.v, "w": self.w, "beta": beta}
-
-    def _active_layers(self, options: dict) -> list[int]:
-        return [k for k in range(self.horizon) if float(self.e_norm[k]) > 0.0]
-
-    def _control_last_inplace(self, k: int, z: Any, target: Any, params: dict) -> None:
-        """Fused ``target += (β* − z v) ⊗ w`` (two kernels: addmv, addr_)."""
-        import torch
-
-        target.addr_(torch.addmv(params["beta"], z, params["v"], alpha=-1.0), params["w"])
-
-    def _control(self, k: int, z: Any, params: dict, state: dict) -> Any:
-        import torch
-
-        if z.ndim == 2:  # "last": two fused kernels, α = β* − z v and u = α ⊗ w
-            return torch.outer(torch.addmv(params["beta"], z, params["v"], alpha=-1.0), params["w"])
-        alpha = params["beta"] - z @ params["v"]
-        return alpha.unsqueeze(-1) * params["w"]
+        return {k: AffineLaw(U=self.w[k], V=self.v[k], b=beta[k])
+                for k in range(self.horizon) if float(self.e_norm[k]) > 0.0}

@@ -34,7 +34,12 @@ import numpy as np
 
 from ltv_control._exceptions import ArgumentError, DimensionError, PropertyError
 from ltv_control._validation import public_api
-from ltv_control.adapters._blocks import get_block_input, get_block_output, replace_block_output
+from ltv_control.adapters._blocks import get_block_output, replace_block_output
+from ltv_control.adapters._checks import to_numpy64
+from ltv_control.adapters._replay import forward_kwargs
+from ltv_control.adapters.hooks import attach_laws
+from ltv_control.adapters.laws import AffineLaw, RecordedLaw
+from ltv_control.adapters.tokens import left_pad, model_device, pad_token_id, token_ids
 
 __all__ = ["BoundExperimentResult", "llm_bound_experiment", "closed_loop_states"]
 
@@ -129,115 +134,94 @@ class BoundExperimentResult:
 
 
 def _encode(plant: Any, prompts: Sequence[str], max_tokens: int | None, name: str) -> list[list[int]]:
-    from ltv_control.adapters.plant import token_ids
-
     return token_ids(plant.tokenizer, prompts, max_tokens, name)
 
 
-def _model_device(model: Any) -> Any:
-    emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
-    weight = getattr(emb, "weight", None)
-    return weight.device if weight is not None else next(model.parameters()).device
+def _zero_pad_rows(blocks: list, pad: Any) -> list:
+    """Forward hooks zeroing the pad rows of every block output (eager float64 attention would
+    make them NaN, which then spreads); returns the hook handles."""
+
+    def hook(module: Any, args: tuple, kwargs: dict, output: Any) -> Any:
+        hidden = get_block_output(output)
+        if hidden.dim() == 3 and hidden.shape[:2] == pad.shape:
+            return replace_block_output(output, hidden.masked_fill(pad.unsqueeze(-1), 0))
+        return None
+
+    return [block.register_forward_hook(hook, with_kwargs=True, prepend=True) for block in blocks]
 
 
-def _run_controlled(
-    plant: Any,
-    prompts: Sequence[str],
-    nominal: np.ndarray | None,
-    K: np.ndarray | None,
-    inputs: np.ndarray | None,
-    *,
-    max_tokens: int | None,
-    batch_size: int,
-    name: str,
-) -> tuple[np.ndarray, np.ndarray]:
-    """One hooked ``use_cache=False`` forward pass per batch.
+def _last_output(block: Any, store: dict) -> Any:
+    """A forward hook storing ``block``'s (steered) output at the last position as ``store["out"]``."""
 
-    Block ``k``'s output at the last token gets ``u_k = −K_k (z_k − z̄_k)`` (feedback, ``K`` given)
-    or ``u_k = inputs[p, k]`` (open loop, ``inputs`` given), or nothing.  Returns the realised
-    states ``z`` (P, T+1, n) and the applied inputs (P, T, n), float64.
+    def hook(module: Any, args: tuple, kwargs: dict, output: Any) -> None:
+        store["out"] = get_block_output(output)[:, -1, :].detach()
+
+    return block.register_forward_hook(hook, with_kwargs=True)
+
+
+def _run_batch(plant: Any, sequences: list, laws: dict, cdt: Any, accepts_mask: bool) -> Any:
+    """One ``use_cache=False`` forward pass with ``laws`` attached; states ``(B, T+1, n)`` in ``cdt``."""
+    import torch
+
+    model, blocks, T = plant.model, plant.layers, plant.horizon
+    device = model_device(model)
+    ids, mask, positions = left_pad(sequences, pad_token_id(plant.tokenizer), device=device)
+    store = laws[0].store
+    pad = mask == 0
+    extra = _zero_pad_rows(blocks, pad) if bool(pad.any()) else []
+    extra.append(_last_output(blocks[-1], store))
+    try:
+        with attach_laws(model, blocks, laws, positions="last", width=plant.state_dim), torch.no_grad():
+            model(input_ids=ids, **forward_kwargs(model, attention_mask=mask if accepts_mask else None,
+                                                  position_ids=positions, use_cache=False, logits_to_keep=1))
+    finally:
+        for handle in extra:
+            handle.remove()
+    if any(("z", k) not in store for k in range(T)):
+        raise RuntimeError("a decoder block was not called during the forward pass")
+    return torch.stack([store[("z", k)] for k in range(T)] + [store["out"].to(cdt)], dim=1)
+
+
+def _laws(K: Any, nominal: Any, inputs: Any, rows: slice, T: int, store: dict, cdt: Any) -> dict:
+    """Recorded per-layer laws: feedback ``K_k (z̄_k − z_k)`` (an :class:`AffineLaw` with
+    ``U = K_k``, ``V = I``, ``b = z̄_k``), open loop ``inputs[rows, k]`` (``c``), or none."""
+    if K is not None:
+        return {k: RecordedLaw(AffineLaw(U=K[k], b=nominal[k], dtype=cdt), k, store) for k in range(T)}
+    if inputs is not None:
+        return {k: RecordedLaw(AffineLaw(c=inputs[rows, k], dtype=cdt), k, store) for k in range(T)}
+    return {k: RecordedLaw(None, k, store, dtype=cdt) for k in range(T)}
+
+
+def _run_controlled(plant: Any, prompts: Sequence[str], nominal: np.ndarray | None, K: np.ndarray | None,
+                    inputs: np.ndarray | None, *, max_tokens: int | None, batch_size: int,
+                    name: str) -> tuple[np.ndarray, np.ndarray]:
+    """One ``use_cache=False`` forward pass per batch under a law at the last token.
+
+    Block ``k``'s output gets ``u_k = −K_k (z_k − z̄_k)`` (``K`` given), ``u_k = inputs[p, k]``
+    (open loop), or nothing; the law is attached by :func:`~ltv_control.adapters.hooks.attach_laws`
+    and computed in float64 for float64 models, float32 otherwise.  Returns the realised states
+    ``z`` (P, T+1, n) and the applied inputs (P, T, n), float64.
     """
     import torch
 
-    from ltv_control.adapters._replay import forward_kwargs
-
-    model, layers = plant.model, plant.layers
-    T, n = plant.horizon, plant.state_dim
+    model, T, n = plant.model, plant.horizon, plant.state_dim
     encoded = _encode(plant, prompts, max_tokens, name)
     accepts_mask = "attention_mask" in forward_kwargs(model, attention_mask=True)
-    if not accepts_mask:
-        batch_size = 1
-    pad_id = getattr(plant.tokenizer, "pad_token_id", None)
-    if pad_id is None:
-        pad_id = getattr(plant.tokenizer, "eos_token_id", None) or 0
-    device = _model_device(model)
-    # the law is computed in float32, or float64 for float64 models
+    batch_size = batch_size if accepts_mask else 1
     cdt = torch.float64 if next(model.parameters()).dtype == torch.float64 else torch.float32
-    states = np.empty((len(encoded), T + 1, n))
-    applied = np.zeros((len(encoded), T, n))
-    Kt = None if K is None else torch.as_tensor(K, dtype=cdt, device=device)
-    zbar = None if nominal is None else torch.as_tensor(nominal, dtype=cdt, device=device)
+    as_t = (lambda x: None if x is None else torch.as_tensor(x, dtype=cdt))  # noqa: E731
+    Kt, zbar, u_open = as_t(K), as_t(nominal), as_t(inputs)
+    states, applied = np.empty((len(encoded), T + 1, n)), np.zeros((len(encoded), T, n))
     was_training = model.training
     model.eval()
     try:
         for start in range(0, len(encoded), batch_size):
-            index = list(range(start, min(start + batch_size, len(encoded))))
-            length = max(len(encoded[i]) for i in index)
-            ids = torch.full((len(index), length), int(pad_id), dtype=torch.long)
-            mask = torch.zeros((len(index), length), dtype=torch.long)
-            for row, i in enumerate(index):
-                ids[row, length - len(encoded[i]):] = torch.tensor(encoded[i], dtype=torch.long)
-                mask[row, length - len(encoded[i]):] = 1
-            positions = (mask.cumsum(-1) - 1).clamp(min=0)
-            pad = (mask == 0).to(device) if bool((mask == 0).any()) else None
-            u_open = None
-            if inputs is not None:
-                u_open = torch.as_tensor(inputs[index], dtype=cdt, device=device)
-            z_in: list[Any] = [None] * T
-            z_out: list[Any] = [None] * T
-            u_used: list[Any] = [None] * T
-            handles = []
-
-            def pre(module: Any, args: tuple, kwargs: dict, k: int) -> None:
-                z_in[k] = get_block_input(args, kwargs)[:, -1, :].detach().to(cdt)
-
-            def post(module: Any, args: tuple, kwargs: dict, output: Any, k: int) -> Any:
-                hidden = get_block_output(output)
-                if pad is not None and hidden.dim() == 3 and hidden.shape[:2] == pad.shape:
-                    hidden = hidden.masked_fill(pad.unsqueeze(-1), 0)
-                if Kt is not None:
-                    u = -(z_in[k] - zbar[k]) @ Kt[k].T
-                elif u_open is not None:
-                    u = u_open[:, k, :]
-                else:
-                    u = None
-                if u is not None:
-                    hidden = hidden.clone()
-                    hidden[:, -1, :] = hidden[:, -1, :] + u.to(hidden.dtype)
-                    u_used[k] = u
-                z_out[k] = hidden[:, -1, :].detach().to(cdt)
-                return replace_block_output(output, hidden)
-
-            for k, block in enumerate(layers):
-                handles.append(block.register_forward_pre_hook(
-                    lambda m, a, kw, k=k: pre(m, a, kw, k), with_kwargs=True))
-                handles.append(block.register_forward_hook(
-                    lambda m, a, kw, o, k=k: post(m, a, kw, o, k), with_kwargs=True))
-            try:
-                kwargs = forward_kwargs(model, attention_mask=mask.to(device) if accepts_mask else None,
-                                        position_ids=positions.to(device), use_cache=False, logits_to_keep=1)
-                with torch.no_grad():
-                    model(input_ids=ids.to(device), **kwargs)
-            finally:
-                for handle in handles:
-                    handle.remove()
-            if any(z is None for z in z_in):
-                raise RuntimeError("a decoder block was not called during the forward pass")
-            stacked = torch.stack(z_in + [z_out[-1]], dim=1)  # (B, T+1, n)
-            states[index] = stacked.to("cpu", torch.float64).numpy()
+            rows, store = slice(start, min(start + batch_size, len(encoded))), {}
+            laws = _laws(Kt, zbar, u_open, rows, T, store, cdt)
+            states[rows] = _run_batch(plant, encoded[rows], laws, cdt, accepts_mask).to("cpu", torch.float64).numpy()
             for k in range(T):
-                if u_used[k] is not None:
-                    applied[index, k] = u_used[k].to("cpu", torch.float64).numpy()
+                if ("u", k) in store:
+                    applied[rows, k] = store[("u", k)].to("cpu", torch.float64).numpy()
     finally:
         model.train(was_training)
     return states, applied
@@ -278,24 +262,15 @@ def closed_loop_states(
         ``z_0 … z_T`` (``z_{k+1}`` includes ``u_k``).
     """
     T, n = plant.horizon, plant.state_dim
-    zbar = _as_numpy(nominal, "nominal")
+    zbar = to_numpy64(nominal, "nominal", finite=True)
     if zbar.shape != (T + 1, n):
         raise DimensionError(f"nominal: expected shape (T+1, n) = {(T + 1, n)}, found {zbar.shape}")
-    Km = _as_numpy(K, "K")
+    Km = to_numpy64(K, "K", finite=True)
     if Km.shape != (T, n, n):
         raise DimensionError(f"K: expected shape (T, n, n) = {(T, n, n)}, found {Km.shape}")
     states, _ = _run_controlled(plant, prompts, zbar, Km, None, max_tokens=max_tokens,
                                 batch_size=batch_size, name="prompts")
     return states
-
-
-def _as_numpy(x: Any, name: str) -> np.ndarray:
-    if type(x).__module__.split(".")[0] == "torch":
-        x = x.detach().to("cpu").double().numpy()
-    arr = np.asarray(x, dtype=np.float64)
-    if not np.all(np.isfinite(arr)):
-        raise PropertyError(f"{name}: expected finite values, found NaN or inf")
-    return arr
 
 
 # --------------------------------------------------------------------------- the experiment
@@ -394,12 +369,12 @@ def llm_bound_experiment(
     _encode(plant, heldout_prompts, max_tokens, "heldout_prompts")
     T, n = plant.horizon, plant.state_dim
 
-    nominal = _as_numpy(plant.last_token_states([nominal_prompt], max_tokens=max_tokens)[0], "nominal")
+    nominal = to_numpy64(plant.last_token_states([nominal_prompt], max_tokens=max_tokens)[0], "nominal", finite=True)
     if system is None:
         prompts = list(jacobian_prompts) if jacobian_prompts is not None else [nominal_prompt, *calibration_prompts]
         system = plant.linearize(prompts, max_tokens=max_tokens if max_tokens is not None else 24,
                                  batch_size=batch_size, progress=progress)
-    A = _as_numpy(system.A, "system.A")
+    A = to_numpy64(system.A, "system.A", finite=True)
     if A.shape != (T, n, n) or system.B is not None:
         raise DimensionError(
             f"system: expected A of shape (T, n, n) = {(T, n, n)} with B = identity, found A {A.shape}"
@@ -416,7 +391,8 @@ def llm_bound_experiment(
                                batch_size=batch_size, name="calibration_prompts")
     Z_held, _ = _run_controlled(plant, heldout_prompts, nominal, K, None, max_tokens=max_tokens,
                                 batch_size=batch_size, name="heldout_prompts")
-    Z_open = _as_numpy(plant.last_token_states(list(heldout_prompts), max_tokens=max_tokens), "states")
+    Z_open = to_numpy64(plant.last_token_states(list(heldout_prompts), max_tokens=max_tokens), "states",
+                        finite=True)
     D_cal, D_held, D_open = Z_cal - nominal, Z_held - nominal, Z_open - nominal
 
     P = lyapunov_weights(A_cl)

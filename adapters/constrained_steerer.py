@@ -6,10 +6,11 @@ Fit (:meth:`ConstrainedSteerer.fit`)
        ``v_k = e_k/‖e_k‖``, ``β*_k = λ‖e_k‖``; the nominal trajectory ``z̄_k`` (mean over all fit
        prompts) and the typical activation norm ``a_k`` (median ``‖z_k‖``).
     2. ``A_k`` from :meth:`LLMPlant.linearize` (``B = I``).
-    3. Per-step orthonormal bases ``U_k`` (n × r): ``v_k``, the adjoint direction
+    3. Per-step orthonormal bases ``U_k`` (n × d with ``d = rank``; ``r`` is the input weight):
+       ``v_k``, the adjoint direction
        ``ψ_k ∝ A_kᵀ⋯A_{T-1}ᵀ v_T`` (how the state at ``k`` moves the terminal feature), then the
        leading left singular vectors of ``A_{k-1}`` and right singular vectors of ``A_k``,
-       alternately, Gram–Schmidt with drop tolerance, until ``r`` columns.
+       alternately, Gram–Schmidt with drop tolerance, until ``d`` columns.
     4. The projected plant ``A_r,k = U_{k+1}ᵀA_kU_k`` (:meth:`LTVSystem.project`).
 
 Plan (every forward pass, at the first controlled layer ``k₀``)
@@ -30,8 +31,8 @@ Plan (every forward pass, at the first controlled layer ``k₀``)
     Why the input may live in ``span(U_{k+1})``: with ``R = r·I`` and Euclidean budgets,
     the component of ``u_k`` orthogonal to ``U_{k+1}`` costs energy and budget and moves no
     modelled state, so the optimum of the contract's projected plant (``B_r,k = U_{k+1}ᵀ``,
-    ``m = n``) has ``u_k = U_{k+1}ν_k`` with ``‖u_k‖ = ‖ν_k‖``; solving in ``ν`` (``B = I_r``)
-    is the same problem with ``r`` instead of ``n`` inputs.
+    ``m = n``) has ``u_k = U_{k+1}ν_k`` with ``‖u_k‖ = ‖ν_k‖``; solving in ``ν`` (``B = I_d``)
+    is the same problem with ``d`` instead of ``n`` inputs.
 
     The QP is :class:`ltv_control.constrained.ConstrainedLQR` (``method="admm"`` by default:
     the Riccati-factored fast path; ``"cvxpy"`` for the reference).  The plan is applied open
@@ -46,198 +47,30 @@ row; ``"all"`` plans for every position (one QP per position: slow on long promp
 
 from __future__ import annotations
 
-import itertools
 import math
-import os
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ltv_control.adapters.setpoint import measure_setpoint
-from ltv_control._exceptions import ArgumentError, DimensionError, InfeasibleError, PropertyError
-from ltv_control.adapters.steering_base import (
-    SteeringHandle,
-    Steerer,
+from ltv_control._exceptions import ArgumentError, DimensionError, PropertyError
+from ltv_control.adapters._checks import (
     check_layer_indices,
     check_positions,
     check_prompts,
     check_scalar,
     reject_unknown,
+    to_numpy64,
 )
+from ltv_control.adapters.constrained_plan import ConstrainedLaw, ConstrainedPlanner, build_bases
+from ltv_control.adapters.steerer import SteeringHandle, Steerer
 
 __all__ = ["ConstrainedSteerer", "build_bases"]
 
 _EXTRA_TENSORS = ("bases", "A_r", "z_mean", "v_all", "e_norm_all", "act_norm")
 _METHODS = ("admm", "cvxpy")
 _ON_INFEASIBLE = ("relax", "raise")
-
-
-# --------------------------------------------------------------------------- bases
-def build_bases(A: np.ndarray, v: np.ndarray, rank: int, *, tol: float = 1e-8) -> np.ndarray:
-    """Per-step orthonormal bases from feature directions, adjoint directions and singular vectors.
-
-    Parameters
-    ----------
-    A : ndarray (T, n, n)
-        Plant matrices ``A_k`` (float64).
-    v : ndarray (T+1, n)
-        Feature directions ``v_0..v_T`` (zero rows allowed).
-    rank : int
-        ``r``, columns per step (``1 <= r <= n``).
-    tol : float
-        Relative norm below which a candidate (after Gram–Schmidt) is dropped.
-
-    Returns
-    -------
-    U : ndarray (T+1, n, r)
-        ``U_kᵀU_k = I_r``.  Column order at step ``k``: ``v_k``, ``ψ_k`` (adjoint of ``v_T``),
-        then leading left singular vectors of ``A_{k-1}`` and right singular vectors of
-        ``A_k`` interleaved; a standard basis completes the set if needed.
-    """
-    T, n = A.shape[0], A.shape[1]
-    psi = np.zeros((T + 1, n))
-    psi[T] = v[T]
-    for k in range(T - 1, -1, -1):
-        p = A[k].T @ psi[k + 1]
-        nrm = np.linalg.norm(p)
-        psi[k] = p / nrm if nrm > 0 else 0.0
-    left = [None] * (T + 1)   # left singular vectors of A_{k-1}, for step k
-    right = [None] * (T + 1)  # right singular vectors of A_k, for step k
-    for k in range(T):
-        W, _, Vt = np.linalg.svd(A[k])
-        left[k + 1] = W[:, :rank].T
-        right[k] = Vt[:rank]
-    U = np.empty((T + 1, n, rank))
-    for k in range(T + 1):
-        cands = [v[k], psi[k]]
-        lists = [x for x in (left[k], right[k]) if x is not None]
-        for pair in itertools.zip_longest(*lists):
-            cands.extend(c for c in pair if c is not None)
-        cols: list[np.ndarray] = []
-        for c in itertools.chain(cands, np.eye(n)):
-            if len(cols) == rank:
-                break
-            nrm0 = np.linalg.norm(c)
-            if nrm0 == 0:
-                continue
-            w = c / nrm0
-            for _ in range(2):  # re-orthogonalise once (classical Gram–Schmidt twice)
-                for q in cols:
-                    w = w - (q @ w) * q
-            nrm = np.linalg.norm(w)
-            if nrm > tol:
-                cols.append(w / nrm)
-        U[k] = np.stack(cols, axis=1)
-    return U
-
-
-def _as_np(x: Any) -> np.ndarray:
-    if type(x).__module__.split(".")[0] == "torch":
-        return x.detach().to("cpu").double().numpy()
-    return np.asarray(x, dtype=np.float64)
-
-
-# --------------------------------------------------------------------------- planner
-class _Planner:
-    """Everything one attachment needs to plan: the QP (built once) and its data."""
-
-    def __init__(self, steerer: "ConstrainedSteerer", controlled: list[int], lam: float,
-                 budget: float, terminal_feature: bool, feedback: bool, method: str,
-                 on_infeasible: str) -> None:
-        from ltv_control import LTVSystem
-        from ltv_control.constrained import ConstrainedLQR
-
-        T = steerer.horizon
-        self.controlled = list(controlled)
-        self.start = controlled[0] if controlled else T
-        self.feedback = feedback
-        self.on_infeasible = on_infeasible
-        self.stats = {"plans": 0, "relaxed": 0}
-        k0 = self.start
-        if k0 >= T:
-            self.qp = None
-            return
-        U = _as_np(steerer.bases)                      # (T+1, n, r)
-        self.U = U
-        self.U_t = steerer.bases                       # torch float32 CPU
-        A_r = _as_np(steerer.A_r)[k0:]                 # (T-k0, r, r)
-        zbar = _as_np(steerer.z_mean)
-        v = _as_np(steerer.v_all)
-        e = _as_np(steerer.e_norm_all)
-        a = _as_np(steerer.act_norm)
-        self.zbar_t = steerer.z_mean
-        r = U.shape[2]
-        Tk = T - k0
-        vt = np.einsum("kni,kn->ki", U, v)            # ṽ_k = U_kᵀ v_k   (T+1, r)
-        beta_tilde = lam * e - np.einsum("kn,kn->k", v, zbar)
-        active_feature = e > 0
-        x_ref = np.where(active_feature[:, None], vt * beta_tilde[:, None], 0.0)[k0:]
-        q, qf, rr = steerer.q, steerer.qf, steerer.r
-        Q = q * np.einsum("ki,kj->kij", vt[k0:T], vt[k0:T])
-        Qf = qf * np.outer(vt[T], vt[T])
-        rho = np.zeros(Tk)
-        for k in controlled:
-            rho[k - k0] = budget * a[k + 1]
-        self.rho = rho
-        features = None
-        self.terminal = None
-        if terminal_feature and active_feature[T]:
-            features = [(Tk, vt[T], float(beta_tilde[T]))]
-            # adjoint of the terminal feature for the closed-form feasibility test
-            g = np.zeros((Tk + 1, r))
-            g[Tk] = vt[T]
-            for j in range(Tk - 1, -1, -1):
-                g[j] = A_r[j].T @ g[j + 1]
-            self.terminal = (g, float(beta_tilde[T]))
-        system = LTVSystem(A_r)
-        self.x_ref = x_ref
-        self.qp = ConstrainedLQR(system, Q, rr, Qf=Qf, u_norm_max=rho,
-                                 feature_constraints=features, method=method)
-        self.qp_relaxed = None
-        if features is not None:
-            self.qp_relaxed = ConstrainedLQR(system, Q, rr, Qf=Qf, u_norm_max=rho, method=method)
-        self.v_t = steerer.v_all
-        self.w_t = steerer.w
-
-    def plan(self, z: Any):
-        """Plan for block inputs ``z (N, n)`` (float32 torch) at ``k₀``: lifted inputs and features."""
-        import torch
-
-        k0 = self.start
-        z64 = z.detach().to("cpu", torch.float64).numpy()
-        x0 = (z64 - _as_np(self.zbar_t[k0])) @ self.U[k0]          # (N, r)
-        qp = self.qp
-        if self.terminal is not None:
-            g, b = self.terminal
-            best = x0 @ g[0] + float(np.sum(self.rho * np.linalg.norm(g[1:], axis=1)))
-            infeasible = best < b
-            if np.any(infeasible):
-                if self.on_infeasible == "raise":
-                    raise InfeasibleError(
-                        f"status infeasible: the terminal feature constraint v_Tᵀz_T >= β*_T cannot "
-                        f"be met within the per-layer budgets for row(s) "
-                        f"{np.flatnonzero(infeasible).tolist()} (best reachable "
-                        f"{np.min(best):.4g} < {b:.4g} in deviation coordinates); likely binding: "
-                        "u_norm_max, feature_constraints")
-        nus = np.empty((x0.shape[0], len(self.rho), x0.shape[1]))
-        xs = np.empty((x0.shape[0], len(self.rho) + 1, x0.shape[1]))
-        for i in range(x0.shape[0]):
-            use = qp
-            if self.terminal is not None and infeasible[i]:
-                use = self.qp_relaxed
-                self.stats["relaxed"] += 1
-            sol = use.solve(x0[i], self.x_ref)
-            nus[i], xs[i] = sol.u, sol.x
-            self.stats["plans"] += 1
-        U_next = self.U[k0 + 1:]                                      # (Tk, n, r)
-        u = np.einsum("kni,bki->bkn", U_next, nus)                    # (N, Tk, n)
-        feat = None
-        if self.feedback:
-            zhat = _as_np(self.zbar_t[k0:-1])[None] + np.einsum("kni,bki->bkn", self.U[k0:-1], xs[:, :-1])
-            feat = np.einsum("bkn,kn->bk", zhat, _as_np(self.v_t[k0:-1]))
-        return u, feat
 
 
 # --------------------------------------------------------------------------- steerer
@@ -249,9 +82,9 @@ class ConstrainedSteerer(Steerer):
 
     Attributes
     ----------
-    bases : torch.Tensor (T+1, n, r), float32
+    bases : torch.Tensor (T+1, n, d), float32 (``d = rank``)
         Orthonormal bases ``U_k``.
-    A_r : torch.Tensor (T, r, r), float32
+    A_r : torch.Tensor (T, d, d), float32
         Projected plant ``U_{k+1}ᵀA_kU_k``.
     z_mean : torch.Tensor (T+1, n)
         Nominal trajectory ``z̄_k`` (mean last-token state of the fit prompts).
@@ -271,7 +104,7 @@ class ConstrainedSteerer(Steerer):
                             "terminal_feature", "feedback", "method", "on_infeasible")
     # The base class forwards only this internal option (the planner of the attachment);
     # the public options are validated by :meth:`attach` itself.
-    attach_options = ("planner_token",)
+    attach_options = ("planner",)
     default_positions = "last"
 
     def __init__(self, tensors: Any, **kwargs: Any) -> None:
@@ -299,11 +132,10 @@ class ConstrainedSteerer(Steerer):
                     "v_all": (T + 1, n), "e_norm_all": (T + 1,), "act_norm": (T + 1,)}
         for name, shape in expected.items():
             if tuple(converted[name].shape) != shape or rank < 1:
-                raise DimensionError(f"{name}: expected shape {shape} (T={T}, n={n}, r={rank}), "
+                raise DimensionError(f"{name}: expected shape {shape} (T={T}, n={n}, rank={rank}), "
                                      f"found {tuple(converted[name].shape)}")
             setattr(self, name, converted[name])
-        self._planners: dict[int, _Planner] = {}
-        self._next_token = 1
+        self._planners: dict[int, ConstrainedPlanner] = {}  # the attached handles' planners
 
     # ------------------------------------------------------------------ fit
     @classmethod
@@ -321,7 +153,7 @@ class ConstrainedSteerer(Steerer):
         plant : LLMPlant
         desired, undesired : list of str
         rank : int, default 32
-            ``r``, dimension of every per-layer basis (``1 <= r <= min(64, n)``).
+            ``d``, the number of columns of every per-layer basis (``1 <= d <= min(64, n)``).
         budget : float, default 0.1
             Per-layer input budget relative to the typical activation norm:
             ``‖u_k‖₂ <= budget · a_{k+1}`` (``inf`` for none; changeable at attach).
@@ -381,7 +213,7 @@ class ConstrainedSteerer(Steerer):
 
         Bases ``U_k`` (``rank`` columns, :func:`build_bases`), the projected plant
         ``A_r,k = U_{k+1}ᵀ A_k U_k`` and the LFS feedback directions
-        ``w_k = U_{k+1} K_r,k ṽ_k`` of the projected LQR (``B = I_r``,
+        ``w_k = U_{k+1} K_r,k ṽ_k`` of the projected LQR (``B = I_d``,
         ``Q_k = q ṽ_k ṽ_kᵀ``, ``Q_f = qf ṽ_T ṽ_Tᵀ``, ``ṽ_k = U_kᵀ v_k``).
 
         Parameters
@@ -390,8 +222,9 @@ class ConstrainedSteerer(Steerer):
             ``A (T, n, n)`` from :meth:`LLMPlant.linearize`.
         setpoint : Setpoint
             From :meth:`LLMPlant.setpoint` (its ``lam`` becomes the fitted ``lam``).
-        rank, budget, q, r, qf, first_layer, terminal_feature, feedback, method, on_infeasible,
-        layers, positions
+        rank : int, default 32
+            ``d``, the number of columns of every basis ``U_k``.
+        budget, q, r, qf, first_layer, terminal_feature, feedback, method, on_infeasible, layers, positions
             As in :meth:`fit`.
 
         Returns
@@ -406,15 +239,15 @@ class ConstrainedSteerer(Steerer):
             terminal_feature=terminal_feature, feedback=feedback, method=method,
             on_infeasible=on_infeasible, layers=layers, positions=positions)
         hyper["lam"] = check_scalar(setpoint.lam, "lam")
-        A = _as_np(system.A)
+        A = to_numpy64(system.A)
         if A.shape != (T, n, n):
             raise DimensionError(f"system: expected A of shape ({T}, {n}, {n}) for this plant, "
                                  f"found {A.shape}")
         v_all = np.asarray(setpoint.v_all, dtype=np.float64)
         U = build_bases(A, v_all, hyper["rank"])
-        A_r = _as_np(LTVSystem(A).project(U).A)
+        A_r = to_numpy64(LTVSystem(A).project(U).A)
         del A
-        # LFS feedback directions from the projected LQR (B = I_r): w_k = U_{k+1} K_r,k ṽ_k.
+        # LFS feedback directions from the projected LQR (B = I_d): w_k = U_{k+1} K_r,k ṽ_k.
         vt = np.einsum("kni,kn->ki", U, v_all)
         Qr = hyper["q"] * np.einsum("ki,kj->kij", vt[:T], vt[:T])
         K, _ = finite_horizon_lqr(LTVSystem(A_r), Qr, hyper["r"], Qf=hyper["qf"] * np.outer(vt[T], vt[T]))
@@ -480,7 +313,7 @@ class ConstrainedSteerer(Steerer):
         """Per-layer budgets ``ρ_k = budget · a_{k+1}`` (0 on uncontrolled layers), shape (T,)."""
         budget = self.budget if budget is None else self._check_budget(budget)
         rho = np.zeros(self.horizon)
-        a = _as_np(self.act_norm)
+        a = to_numpy64(self.act_norm)
         for k in self.controlled_layers(layers):
             rho[k] = budget * a[k + 1]
         return rho
@@ -488,7 +321,7 @@ class ConstrainedSteerer(Steerer):
     def planner(self, *, lam: float | None = None, budget: float | None = None,
                 terminal_feature: bool | None = None, feedback: bool | None = None,
                 method: str | None = None, on_infeasible: str | None = None,
-                layers: Sequence[int] | None = None) -> _Planner:
+                layers: Sequence[int] | None = None) -> ConstrainedPlanner:
         """The planner (QP built once) for these options; :meth:`attach` uses the same."""
         lam = self.lam if lam is None else check_scalar(lam, "lam")
         budget = self.budget if budget is None else self._check_budget(budget)
@@ -498,7 +331,7 @@ class ConstrainedSteerer(Steerer):
         method = self.method if method is None else self._check_choice(method, "method", _METHODS)
         on_infeasible = self.on_infeasible if on_infeasible is None else \
             self._check_choice(on_infeasible, "on_infeasible", _ON_INFEASIBLE)
-        return _Planner(self, self.controlled_layers(layers), lam, budget, terminal_feature,
+        return ConstrainedPlanner(self, self.controlled_layers(layers), lam, budget, terminal_feature,
                         feedback, method, on_infeasible)
 
     def attach(self, model: Any, *, positions: str | None = None, lam: float | None = None,
@@ -527,69 +360,27 @@ class ConstrainedSteerer(Steerer):
         planner = self.planner(lam=lam, budget=budget, terminal_feature=terminal_feature,
                                feedback=feedback, method=method, on_infeasible=on_infeasible,
                                layers=layers)
-        token = self._next_token
-        self._next_token += 1
+        handle = super().attach(model, positions=positions, layers=layers, planner=planner)
+        token = id(handle)
         self._planners[token] = planner
-        handle = super().attach(model, positions=positions, layers=layers, planner_token=token)
+        handle._on_remove.append(lambda: self._planners.pop(token, None))
         handle.planner = planner
-        original_remove = handle.remove
-
-        def remove() -> None:
-            original_remove()
-            self._planners.pop(token, None)
-
-        handle.remove = remove  # type: ignore[method-assign]
         return handle
 
-    def _layer_parameters(self, options: dict) -> dict:
+    def layer_laws(self, *, planner: ConstrainedPlanner | None = None) -> dict:
+        """One :class:`ConstrainedLaw` per controlled layer of ``planner`` (default: fitted options)."""
         import torch
 
-        token = options["planner_token"]
-        planner = self._planners[token]
-        T = self.horizon
-        rho = torch.zeros(T, dtype=torch.float32)
-        if planner.qp is not None:
-            rho[planner.start:] = torch.as_tensor(planner.rho, dtype=torch.float32)
-        return {"w": self.w, "v": self.v_all[:T], "rho": rho,
-                "token": torch.full((T,), float(token), dtype=torch.float32)}
-
-    def _active_layers(self, options: dict) -> list[int]:
-        planner = self._planners[options["planner_token"]]
+        planner = self.planner() if planner is None else planner
         if planner.qp is None:
-            return []
-        return list(planner.controlled)
-
-    def _control(self, k: int, z: Any, params: dict, state: dict) -> Any:
-        import torch
-
-        planner = self._planners.get(int(params["token"].item()))
-        if planner is None or planner.qp is None:
-            return None
-        shape = z.shape
-        flat = z.reshape(-1, shape[-1])
-        if "plan" not in state:
-            if k != planner.start:
-                # the pass did not reach the planning layer hook first (e.g. layers masked)
-                return None
-            u, feat = planner.plan(flat)
-            state["plan"] = torch.as_tensor(u, dtype=torch.float32)
-            state["feat"] = None if feat is None else torch.as_tensor(feat, dtype=torch.float32)
-        j = k - planner.start
-        u = state["plan"][:, j].to(z.device)
-        if planner.feedback and state["feat"] is not None:
-            alpha = state["feat"][:, j].to(z.device) - flat @ params["v"]
-            u = u + alpha.unsqueeze(-1) * params["w"]
-            nrm = u.norm(dim=-1, keepdim=True)
-            rho = params["rho"]
-            u = u * torch.clamp(rho / torch.clamp(nrm, min=1e-30), max=1.0)
-        return u.reshape(shape)
+            return {}
+        rho = torch.zeros(self.horizon, dtype=torch.float32)
+        rho[planner.start:] = torch.as_tensor(planner.rho, dtype=torch.float32)
+        return {k: ConstrainedLaw(planner, k, self.w[k], self.v_all[k], rho[k]) for k in planner.controlled}
 
     # ------------------------------------------------------------------ files
-    def save(self, path: str | os.PathLike) -> Path:
-        """Write the steerer (bases, projected plant, setpoint, hyper-parameters) atomically."""
-        from ltv_control.adapters.controller_file import save_controller_file
-
+    def _record(self) -> Any:
+        """The controller-file record: the bases, projected plant and setpoint tensors too."""
+        record = super()._record()
         tensors = {name: getattr(self, name) for name in self.tensor_names + _EXTRA_TENSORS}
-        meta = self._metadata()
-        meta["rank"] = str(int(self.bases.shape[-1]))
-        return save_controller_file(path, tensors, meta)
+        return record._replace(tensors=tensors, metadata={"rank": str(int(self.bases.shape[-1]))})

@@ -36,7 +36,7 @@ import os
 import struct
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -48,6 +48,9 @@ __all__ = [
     "FORMAT_VERSION",
     "save_controller_file",
     "load_controller_file",
+    "SteererRecord",
+    "write_steerer_file",
+    "read_steerer_file",
 ]
 
 FORMAT = "ltv-control/steerer"
@@ -253,3 +256,55 @@ def load_controller_file(
         if not np.all(np.isfinite(arr)):
             raise ControllerFileError(f"{where}: tensor {name!r} holds NaN or inf values")
     return dict(tensors), dict(meta)
+
+
+class SteererRecord(NamedTuple):
+    """What a controller file says about a steerer (see the module docstring for the keys)."""
+
+    kind: str
+    tensors: dict
+    state_dim: int
+    horizon: int
+    hyperparameters: dict
+    controlled_layers: list | None
+    positions: str | None
+    layer_path: str | None
+    model_id: str | None
+    metadata: dict
+
+
+def write_steerer_file(path: str | os.PathLike, record: SteererRecord) -> Path:
+    """Write ``record`` atomically (structured values as JSON; ``record.metadata`` adds keys)."""
+    meta = dict(record.metadata)
+    meta.update({
+        "kind": record.kind,
+        "model_id": record.model_id or "",
+        "state_dim": str(record.state_dim),
+        "horizon": str(record.horizon),
+        "layers": json.dumps(record.layer_path),
+        "controlled_layers": json.dumps(record.controlled_layers),
+        "positions": record.positions or "",
+        "hyperparameters": json.dumps(record.hyperparameters, sort_keys=True),
+    })
+    return save_controller_file(path, record.tensors, meta)
+
+
+def read_steerer_file(path: str | os.PathLike, *, kind: str | None = None) -> SteererRecord:
+    """Read and validate a controller file (:func:`load_controller_file`) and parse its metadata.
+
+    Raises
+    ------
+    ControllerFileError
+        As :func:`load_controller_file`, or corrupt JSON metadata.
+    """
+    tensors, raw = load_controller_file(path, kind=kind)
+    try:
+        hyper = json.loads(raw.get("hyperparameters", "{}"))
+        controlled = json.loads(raw.get("controlled_layers", "null"))
+        layer_path = json.loads(raw.get("layers", "null"))
+    except json.JSONDecodeError as exc:
+        raise ControllerFileError(f"{path}: corrupt JSON metadata ({exc})") from exc
+    return SteererRecord(kind=raw["kind"], tensors=tensors, state_dim=int(raw["state_dim"]),
+                         horizon=int(raw["horizon"]), hyperparameters=hyper, controlled_layers=controlled,
+                         positions=raw.get("positions") or None, layer_path=layer_path,
+                         model_id=raw.get("model_id") or None, metadata=raw)

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from ltv_control._exceptions import ArgumentError, DimensionError
+from ltv_control.adapters._checks import to_numpy64
 
 __all__ = ["StreamedSystem", "feedback_gains"]
 
@@ -40,13 +41,6 @@ class StreamedSystem:
         self.state_dim = int(state_dim)
         self.dtype = dtype
         self.device = device
-
-
-def _to_numpy64(x: Any) -> np.ndarray:
-    """Any array (numpy or torch, any device) as a float64 numpy array."""
-    if type(x).__module__.split(".")[0] == "torch":
-        return x.detach().to("cpu").double().numpy()
-    return np.asarray(x, dtype=np.float64)
 
 
 def _check_system(system: Any, T: int, n: int) -> None:
@@ -99,7 +93,7 @@ def _streamed(system: StreamedSystem, v: np.ndarray, q: float, r: float, qf: flo
 
     result = streamed_feedback(system.jacobians, v, q, r, Qf=qf, B=input_matrix, horizon=T,
                                dtype=system.dtype, device=system.device or "cpu")
-    return _to_numpy64(result.w)
+    return to_numpy64(result.w)
 
 
 def feedback_gains(system: Any, v: Any, *, q: float, r: float, qf: float,
@@ -124,7 +118,7 @@ def feedback_gains(system: Any, v: Any, *, q: float, r: float, qf: float,
     from ltv_control import finite_horizon_lqr
     from ltv_control.setpoint import feedback_directions
 
-    v = _to_numpy64(v)
+    v = to_numpy64(v)
     T, n = v.shape
     _check_system(system, T, n)
     if isinstance(system, StreamedSystem):
@@ -138,4 +132,4 @@ def feedback_gains(system: Any, v: Any, *, q: float, r: float, qf: float,
         v_like = torch.as_tensor(v, dtype=K.dtype, device=K.device)
     else:
         v_like = v
-    return _to_numpy64(feedback_directions(K, v_like))
+    return to_numpy64(feedback_directions(K, v_like))

@@ -31,14 +31,14 @@ from typing import Any
 import numpy as np
 
 from ltv_control._exceptions import ArgumentError, DimensionError
-from ltv_control.adapters.steering_base import (
-    SteeringHandle,
-    Steerer,
+from ltv_control.adapters._checks import (
     check_layer_indices,
     check_positions,
     check_prompts,
     check_scalar,
 )
+from ltv_control.adapters.laws import AffineLaw
+from ltv_control.adapters.steerer import SteeringHandle, Steerer
 
 __all__ = ["MultiConceptSteerer"]
 
@@ -184,13 +184,6 @@ class MultiConceptSteerer(Steerer):
         return cls.from_setpoint_tensors(first, tensors, hyperparameters=hyper, layers=None,
                                          positions=positions)
 
-    @classmethod
-    def _from_file(cls, tensors: dict, metadata: dict) -> MultiConceptSteerer:
-        return cls(tensors, state_dim=metadata["state_dim"], horizon=metadata["horizon"],
-                   hyperparameters=metadata["hyperparameters"],
-                   layers=metadata["controlled_layers"], positions=metadata["positions"],
-                   layer_path=metadata["layers"], model_id=metadata["model_id"] or None)
-
     @staticmethod
     def _check_lams(lams: Any, count: int) -> list[float]:
         if isinstance(lams, (int, float)) and not isinstance(lams, bool):
@@ -242,20 +235,11 @@ class MultiConceptSteerer(Steerer):
         beta = torch.stack([float(lams[j]) * getattr(self, f"e_norm_{j}") for j in range(J)], dim=1)
         return {"V": V.contiguous(), "W": W.contiguous(), "beta": beta.contiguous()}
 
-    def _layer_parameters(self, options: dict) -> dict:
-        return self.stacked(options.get("lams"))
-
-    def _active_layers(self, options: dict) -> list[int]:
+    def layer_laws(self, *, lams: Sequence[float] | None = None) -> dict:
+        """``u_k = W_kᵀ(b_k − V_k z)`` as an :class:`AffineLaw` of rank ``J`` (``U = W_kᵀ``,
+        ``V = V_kᵀ``, ``b = b_k``) on the layers where some concept has a direction."""
+        p = self.stacked(lams)
         norms = [getattr(self, f"e_norm_{j}") for j in range(len(self.concepts))]
-        return [k for k in range(self.horizon) if any(float(e[k]) > 0.0 for e in norms)]
-
-    def _control_last_inplace(self, k: int, z: Any, target: Any, params: dict) -> None:
-        """Fused ``target += (b − z Vᵀ) W`` (two kernels: addmm, addmm_)."""
-        import torch
-
-        alpha = torch.addmm(params["beta"], z, params["V"].T, alpha=-1.0)
-        target.addmm_(alpha, params["W"])
-
-    def _control(self, k: int, z: Any, params: dict, state: dict) -> Any:
-        alpha = params["beta"] - z @ params["V"].T  # (..., J)
-        return alpha @ params["W"]
+        return {k: AffineLaw(U=p["W"][k].T.contiguous(), V=p["V"][k].T.contiguous(),
+                             b=p["beta"][k].contiguous())
+                for k in range(self.horizon) if any(float(e[k]) > 0.0 for e in norms)}

@@ -37,13 +37,9 @@ import numpy as np
 from ltv_control.adapters.setpoint import measure_setpoint
 from ltv_control._exceptions import PropertyError
 from ltv_control._validation import public_api
-from ltv_control.adapters.steering_base import (
-    SteeringHandle,
-    Steerer,
-    check_layer_indices,
-    check_positions,
-    check_scalar,
-)
+from ltv_control.adapters._checks import check_layer_indices, check_positions, check_scalar
+from ltv_control.adapters.laws import PIDLaw
+from ltv_control.adapters.steerer import SteeringHandle, Steerer
 
 __all__ = ["PIDSteerer"]
 
@@ -116,9 +112,14 @@ class PIDSteerer(Steerer):
         Parameters
         ----------
         setpoint : Setpoint
-            From :meth:`LLMPlant.setpoint`.
-        kp, ki, kd, reset_every, positions, layers
-            As in :meth:`fit`.
+            From :meth:`LLMPlant.setpoint` (its ``lam`` becomes the fitted ``lam``).
+        kp, ki, kd : float, defaults 0.5, 0.5, 0.0
+            Proportional, integral and derivative gains.
+        reset_every : int, default 10
+            The integral restarts at every layer ``k`` with ``k % reset_every == 0``.
+        positions : {"last", "all"}, default "last"
+        layers : list of int or None, default None
+            Controlled layers (``None``: all with a direction).
 
         Returns
         -------
@@ -161,33 +162,12 @@ class PIDSteerer(Steerer):
             lam = check_scalar(lam, "lam")
         return super().attach(model, positions=positions, layers=layers, lam=lam)
 
-    def _layer_parameters(self, options: dict) -> dict:
-        lam = options.get("lam")
+    def layer_laws(self, *, lam: float | None = None) -> dict:
+        """One :class:`PIDLaw` per layer with a direction (``β = lam·e_norm``; ``None``: fitted ``β*``)."""
         beta = self.beta_star if lam is None else lam * self.e_norm
-        return {"v": self.v, "beta": beta}
-
-    def _active_layers(self, options: dict) -> list[int]:
-        return [k for k in range(self.horizon) if float(self.e_norm[k]) > 0.0]
-
-    def _begin_forward(self, state: dict) -> None:
-        state["window"] = None
-
-    def _control(self, k: int, z: Any, params: dict, state: dict) -> Any:
-        error = params["beta"] - z @ params["v"]
-        window = k // int(self.reset_every)
-        if state.get("window") != window or state.get("integral") is None or state["integral"].shape != error.shape:
-            state["window"] = window
-            integral = error
-            derivative = None
-        else:
-            integral = state["integral"] + error
-            derivative = error - state["previous"]
-        state["integral"] = integral
-        state["previous"] = error
-        gain = self.kp * error + self.ki * integral
-        if derivative is not None and self.kd != 0.0:
-            gain = gain + self.kd * derivative
-        return gain.unsqueeze(-1) * params["v"]
+        gains = {"kp": self.kp, "ki": self.ki, "kd": self.kd, "reset_every": int(self.reset_every)}
+        return {k: PIDLaw(k, self.v[k], beta[k], **gains)
+                for k in range(self.horizon) if float(self.e_norm[k]) > 0.0}
 
 
 def _check_gains(kp: Any, ki: Any, kd: Any, reset_every: Any) -> dict:

@@ -14,6 +14,7 @@ from _tiny_lm import tiny_llama  # noqa: E402
 
 import ltv_control as lc  # noqa: E402
 from ltv_control.adapters import ConstrainedSteerer, LLMPlant  # noqa: E402
+from ltv_control.adapters.constrained_plan import ConstrainedLaw  # noqa: E402
 
 DESIRED = ["i love this great movie .", "what a wonderful happy day .", "the food was good and nice ."]
 UNDESIRED = ["i hate this awful movie .", "what a terrible sad day .", "the food was bad and cold ."]
@@ -34,18 +35,25 @@ def steerer(llama):
 
 
 def _record_inputs(steerer):
-    """Wrap the law to record every input it returns: {layer: [u (N, n)]}."""
+    """Wrap the laws to record every input they return: {layer: [u (N, n)]}."""
     record: dict = {}
-    law = steerer._control
+    layer_laws = steerer.layer_laws
 
-    def recording(k, z, params, state):
-        u = law(k, z, params, state)
-        if u is not None:
-            record.setdefault(k, []).append(u.detach().reshape(-1, u.shape[-1]).clone())
-        return u
+    class Recording(ConstrainedLaw):
+        def to(self, device):
+            return Recording(self.planner, self.k, self.w.to(device), self.v.to(device), self.rho.to(device))
 
-    steerer._control = recording
-    return record, lambda: steerer.__dict__.pop("_control", None)
+        def __call__(self, z, state):
+            u = super().__call__(z, state)
+            if u is not None:
+                record.setdefault(self.k, []).append(u.detach().reshape(-1, u.shape[-1]).clone())
+            return u
+
+    def recording(**options):
+        return {k: Recording(law.planner, k, law.w, law.v, law.rho) for k, law in layer_laws(**options).items()}
+
+    steerer.layer_laws = recording
+    return record, lambda: steerer.__dict__.pop("layer_laws", None)
 
 
 def test_bases_projection_and_setpoint_are_consistent(llama, steerer):

@@ -16,6 +16,7 @@ transformers = pytest.importorskip("transformers")
 from ltv_control import ArgumentError, DimensionError, LTVSystem  # noqa: E402
 from ltv_control.adapters import ActAddSteerer, ALQRSteerer, PIDSteerer  # noqa: E402
 from ltv_control.adapters._blocks import find_decoder_layers, get_block_input, get_block_output  # noqa: E402
+from ltv_control.adapters.laws import AffineLaw  # noqa: E402
 from ltv_control.setpoint import steering_input  # noqa: E402
 
 T, N, VOCAB = 3, 16, 40
@@ -347,10 +348,19 @@ def test_half_precision_models_compute_the_law_in_float32(dtype):
     blocks, _ = find_decoder_layers(model)
     seen = []
 
+    class RecordingLaw(AffineLaw):
+        def __call__(self, z, state):
+            seen.append((z.dtype, self.U.dtype))
+            return super().__call__(z, state)
+
+        def to(self, device):
+            moved = super().to(device)
+            return RecordingLaw(c=moved.c, U=moved.U, V=moved.V, b=moved.b)
+
     class Recording(ALQRSteerer):
-        def _control(self, k, z, params, state):
-            seen.append((z.dtype, params["w"].dtype))
-            return super()._control(k, z, params, state)
+        def layer_laws(self, **options):
+            return {k: RecordingLaw(U=law.U, V=law.V, b=law.b)
+                    for k, law in super().layer_laws(**options).items()}
 
     base = _steerer()
     st = Recording({n: getattr(base, n) for n in base.tensor_names}, hidden_size=N, num_layers=T,
@@ -405,6 +415,38 @@ def test_hooks_removed_on_exit_and_when_generate_raises(llama):
     handle.remove()
     handle.remove()
     assert _hook_counts(llama) == before
+
+
+def test_attaching_the_same_steerer_twice_is_refused(llama):
+    """Nested attach of one steerer would steer twice: refused, first attachment intact (issue 13)."""
+    from ltv_control import ControlError
+
+    st, other = _steerer(), _steerer(seed=1)
+    before = _hook_counts(llama)
+    with st.attach(llama):
+        during = _hook_counts(llama)
+        with pytest.raises(ControlError, match="already attached"):
+            st.attach(llama, positions="all")
+        assert _hook_counts(llama) == during  # the refused attach left nothing behind
+        with other.attach(llama):  # a different steerer composes
+            assert _hook_counts(llama)[:T] == [c + 1 for c in during[:T]]
+    assert _hook_counts(llama) == before
+    with st.attach(llama):  # after removal it attaches again
+        pass
+
+
+@pytest.mark.parametrize("method", ["ALQRSteerer.from_system", "ActAddSteerer.from_setpoint",
+                                    "PIDSteerer.from_setpoint", "LLMPlant.setpoint"])
+def test_pipeline_parameters_are_documented(method):
+    import inspect
+
+    import ltv_control.adapters as adapters
+
+    owner, name = method.split(".")
+    func = getattr(getattr(adapters, owner), name)
+    params = [p.name for p in inspect.signature(func).parameters.values() if p.name not in ("self", "cls")]
+    missing = set(params) - _documented(inspect.getdoc(func) or "")
+    assert not missing, f"{method}: {sorted(missing)} undocumented"
 
 
 @pytest.mark.parametrize(("layers", "hidden", "match"), [(4, N, "4 decoder layers"), (T, 12, "hidden size 12")])
