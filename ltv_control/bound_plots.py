@@ -129,9 +129,12 @@ def plot_tracking_bound(
     D, b, realised = _plot_data(deviations, bound, P, norm)
     b2 = np.atleast_2d(b)
 
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-    from matplotlib.ticker import MaxNLocator
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+        from matplotlib.ticker import MaxNLocator
+    except ImportError:
+        raise ImportError("plot_tracking_bound needs matplotlib: pip install 'ltv-control[demo]'") from None
 
     steps = np.arange(D.shape[1])
     positive = np.concatenate([realised[realised > 0], b2[np.isfinite(b2) & (b2 > 0)]])

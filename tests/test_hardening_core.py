@@ -33,6 +33,12 @@ FAST = settings(max_examples=40, deadline=None, derandomize=True,
                 suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
+_ODD_SCALARS = st.one_of(
+    st.floats(allow_nan=True, allow_infinity=True), st.integers(-10 ** 400, 10 ** 400),
+    st.booleans(), st.complex_numbers(allow_nan=False, allow_infinity=False, max_magnitude=1e3),
+    st.text(max_size=3), st.none(), st.just([1.0]), st.just(np.float32(2.0)), st.just(np.int8(3)))
+
+
 def _growing(T=6, n=2, factor=1e80, batch=()):
     """A system whose state grows by ``factor`` per step (overflows float64 after ~4 steps)."""
     return lc.LTVSystem(np.broadcast_to(factor * np.eye(n), batch + (T, n, n)).copy())
@@ -293,6 +299,28 @@ def test_bound_coverage_refuses_bad_scalars(rng, arg, value, error):
     A, D = _closed_loop_data(rng)
     with pytest.raises(error, match=arg):
         bounds.bound_coverage(A, D, D, **{arg: value})
+
+
+@FAST
+@given(arg=st.sampled_from(["safety", "quantile", "min_norm", "rtol"]), value=_ODD_SCALARS)
+def test_bound_coverage_scalars_of_any_type(arg, value):
+    rng = np.random.default_rng(1)
+    A, D = _closed_loop_data(rng)
+    valid = {"safety": lambda v: 0 < v < np.inf, "quantile": lambda v: 0 < v <= 1,
+             "min_norm": lambda v: 0 <= v < np.inf, "rtol": lambda v: 0 <= v < np.inf}[arg]
+    real = (isinstance(value, (int, float, np.floating, np.integer)) and not isinstance(value, bool))
+    try:
+        as_float = float(value) if real else None
+    except OverflowError:  # an int beyond the float range
+        as_float = np.inf
+    try:
+        res = bounds.bound_coverage(A, D, D, **{arg: value})
+    except lc.ControlError as exc:
+        assert arg in str(exc) or arg == "min_norm"  # min_norm may leave no calibration step
+        assert not (real and valid(as_float)) or arg == "min_norm"
+        return
+    assert real and valid(as_float)
+    assert 0.0 <= res.coverage <= 1.0 and np.all(np.isfinite(res.per_step_coverage))
 
 
 def test_bound_coverage_refuses_empty_sets_and_accepts_numpy_scalars(rng):
@@ -659,10 +687,6 @@ def test_plot_refuses_nan_and_bad_paths(tmp_path, rng):
 
 
 # --------------------------------------------------------------------------- hypothesis sweeps
-_ODD_SCALARS = st.one_of(
-    st.floats(allow_nan=True, allow_infinity=True), st.integers(-10 ** 400, 10 ** 400),
-    st.booleans(), st.complex_numbers(allow_nan=False, allow_infinity=False, max_magnitude=1e3),
-    st.text(max_size=3), st.none(), st.just([1.0]), st.just(np.float32(2.0)), st.just(np.int8(3)))
 
 
 @FAST
