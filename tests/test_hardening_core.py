@@ -551,6 +551,14 @@ SWEEP = [
     ("closed_loop K batch clash", lambda s: lc.LTVSystem(np.zeros((2, 3, 2, 2))).closed_loop(
         np.zeros((3, 3, 2, 2))), lc.DimensionError, "K"),
     ("x0 bool scalar", lambda s: s.simulate(True), lc.ArgumentError, "x0"),
+    ("u complex", lambda s: s.simulate(np.zeros(2), np.zeros((3, 1)) + 1j), lc.ArgumentError, "u"),
+    ("K complex", lambda s: s.closed_loop(np.zeros((3, 1, 2), dtype=complex)), lc.ArgumentError, "K"),
+    ("bases complex", lambda s: s.project(np.broadcast_to(np.eye(2), (4, 2, 2)) * (1 + 0j)),
+     lc.ArgumentError, "bases"),
+    ("constant A complex", lambda s: lc.LTVSystem.constant(np.eye(2) * 1j, None, 3), lc.ArgumentError, "A"),
+    ("constant c torch complex", lambda s: lc.LTVSystem.constant(torch.eye(2), None, 3,
+                                                                 c=torch.zeros(2, dtype=torch.complex64)),
+     lc.ArgumentError, "c"),
     ("x0 str array", lambda s: s.simulate(np.array(["1", "2"])), lc.ArgumentError, "x0"),
 ]
 
@@ -586,6 +594,9 @@ PLANT_SWEEP = [
     ("input_scale=inf", lambda: ResidualMLPPlant.random(2, 2, input_scale=float("inf")),
      lc.PropertyError, "input_scale"),
     ("m=True", lambda: ResidualMLPPlant.random(2, 2, m=True), lc.ArgumentError, "m"),
+    ("gain=1j", lambda: ResidualMLPPlant.random(2, 2, gain=1j), lc.ArgumentError, "gain"),
+    ("spectral_radius=torch complex", lambda: QuadraticResidualPlant.random(
+        2, 2, spectral_radius=torch.tensor(1 + 1j)), lc.ArgumentError, "spectral_radius"),
     ("n=10**29", lambda: QuadraticResidualPlant.random(10 ** 29, 2), lc.DimensionError, "n"),
     ("n=1000 (n³ H draw)", lambda: QuadraticResidualPlant.random(1000, 2), lc.DimensionError, "n"),
     ("hidden=10**29", lambda: ResidualMLPPlant.random(2, 2, hidden=10 ** 29), lc.DimensionError,
