@@ -55,6 +55,7 @@ __all__ = [
     "resolve_storage_dtype",
     "resolve_device",
     "all_finite",
+    "convert_broadcast",
     "as_real",
     "as_int",
     "as_bool",
@@ -308,6 +309,17 @@ def _compact(x: Any, backend: Any) -> Any:
     if 0 not in strides:
         return x
     return x[tuple(slice(0, 1) if st == 0 else slice(None) for st in strides)]
+
+
+def convert_broadcast(x: Any, source: Any, target: Any, *, dtype: Any = None, device: Any = None) -> Any:
+    """Convert ``x`` from backend ``source`` to ``target`` (dtype/device), keeping broadcast axes.
+
+    Only the stored memory of a broadcast view (stride 0 axes) is converted, then broadcast
+    again to ``x``'s shape, so converting ``LTVSystem.constant(A, B, 10**12)`` costs nothing.
+    """
+    with np.errstate(over="ignore"):  # an overflow is checked by the caller
+        y = target.asarray(_compact(x, source), dtype=dtype, device=device)
+    return y if tuple(y.shape) == tuple(x.shape) else target.broadcast_to(y, tuple(x.shape))
 
 
 def all_finite(x: Any, backend: Any) -> bool:

@@ -14,6 +14,7 @@ from ltv_control._validation import (
     as_initial_state,
     as_system_arrays,
     as_vector_stack,
+    convert_broadcast,
     format_shape,
     public_api,
     refuse_nonfinite_result,
@@ -386,9 +387,8 @@ class LTVSystem:
             if x is None:
                 arrays.append(None)
                 continue
-            try:
-                with np.errstate(over="ignore"):
-                    y = be.asarray(x, dtype=dtype, device=device)
+            try:  # broadcast views (LTVSystem.constant) stay views
+                y = convert_broadcast(x, self._backend, be, dtype=dtype, device=device)
             except (TypeError, ValueError) as exc:
                 raise ArgumentError(f"to(): cannot convert to dtype={dtype!r}, device={device!r} "
                                     f"({exc})") from None
@@ -400,8 +400,9 @@ class LTVSystem:
 
     def numpy(self) -> "LTVSystem":
         """A copy whose arrays are numpy arrays (host memory; half precisions become float32)."""
-        be = self._backend
-        arrays = [None if x is None else be.to_numpy(x) for x in (self._A, self._B, self._c)]
+        be, host = self._backend, backend_by_name("numpy")
+        arrays = [None if x is None else convert_broadcast(x, be, host)  # half precisions -> float32
+                  for x in (self._A, self._B, self._c)]
         return LTVSystem(*arrays)
 
     def __getitem__(self, index: Any):

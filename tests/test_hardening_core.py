@@ -512,6 +512,24 @@ def test_constant_with_huge_horizon_allocates_nothing():
     np.testing.assert_array_equal(sys.A[123_456_789], np.eye(2))
 
 
+def test_constant_stays_a_view_through_to_and_numpy():
+    sys = lc.LTVSystem.constant(np.eye(2), np.ones((2, 1)), 10 ** 12, c=np.ones(2))
+    tracemalloc.start()
+    try:
+        s32 = sys.to(dtype="float32")
+        st = sys.to(device="cpu", dtype=torch.float32)
+        back = st.numpy()
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 2_000_000, peak
+    assert s32.A.strides[0] == 0 and st.A.stride(0) == 0 and back.A.strides[0] == 0
+    assert s32.dtype == np.float32 and st.dtype == torch.float32 and back.dtype == np.float32
+    np.testing.assert_array_equal(back.B[10 ** 11], np.ones((2, 1)))
+    with pytest.raises(lc.PropertyError, match="c: values overflow the target dtype"):
+        lc.LTVSystem.constant(np.eye(2), None, 10 ** 12, c=np.full(2, 1e6)).to(dtype="float16")
+
+
 def test_constant_checks_finiteness_before_broadcast():
     tracemalloc.start()
     try:
