@@ -288,6 +288,10 @@ def as_array(x: Any, name: str, backend: Any, *, dtype: Any = None, device: Any 
             dtype = backend.resolve_dtype(None, device)
     if finite and not all_finite(x, get_backend(x)):  # checked before any cast: no overflow yet
         raise PropertyError(f"{name}: contains NaN or inf values")
+    if backend.name == "numpy" and is_torch_tensor(x) and x.requires_grad:
+        raise ArgumentError(f"{name}: a torch tensor that requires grad was given to a numpy "
+                            "problem; the result would be numpy with no gradient. Build the "
+                            "LTVSystem from torch tensors to differentiate")
     with np.errstate(over="ignore"):  # an overflowing cast is reported below
         out = backend.asarray(x, dtype=dtype, device=device)
     if finite and out is not x and not all_finite(out, backend):

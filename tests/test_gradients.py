@@ -134,22 +134,12 @@ def test_overflow_raises_numerical_error_not_nan_gradient():
         lc.finite_horizon_lqr(lc.LTVSystem(A), 1.0, 1.0)
 
 
-# A numpy system with torch weights/references that require grad returns numpy today: the
-# gradient is silently lost (the tensors are converted with .detach()).  Wanted: ArgumentError
-# naming the argument (or promotion to the torch backend).  Fix belongs in
-# ltv_control/lqr.py:prepare_problem / _validation.as_weight / as_vector_stack and
-# LTVSystem.simulate (owned by another engineer).
-_SILENT = pytest.mark.xfail(strict=True, reason=(
-    "numpy system + torch tensor requiring grad: the tensor is detached and numpy is "
-    "returned (silent lost gradient); needs a refusal in prepare_problem/as_weight/"
-    "as_vector_stack and LTVSystem.simulate"))
-
-
+# A numpy system given torch tensors that require grad must refuse them (ArgumentError naming
+# the argument) instead of returning numpy with the gradient silently lost.
 def _np_system():
     return lc.LTVSystem(np.broadcast_to(np.eye(N), (T, N, N)).copy())
 
 
-@_SILENT
 @pytest.mark.parametrize("call", ["lqr_Q", "tracking_x_ref", "cost_x", "simulate_x0"])
 def test_numpy_system_with_grad_tensor_is_refused(call):
     g = torch.ones(N, dtype=F64, requires_grad=True)
