@@ -18,6 +18,7 @@ Layout
   horizon        ``T`` (decimal integer; older files say ``num_layers``, still read)
   layers         JSON: the dotted override path of the decoder blocks, or null
   hyperparameters JSON object of the fit's hyper-parameters
+  tensor_sha256  SHA-256 of the tensors (:func:`~ltv_control.adapters.controller_schema.tensor_digest`)
   ============== ===========================================================
 
   Further keys may be added by a steerer; structured values are JSON.
@@ -26,7 +27,11 @@ Files are written atomically and flushed to disk (:func:`ltv_control.atomic.atom
 with ``fsync``), so a crash never leaves a half-written controller.  Loading
 parses and validates the header itself before handing the bytes to
 ``safetensors`` and never unpickles anything.  A truncated, corrupt or foreign
-file raises :class:`ltv_control.ControllerFileError` saying what is wrong.
+file raises :class:`ltv_control.ControllerFileError` saying what is wrong.  What a valid
+file is (regular file, bounded header and JSON, every hyper-parameter of the kind in range,
+consistent shapes, the tensor digest) is spelled out in
+:mod:`ltv_control.adapters.controller_schema`; a file written before the digest existed loads
+with a warning.
 """
 
 from __future__ import annotations
@@ -41,6 +46,17 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from ltv_control._exceptions import ArgumentError, ControllerFileError
+from ltv_control.adapters.controller_schema import (
+    DIGEST_KEY,
+    MAX_HEADER_BYTES,
+    check_digest,
+    check_steerer_metadata,
+    check_tensors,
+    parse_count,
+    parse_json,
+    read_regular_file,
+    tensor_digest,
+)
 from ltv_control.atomic import atomic_write_bytes
 
 __all__ = [
@@ -58,7 +74,7 @@ FORMAT_VERSION = "1"
 _REQUIRED_KEYS = ("format", "kind", "version", "state_dim", "horizon")
 #: keys renamed since files were first written: new name -> old name (old files still load)
 _RENAMED_KEYS = {"state_dim": "hidden_size", "horizon": "num_layers"}
-_MAX_HEADER = 100_000_000  # bytes; the safetensors limit
+_MAX_HEADER = MAX_HEADER_BYTES
 
 
 def _as_float32_numpy(name: str, value: Any) -> np.ndarray:
@@ -120,6 +136,7 @@ def save_controller_file(
     for key in _REQUIRED_KEYS:
         if key not in meta:
             raise ArgumentError(f"metadata: missing required key {key!r}")
+    meta[DIGEST_KEY] = tensor_digest(arrays)
     payload = save(arrays, metadata=meta)
 
     atomic_write_bytes(path, payload, fsync=True)
@@ -143,10 +160,7 @@ def _parse_header(data: bytes, where: str) -> dict:
             f"{where}: truncated file: the header announces {header_len} bytes but only "
             f"{len(data) - 8} follow"
         )
-    try:
-        header = json.loads(data[8 : 8 + header_len].decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ControllerFileError(f"{where}: corrupt header (not valid UTF-8 JSON: {exc})") from exc
+    header = parse_json(data[8 : 8 + header_len], where, "header")
     if not isinstance(header, dict):
         raise ControllerFileError(f"{where}: corrupt header (expected a JSON object)")
 
@@ -206,13 +220,7 @@ def load_controller_file(
     from safetensors.numpy import load
 
     where = str(path)
-    try:
-        with open(path, "rb") as handle:
-            data = handle.read()
-    except FileNotFoundError as exc:
-        raise ControllerFileError(f"{where}: no such controller file") from exc
-    except OSError as exc:
-        raise ControllerFileError(f"{where}: cannot read the controller file ({exc})") from exc
+    data = read_regular_file(path, where)
 
     header = _parse_header(data, where)
     meta = header.get("__metadata__")
@@ -241,8 +249,7 @@ def load_controller_file(
             f"{where}: holds a {meta['kind']!r} steerer, expected a {kind!r} steerer"
         )
     for key in ("state_dim", "horizon"):
-        if not meta[key].isdigit():
-            raise ControllerFileError(f"{where}: metadata {key!r} is {meta[key]!r}, not an integer")
+        parse_count(meta[key], where, key, 1 << 30)
     for name, info in header.items():
         if name != "__metadata__" and info["dtype"] != "F32":
             raise ControllerFileError(
@@ -255,6 +262,7 @@ def load_controller_file(
     for name, arr in tensors.items():
         if not np.all(np.isfinite(arr)):
             raise ControllerFileError(f"{where}: tensor {name!r} holds NaN or inf values")
+    check_digest(meta, tensors, where)
     return dict(tensors), dict(meta)
 
 
@@ -295,16 +303,13 @@ def read_steerer_file(path: str | os.PathLike, *, kind: str | None = None) -> St
     Raises
     ------
     ControllerFileError
-        As :func:`load_controller_file`, or corrupt JSON metadata.
+        As :func:`load_controller_file`; corrupt, oversized or too deeply nested JSON metadata;
+        sizes that are not decimal integers in range; a hyper-parameter of the kind missing,
+        unknown, of the wrong type or out of range; tensor shapes inconsistent with the sizes
+        (:mod:`ltv_control.adapters.controller_schema`).
     """
     tensors, raw = load_controller_file(path, kind=kind)
-    try:
-        hyper = json.loads(raw.get("hyperparameters", "{}"))
-        controlled = json.loads(raw.get("controlled_layers", "null"))
-        layer_path = json.loads(raw.get("layers", "null"))
-    except json.JSONDecodeError as exc:
-        raise ControllerFileError(f"{path}: corrupt JSON metadata ({exc})") from exc
-    return SteererRecord(kind=raw["kind"], tensors=tensors, state_dim=int(raw["state_dim"]),
-                         horizon=int(raw["horizon"]), hyperparameters=hyper, controlled_layers=controlled,
-                         positions=raw.get("positions") or None, layer_path=layer_path,
-                         model_id=raw.get("model_id") or None, metadata=raw)
+    where = str(path)
+    fields = check_steerer_metadata(raw, where)
+    check_tensors(tensors, where, state_dim=fields["state_dim"], horizon=fields["horizon"])
+    return SteererRecord(kind=raw["kind"], tensors=tensors, metadata=raw, **fields)

@@ -143,6 +143,13 @@ def generate_continuations(model, tokenizer, prompts: Sequence[str], *,
     Returns
     -------
     Generation
+
+    Raises
+    ------
+    ArgumentError
+        ``prompts`` is not a sequence of str, or ``decoding`` not a Decoding.
+    PropertyError
+        No prompt, or an empty (whitespace-only) prompt, which the model cannot continue.
     """
     import torch
 
@@ -153,6 +160,10 @@ def generate_continuations(model, tokenizer, prompts: Sequence[str], *,
         raise ArgumentError("prompts must be a sequence of str")
     if not prompts:
         raise PropertyError("prompts must hold at least one prompt, found 0")
+    empty = [i for i, p in enumerate(prompts) if not p.strip()]
+    if empty:
+        raise PropertyError(f"prompts[{empty[0]}]: empty prompt (nothing to continue); give each "
+                            f"prompt some text ({len(empty)} empty)")
     decoding = decoding or Decoding()
     if not isinstance(decoding, Decoding):
         raise ArgumentError(f"decoding must be a Decoding, found {type(decoding).__name__}")
