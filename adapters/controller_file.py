@@ -45,11 +45,12 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from ltv_control._exceptions import ArgumentError, ControllerFileError
+from ltv_control._exceptions import ArgumentError, ControllerFileError, PropertyError
 from ltv_control.adapters.controller_schema import (
     DIGEST_KEY,
     MAX_HEADER_BYTES,
     check_digest,
+    check_hyperparameters,
     check_steerer_metadata,
     check_tensors,
     parse_count,
@@ -282,7 +283,21 @@ class SteererRecord(NamedTuple):
 
 
 def write_steerer_file(path: str | os.PathLike, record: SteererRecord) -> Path:
-    """Write ``record`` atomically (structured values as JSON; ``record.metadata`` adds keys)."""
+    """Write ``record`` atomically (structured values as JSON; ``record.metadata`` adds keys).
+
+    Raises
+    ------
+    PropertyError
+        A hyper-parameter that :func:`read_steerer_file` would refuse (out of the kind's schema,
+        :data:`~ltv_control.adapters.controller_schema.HYPERPARAMETER_SCHEMAS`): nothing is
+        written, so a saved file always loads.
+    """
+    try:
+        check_hyperparameters(record.kind, json.loads(json.dumps(record.hyperparameters)),
+                              where=str(path), state_dim=int(record.state_dim),
+                              horizon=int(record.horizon))
+    except ControllerFileError as exc:
+        raise PropertyError(f"{exc}; not saved") from None
     meta = dict(record.metadata)
     meta.update({
         "kind": record.kind,

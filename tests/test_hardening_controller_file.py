@@ -379,3 +379,14 @@ def test_every_kind_loads_in_a_fresh_process(tmp_path):
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == list(KINDS)
+
+
+def test_save_refuses_what_load_would_refuse(tmp_path):
+    from ltv_control import PropertyError
+
+    steerer = make_steerer("actadd")
+    steerer.coeff = 1e30  # out of the schema (fit accepts any finite coeff)
+    path = tmp_path / "c.safetensors"
+    with pytest.raises(PropertyError, match="coeff"):
+        steerer.save(path)
+    assert not path.exists()
