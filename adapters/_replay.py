@@ -361,20 +361,7 @@ def step_capture(
 
     if ids.shape[1] < 2:
         raise ReplayError("prefix replay needs at least two tokens")
-    pad = (mask == 0) if mask is not None and bool((mask == 0).any()) else None
-    prefill_kwargs = forward_kwargs(
-        model,
-        attention_mask=None if mask is None else mask[:, :-1],
-        position_ids=None if positions is None else positions[:, :-1],
-        use_cache=True,
-        logits_to_keep=1,
-    )
-    if _prefilled is not None:
-        cache = _prefilled
-    else:
-        with torch.no_grad(), _Hooks(blocks, None if pad is None else pad[:, :-1]):
-            prefill = model(input_ids=ids[:, :-1], **prefill_kwargs)
-        cache = _cache_out(prefill)
+    cache = _prefilled if _prefilled is not None else _prefill(model, blocks, ids, mask, positions)
     if cache is None or not hasattr(cache, "update"):
         raise ReplayError(f"{type(model).__name__} returned no KV cache from a use_cache=True pass")
     if _fork is not None:
@@ -394,7 +381,46 @@ def step_capture(
     if inner is not None and hasattr(inner, "update"):
         targets.append(inner)
     hooks = _Hooks(blocks, None)
-    originals = []
+    originals: list = []
+    try:
+        _instrument_caches(targets, hooks, originals)
+        with torch.no_grad(), hooks:
+            model(input_ids=ids[:, -1:], **step_kwargs)
+    finally:
+        for target, name, original in reversed(originals):
+            if original is None:
+                target.__dict__.pop(name, None)
+            else:
+                setattr(target, name, original)
+    for k, call in enumerate(hooks.calls):
+        if call is None or call.output is None:
+            raise ReplayError(f"block {k} was not called during the decoding step")
+        if not call.kv:
+            raise ReplayError(f"block {k} read no keys/values from the cache")
+    return hooks.calls
+
+
+def _prefill(model: Any, blocks: list, ids: Any, mask: Any, positions: Any) -> Any:
+    """The KV cache of a ``use_cache=True`` pass over the first ``L-1`` tokens (pad rows zeroed)."""
+    import torch
+
+    pad = (mask == 0) if mask is not None and bool((mask == 0).any()) else None
+    prefill_kwargs = forward_kwargs(
+        model,
+        attention_mask=None if mask is None else mask[:, :-1],
+        position_ids=None if positions is None else positions[:, :-1],
+        use_cache=True,
+        logits_to_keep=1,
+    )
+    with torch.no_grad(), _Hooks(blocks, None if pad is None else pad[:, :-1]):
+        prefill = model(input_ids=ids[:, :-1], **prefill_kwargs)
+    return _cache_out(prefill)
+
+
+def _instrument_caches(targets: list, hooks: Any, originals: list) -> None:
+    """Wrap each cache's ``update`` (record the prefix keys/values each block reads) and its
+    query methods (record their answers); ``originals`` collects what to restore."""
+    import torch
 
     def recorder(original: Any) -> Any:
         def update(key_states: Any, value_states: Any, *args: Any, **kwargs: Any) -> tuple:
@@ -403,10 +429,8 @@ def step_capture(
             if k is None:
                 raise ReplayError("cache update outside a decoder block")
             new = key_states.shape[-2]
-            if not (
-                torch.equal(keys[..., -new:, :], key_states)
-                and torch.equal(values[..., -new:, :], value_states)
-            ):
+            if not (torch.equal(keys[..., -new:, :], key_states)
+                    and torch.equal(values[..., -new:, :], value_states)):
                 raise ReplayError("the cache does not append new keys/values at the end")
             hooks.calls[k].kv.append((keys[..., :-new, :].detach(), values[..., :-new, :].detach()))
             return keys, values
@@ -422,29 +446,14 @@ def step_capture(
 
         return query
 
-    try:
-        for target in targets:
-            originals.append((target, "update", target.__dict__.get("update")))
-            target.update = recorder(type(target).update.__get__(target))
-            for name in CACHE_QUERIES:
-                method = getattr(type(target), name, None)
-                if callable(method):
-                    originals.append((target, name, target.__dict__.get(name)))
-                    setattr(target, name, query_recorder(name, method.__get__(target)))
-        with torch.no_grad(), hooks:
-            model(input_ids=ids[:, -1:], **step_kwargs)
-    finally:
-        for target, name, original in reversed(originals):
-            if original is None:
-                target.__dict__.pop(name, None)
-            else:
-                setattr(target, name, original)
-    for k, call in enumerate(hooks.calls):
-        if call is None or call.output is None:
-            raise ReplayError(f"block {k} was not called during the decoding step")
-        if not call.kv:
-            raise ReplayError(f"block {k} read no keys/values from the cache")
-    return hooks.calls
+    for target in targets:
+        originals.append((target, "update", target.__dict__.get("update")))
+        target.update = recorder(type(target).update.__get__(target))
+        for name in CACHE_QUERIES:
+            method = getattr(type(target), name, None)
+            if callable(method):
+                originals.append((target, name, target.__dict__.get(name)))
+                setattr(target, name, query_recorder(name, method.__get__(target)))
 
 
 # ---------------------------------------------------------------------------------------------

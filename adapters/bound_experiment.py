@@ -352,8 +352,49 @@ def llm_bound_experiment(
         Coverage, constants, deviations, bounds, the closed loop, and ``to_dict()`` for reports.
     """
     from ltv_control.bounds import bound_coverage, lyapunov_weights
-    from ltv_control.lqr import finite_horizon_lqr
 
+    _check_arguments(plant, nominal_prompt, calibration_prompts, heldout_prompts, q=q, r=r, qf=qf,
+                     safety=safety, norm=norm, max_tokens=max_tokens)
+    nominal = to_numpy64(plant.last_token_states([nominal_prompt], max_tokens=max_tokens)[0], "nominal",
+                         finite=True)
+    if system is None:
+        prompts = list(jacobian_prompts) if jacobian_prompts is not None else [nominal_prompt, *calibration_prompts]
+        system = plant.linearize(prompts, max_tokens=max_tokens if max_tokens is not None else 24,
+                                 batch_size=batch_size, progress=progress)
+    K, A_cl = _tracking_gains(system, plant.horizon, plant.state_dim, q, r, qf)
+    run = {"max_tokens": max_tokens, "batch_size": batch_size}
+    D_cal = _run_controlled(plant, calibration_prompts, nominal, K, None, **run, name="calibration_prompts")[0] - nominal
+    D_held = _run_controlled(plant, heldout_prompts, nominal, K, None, **run, name="heldout_prompts")[0] - nominal
+    D_open = to_numpy64(plant.last_token_states(list(heldout_prompts), max_tokens=max_tokens), "states",
+                        finite=True) - nominal
+    P = lyapunov_weights(A_cl)
+    if min_norm is None:
+        lam_max = np.array([np.linalg.eigvalsh(Pk)[-1] for Pk in P])
+        min_norm = float(1e-4 * np.max(np.linalg.norm(nominal, axis=-1) * np.sqrt(lam_max)))
+    cov = bound_coverage(A_cl, D_cal, D_held, P=P, safety=safety, quantile=quantile, mode=mode,
+                         min_norm=min_norm)
+    settings = {
+        "nominal_prompt": nominal_prompt, "n_calibration": len(calibration_prompts),
+        "n_heldout": len(heldout_prompts), "q": float(q), "r": float(r), "qf": None if qf is None else float(qf),
+        "max_tokens": max_tokens, "safety": float(safety), "quantile": float(quantile),
+        "mode": mode, "min_norm": float(min_norm), "horizon": plant.horizon, "state_dim": plant.state_dim,
+        "model_id": getattr(plant, "model_id", None),
+    }
+    result = BoundExperimentResult(
+        coverage=cov.coverage, violations=cov.violations, n_steps=cov.n_steps, mode=mode, L=cov.L,
+        nominal=nominal, deviations_calib=D_cal, deviations_heldout=D_held, open_loop_heldout=D_open,
+        bound=np.asarray(cov.bound), euclidean_bound=np.asarray(cov.tracking.euclidean),
+        realised=cov.realised, per_step_coverage=cov.per_step_coverage, A_cl=A_cl, K=K, P=P,
+        G=np.asarray(cov.tracking.G), settings=settings,
+    )
+    if figure is not None:
+        result.figure = _figure(figure, result, cov.tracking, norm, getattr(plant, "model_id", "the model"))
+    return result
+
+
+def _check_arguments(plant: Any, nominal_prompt: Any, calibration_prompts: Any, heldout_prompts: Any, *,
+                     q: Any, r: Any, qf: Any, safety: Any, norm: Any, max_tokens: Any) -> None:
+    """Refuse bad arguments of :func:`llm_bound_experiment` before any forward pass."""
     if not isinstance(nominal_prompt, str):
         raise ArgumentError(f"nominal_prompt: expected a string, found {type(nominal_prompt).__name__}")
     for value, name in ((q, "q"), (r, "r"), (safety, "safety")):
@@ -367,62 +408,31 @@ def llm_bound_experiment(
         raise ArgumentError(f"norm: expected 'euclidean' or 'P', found {norm!r}")
     _encode(plant, calibration_prompts, max_tokens, "calibration_prompts")
     _encode(plant, heldout_prompts, max_tokens, "heldout_prompts")
-    T, n = plant.horizon, plant.state_dim
 
-    nominal = to_numpy64(plant.last_token_states([nominal_prompt], max_tokens=max_tokens)[0], "nominal", finite=True)
-    if system is None:
-        prompts = list(jacobian_prompts) if jacobian_prompts is not None else [nominal_prompt, *calibration_prompts]
-        system = plant.linearize(prompts, max_tokens=max_tokens if max_tokens is not None else 24,
-                                 batch_size=batch_size, progress=progress)
+
+def _tracking_gains(system: Any, T: int, n: int, q: float, r: float, qf: float | None) -> tuple:
+    """LQR gains ``K`` (``Q = q·I``, ``R = r·I``, ``Q_f = qf·I`` or ``Q``) and ``Â_k = A_k − K_k``."""
+    from ltv_control.lqr import finite_horizon_lqr
+    from ltv_control.system import LTVSystem
+
     A = to_numpy64(system.A, "system.A", finite=True)
     if A.shape != (T, n, n) or system.B is not None:
         raise DimensionError(
             f"system: expected A of shape (T, n, n) = {(T, n, n)} with B = identity, found A {A.shape}"
             + ("" if system.B is None else " and an explicit B")
         )
-    from ltv_control.system import LTVSystem
-
     lin = LTVSystem(A)
     gains = finite_horizon_lqr(lin, float(q), float(r), Qf=None if qf is None else float(qf) * np.eye(n))
     K = np.asarray(gains.K, dtype=np.float64)
-    A_cl = np.asarray(lin.closed_loop(K), dtype=np.float64)
+    return K, np.asarray(lin.closed_loop(K), dtype=np.float64)
 
-    Z_cal, _ = _run_controlled(plant, calibration_prompts, nominal, K, None, max_tokens=max_tokens,
-                               batch_size=batch_size, name="calibration_prompts")
-    Z_held, _ = _run_controlled(plant, heldout_prompts, nominal, K, None, max_tokens=max_tokens,
-                                batch_size=batch_size, name="heldout_prompts")
-    Z_open = to_numpy64(plant.last_token_states(list(heldout_prompts), max_tokens=max_tokens), "states",
-                        finite=True)
-    D_cal, D_held, D_open = Z_cal - nominal, Z_held - nominal, Z_open - nominal
 
-    P = lyapunov_weights(A_cl)
-    if min_norm is None:
-        lam_max = np.array([np.linalg.eigvalsh(Pk)[-1] for Pk in P])
-        min_norm = float(1e-4 * np.max(np.linalg.norm(nominal, axis=-1) * np.sqrt(lam_max)))
-    cov = bound_coverage(A_cl, D_cal, D_held, P=P, safety=safety, quantile=quantile, mode=mode,
-                         min_norm=min_norm)
-    settings = {
-        "nominal_prompt": nominal_prompt,
-        "n_calibration": len(calibration_prompts),
-        "n_heldout": len(heldout_prompts),
-        "q": float(q), "r": float(r), "qf": None if qf is None else float(qf),
-        "max_tokens": max_tokens, "safety": float(safety), "quantile": float(quantile),
-        "mode": mode, "min_norm": float(min_norm), "horizon": T, "state_dim": n,
-        "model_id": getattr(plant, "model_id", None),
-    }
-    result = BoundExperimentResult(
-        coverage=cov.coverage, violations=cov.violations, n_steps=cov.n_steps, mode=mode, L=cov.L,
-        nominal=nominal, deviations_calib=D_cal, deviations_heldout=D_held, open_loop_heldout=D_open,
-        bound=np.asarray(cov.bound), euclidean_bound=np.asarray(cov.tracking.euclidean),
-        realised=cov.realised, per_step_coverage=cov.per_step_coverage, A_cl=A_cl, K=K, P=P,
-        G=np.asarray(cov.tracking.G), settings=settings,
+def _figure(path: Any, result: BoundExperimentResult, tracking: Any, norm: str, model_id: str) -> Path:
+    """The envelope-vs-bound PNG (:func:`ltv_control.bound_plots.plot_tracking_bound`)."""
+    from ltv_control.bound_plots import plot_tracking_bound
+
+    return plot_tracking_bound(
+        path, result.deviations_heldout, tracking, norm=norm, xlabel="layer k",
+        title=f"LQR tracking on {model_id} ({result.mode.replace('_', ' ')})",
+        annotation=f"held-out coverage {result.coverage:.3f}\n({result.violations}/{result.n_steps} steps violated)",
     )
-    if figure is not None:
-        from ltv_control.bound_plots import plot_tracking_bound
-
-        result.figure = plot_tracking_bound(
-            figure, D_held, cov.tracking, norm=norm, xlabel="layer k",
-            title=f"LQR tracking on {getattr(plant, 'model_id', 'the model')} ({mode.replace('_', ' ')})",
-            annotation=f"held-out coverage {cov.coverage:.3f}\n({cov.violations}/{cov.n_steps} steps violated)",
-        )
-    return result

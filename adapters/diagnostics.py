@@ -30,7 +30,6 @@ Two questions decide whether an LTV model of the layers is worth controlling:
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -38,6 +37,9 @@ import numpy as np
 
 from ltv_control._exceptions import ArgumentError, DimensionError
 from ltv_control._validation import public_api
+from ltv_control.adapters._checks import to_numpy64
+from ltv_control.adapters.tokens import token_ids
+from ltv_control.atomic import atomic_save_figure
 
 __all__ = [
     "LinearityDiagnostics",
@@ -87,9 +89,8 @@ def default_rank(n: int) -> int:
 
 
 def _as_numpy64(J: Any, name: str) -> np.ndarray:
-    if hasattr(J, "detach"):
-        J = J.detach().to("cpu").double().numpy()
-    J = np.asarray(J, dtype=np.float64)
+    """``J`` as a float64 numpy matrix (:func:`to_numpy64` plus a shape check)."""
+    J = to_numpy64(J, name)
     if J.ndim != 2:
         raise DimensionError(f"{name}: expected a matrix (n_out, n_in), found shape {J.shape}")
     return J
@@ -172,6 +173,24 @@ def similarity_matrix(jacobians: Any, *, m: int | None = None, side: str = "left
 
 
 @public_api
+def _prediction_errors(local: Any, directions: Any, scales: np.ndarray) -> np.ndarray:
+    """``‖φ(z+δ) − φ(z) − Jδ‖ / ‖φ(z+δ) − φ(z)‖`` for ``δ = ε‖z‖u``: array (S, B, D)."""
+    import torch
+
+    z, J = local.inputs, local.jacobians.double()
+    out = np.empty((scales.size, z.shape[0], directions.shape[1]))
+    with torch.no_grad():
+        base = local.evaluate(z)
+        for d in range(directions.shape[1]):
+            u = directions[:, d].to(z.device)
+            for s_i, eps in enumerate(scales):
+                delta = (eps * z.double().norm(dim=-1, keepdim=True) * u).to(z.dtype)
+                actual = (local.evaluate(z + delta) - base).double()
+                predicted = torch.einsum("bij,bj->bi", J, delta.double())
+                out[s_i, :, d] = ((actual - predicted).norm(dim=-1) / actual.norm(dim=-1)).cpu().numpy()
+    return out
+
+
 def linearity_diagnostics(
     plant: Any,
     prompts: list[str],
@@ -222,48 +241,24 @@ def linearity_diagnostics(
     if isinstance(n_directions, bool) or not isinstance(n_directions, int) or n_directions < 1:
         raise ArgumentError(f"n_directions: expected a positive int, found {n_directions!r}")
     m = _check_side_rank(side, m, plant.state_dim)
-    order = plant._layer_order(layers)
-    encoded = plant._token_ids(prompts, max_tokens)
-    P, n, D, S = len(encoded), plant.state_dim, n_directions, scales_arr.size
+    P, n, S = len(token_ids(plant.tokenizer, prompts, max_tokens)), plant.state_dim, scales_arr.size
     generator = torch.Generator().manual_seed(seed)
-    directions = torch.randn((P, D, n), generator=generator, dtype=torch.float64)
+    directions = torch.randn((P, n_directions, n), generator=generator, dtype=torch.float64)
     directions /= directions.norm(dim=-1, keepdim=True)
-    errors = np.empty((len(order), S, P, D))
-    similarity = np.empty((len(order), P, P))
-    from ltv_control.adapters.plant import _progress
-
-    with plant._run_guard():
-        batches = plant._batches(encoded, batch_size)
-        plant._active_layers = set(order)
-        try:
-            for batch in batches:
-                plant._capture_clean(batch)
-            methods = [plant._choose_method(batch, "auto") for batch in batches]
-        finally:
-            plant._active_layers = None
-        bar = _progress(len(order) * len(batches), progress, "Linearity")
-        try:
-            for row, k in enumerate(order):
-                per_prompt = torch.empty((P, n, n), dtype=torch.float64)
-                for batch, method in zip(batches, methods, strict=True):
-                    J = plant._jacobians(k, batch, method).detach()
-                    per_prompt[batch.index] = J.to("cpu", torch.float64)
-                    z = plant._last_inputs(k, batch)  # (B, n) model dtype/device
-                    with torch.no_grad():
-                        base = plant._evaluate(k, batch, method, z)
-                        for d in range(D):
-                            u = directions[batch.index, d].to(z.device)
-                            for s_i, eps in enumerate(scales_arr):
-                                delta = (eps * z.double().norm(dim=-1, keepdim=True) * u).to(z.dtype)
-                                moved = plant._evaluate(k, batch, method, z + delta)
-                                actual = (moved - base).double()
-                                predicted = torch.einsum("bij,bj->bi", J.double(), delta.double())
-                                err = (actual - predicted).norm(dim=-1) / actual.norm(dim=-1)
-                                errors[row, s_i, batch.index, d] = err.cpu().numpy()
-                    bar.update(1)
-                similarity[row] = similarity_matrix(per_prompt, m=m, side=side)
-        finally:
-            bar.close()
+    order: list[int] = []
+    errors, similarity = [], []
+    for local in plant.iter_local_models(prompts, layers=layers, max_tokens=max_tokens,
+                                         batch_size=batch_size, progress=progress):
+        if not order or order[-1] != local.layer:
+            order.append(local.layer)
+            errors.append(np.empty((S, P, n_directions)))
+            per_prompt = torch.empty((P, n, n), dtype=torch.float64)
+            similarity.append(per_prompt)
+        per_prompt[local.index] = local.jacobians.to("cpu", torch.float64)
+        errors[-1][:, local.index] = _prediction_errors(local, directions[local.index], scales_arr)
+    similarity = np.stack([similarity_matrix(J, m=m, side=side) for J in similarity]) if order else \
+        np.empty((0, P, P))
+    errors = np.stack(errors) if order else np.empty((0, S, P, n_directions))
     if P > 1:
         upper = np.triu_indices(P, 1)
         mean_similarity = similarity[:, upper[0], upper[1]].mean(axis=1)
@@ -307,7 +302,6 @@ def plot_linearity(diagnostics: LinearityDiagnostics, path: str | os.PathLike) -
             f"diagnostics: expected a LinearityDiagnostics, found {type(diagnostics).__name__}"
         )
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     fig, (ax_err, ax_sim) = plt.subplots(1, 2, figsize=(10, 4))
     try:
         cmap = plt.get_cmap("viridis")
@@ -326,14 +320,7 @@ def plot_linearity(diagnostics: LinearityDiagnostics, path: str | os.PathLike) -
         ax_sim.set_ylabel(f"mean top-{diagnostics.rank} subspace similarity")
         ax_sim.set_title("Cross-prompt Jacobian similarity")
         fig.tight_layout()
-        fd, tmp = tempfile.mkstemp(suffix=".png", dir=path.parent, prefix=f".{path.stem}.")
-        os.close(fd)
-        try:
-            fig.savefig(tmp, format="png", dpi=110)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        atomic_save_figure(fig, path, dpi=110)
     finally:
         plt.close(fig)
     return path

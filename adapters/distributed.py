@@ -208,9 +208,6 @@ def iter_distributed_jacobians(
         Layer index and its (n, n) float64 Jacobian mean, on the device ``plant.iter_jacobians``
         returned it on (world size 1) or on ``reduce_device``.
     """
-    import torch
-    import torch.distributed as dist
-
     if shard not in _SHARDS:
         raise ArgumentError(f"shard: expected one of {_SHARDS}, found {shard!r}")
     prompts = list(prompts)
@@ -225,39 +222,48 @@ def iter_distributed_jacobians(
         yield from plant.iter_jacobians(prompts, layers=order, **options)
         return
 
-    n = int(plant.state_dim)
-    dev = ctx.reduce_device
-    if shard == "prompts":
-        mine = shard_prompts(prompts, ctx.rank, ctx.world_size)
-        count = torch.tensor([float(len(mine))], dtype=torch.float64, device=dev)
-        dist.all_reduce(count, group=ctx.group)
-        total = float(count.item())
-        local = iter(plant.iter_jacobians(mine, layers=order, **options)) if mine else None
-        for k in order:
-            if local is not None:
-                k_local, A_k = next(local)
-                if int(k_local) != k:
-                    raise DimensionError(f"plant.iter_jacobians: expected layer {k}, found {k_local}")
-                buf = A_k.to(device=dev, dtype=torch.float64) * float(len(mine))
-                del A_k
-            else:
-                buf = torch.zeros(n, n, dtype=torch.float64, device=dev)
-            dist.all_reduce(buf, group=ctx.group)
-            buf /= total
-            yield k, buf
-            del buf
-        if local is not None:
-            for _ in local:  # let the plant's generator finish (hooks, progress bars)
-                pass
-        return
+    shard_fn = _prompt_shards if shard == "prompts" else _layer_shards
+    yield from shard_fn(plant, prompts, order, ctx, options)
 
-    # shard == "layers": round-robin rounds, one broadcast per layer from its owner
-    W = ctx.world_size
+
+def _prompt_shards(plant: Any, prompts: list, order: list, ctx: DistributedContext, options: dict) -> Iterator:
+    """Each rank averages its share of the prompts; ``A_k = Σ_r P_r A_k^r / P`` by all-reduce."""
+    import torch
+    import torch.distributed as dist
+
+    n, dev = int(plant.state_dim), ctx.reduce_device
+    mine = shard_prompts(prompts, ctx.rank, ctx.world_size)
+    count = torch.tensor([float(len(mine))], dtype=torch.float64, device=dev)
+    dist.all_reduce(count, group=ctx.group)
+    total = float(count.item())
+    local = iter(plant.iter_jacobians(mine, layers=order, **options)) if mine else None
+    for k in order:
+        if local is not None:
+            k_local, A_k = next(local)
+            if int(k_local) != k:
+                raise DimensionError(f"plant.iter_jacobians: expected layer {k}, found {k_local}")
+            buf = A_k.to(device=dev, dtype=torch.float64) * float(len(mine))
+            del A_k
+        else:
+            buf = torch.zeros(n, n, dtype=torch.float64, device=dev)
+        dist.all_reduce(buf, group=ctx.group)
+        buf /= total
+        yield k, buf
+        del buf
+    if local is not None:
+        for _ in local:  # let the plant's generator finish (hooks, progress bars)
+            pass
+
+
+def _layer_shards(plant: Any, prompts: list, order: list, ctx: DistributedContext, options: dict) -> Iterator:
+    """Round-robin rounds of layers; each layer's owner broadcasts its ``A_k``."""
+    import torch
+    import torch.distributed as dist
+
+    n, dev, W = int(plant.state_dim), ctx.reduce_device, ctx.world_size
     mine_layers = order[ctx.rank :: W]
     local = iter(plant.iter_jacobians(prompts, layers=mine_layers, **options)) if mine_layers else None
-    ranks = None
-    if ctx.group is not None:
-        ranks = dist.get_process_group_ranks(ctx.group)
+    ranks = dist.get_process_group_ranks(ctx.group) if ctx.group is not None else None
     for start in range(0, len(order), W):
         block = order[start : start + W]
         own = None
@@ -269,8 +275,7 @@ def iter_distributed_jacobians(
             del A_k
         for j, k in enumerate(block):
             buf = own if j == ctx.rank else torch.empty(n, n, dtype=torch.float64, device=dev)
-            src = j if ranks is None else ranks[j]
-            dist.broadcast(buf, src=src, group=ctx.group)
+            dist.broadcast(buf, src=j if ranks is None else ranks[j], group=ctx.group)
             yield k, buf
             del buf
         own = None

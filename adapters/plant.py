@@ -47,10 +47,11 @@ batches of equal-length prompts only (no padding).
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
-from collections.abc import Iterable, Iterator, Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any, NamedTuple
 
 from ltv_control.adapters._checks import check_positive_int
 from ltv_control.adapters._blocks import (
@@ -74,11 +75,21 @@ from ltv_control.adapters.tokens import left_pad, model_device, pad_token_id, to
 from ltv_control._exceptions import ArgumentError, DimensionError
 from ltv_control._validation import public_api
 
-__all__ = ["LLMPlant"]
+__all__ = ["LLMPlant", "LocalModel"]
 
 _METHODS = ("auto", "cached", "full")
 #: rows (copies x prompts) replayed per reverse pass; bounds the replay's activation memory
 _ROWS_PER_PASS = 2048
+
+
+class LocalModel(NamedTuple):
+    """Block ``layer``'s last-token map around a batch of prompts (see :meth:`LLMPlant.iter_local_models`)."""
+
+    layer: int
+    index: list
+    jacobians: Any
+    inputs: Any
+    evaluate: Callable[[Any], Any]
 
 
 class _Batch:
@@ -551,43 +562,91 @@ class LLMPlant:
         """
         import torch
 
+        if reduce not in ("mean", "none"):
+            raise ArgumentError(f"reduce: expected 'mean' or 'none', found {reduce!r}")
+        max_tokens = check_positive_int(max_tokens, "max_tokens")
+        total, n = len(self._token_ids(prompts, max_tokens)), self.state_dim
+        current, seen = None, 0
+        for local in self.iter_local_models(prompts, layers=layers, max_tokens=max_tokens,
+                                            batch_size=batch_size, progress=progress, method=method):
+            if local.layer != current:
+                if current is not None:
+                    yield current, (per_prompt if reduce == "none" else mean)
+                current, seen = local.layer, 0
+                mean = torch.zeros((n, n), dtype=torch.float64)
+                per_prompt = torch.empty((total, n, n), dtype=torch.float64) if reduce == "none" else None
+            J = local.jacobians.to("cpu", torch.float64)
+            if per_prompt is not None:
+                per_prompt[local.index] = J
+            seen += J.shape[0]
+            mean += (J.sum(dim=0) - J.shape[0] * mean) / seen
+        if current is not None:
+            yield current, (per_prompt if reduce == "none" else mean)
+
+    @public_api
+    def iter_local_models(
+        self,
+        prompts: Sequence[str],
+        *,
+        layers: Iterable[int] | None = None,
+        max_tokens: int = 24,
+        batch_size: int = 8,
+        progress: bool = True,
+        method: str = "auto",
+    ) -> Iterator[LocalModel]:
+        """Yield, layer by layer (in the order given) and batch by batch, each block's local model.
+
+        Block ``k`` at the last token, the earlier positions held at their clean values, is the
+        map ``z ↦ φ_k(z)``; a :class:`LocalModel` holds its Jacobians ``∂φ_k/∂z`` at the prompts'
+        clean inputs and a function evaluating ``φ_k`` at other inputs (for linearity checks).
+
+        Parameters
+        ----------
+        prompts : list of str
+        layers : iterable of int or None, default None
+            Block indices in the order to visit them (``None``: ``range(T)``).
+        max_tokens : int, default 24
+        batch_size : int, default 8
+        progress : bool, default True
+        method : {"auto", "cached", "full"}, default "auto"
+            See :meth:`iter_jacobians`.
+
+        Yields
+        ------
+        LocalModel
+            ``(layer, index, jacobians (B, n, n), inputs (B, n), evaluate)``; tensors in the
+            model's dtype and device, ``index`` the batch's prompt positions.
+        """
         batch_size = check_positive_int(batch_size, "batch_size")
         max_tokens = check_positive_int(max_tokens, "max_tokens")
         if method not in _METHODS:
             raise ArgumentError(f"method: expected one of {_METHODS}, found {method!r}")
-        if reduce not in ("mean", "none"):
-            raise ArgumentError(f"reduce: expected 'mean' or 'none', found {reduce!r}")
         order = self._layer_order(layers)
         encoded = self._token_ids(prompts, max_tokens)
-        total = len(encoded)
-        n = self.state_dim
         with self._run_guard():
-            batches = self._batches(encoded, batch_size)
-            self._active_layers = set(order)
-            try:
-                for batch in batches:
-                    self._capture_clean(batch)
-                methods = [self._choose_method(batch, method) for batch in batches]
-            finally:
-                self._active_layers = None
+            batches, methods = self._prepared_batches(encoded, batch_size, order, method)
             bar = _progress(len(order) * len(batches), progress, "Jacobians")
             try:
                 for k in order:
-                    if reduce == "none":
-                        per_prompt = torch.empty((total, n, n), dtype=torch.float64)
-                    mean = torch.zeros((n, n), dtype=torch.float64)
-                    seen = 0
                     for batch, used in zip(batches, methods, strict=True):
-                        J = self._jacobians(k, batch, used).detach().to("cpu", torch.float64)
-                        if reduce == "none":
-                            per_prompt[batch.index] = J
-                        count = J.shape[0]
-                        seen += count
-                        mean += (J.sum(dim=0) - count * mean) / seen
+                        J = self._jacobians(k, batch, used).detach()
+                        yield LocalModel(k, batch.index, J, self._last_inputs(k, batch),
+                                         functools.partial(self._evaluate, k, batch, used))
                         bar.update(1)
-                    yield k, (per_prompt if reduce == "none" else mean)
             finally:
                 bar.close()
+
+    def _prepared_batches(self, encoded: list, batch_size: int, order: list[int], method: str) -> tuple:
+        """Left-padded batches with their clean captures, and the replay method of each."""
+        batches = self._batches(encoded, batch_size)
+        self._active_layers = set(order)
+        try:
+            for batch in batches:
+                self._capture_clean(batch)
+            methods = [self._choose_method(batch, method) for batch in batches]
+        finally:
+            self._active_layers = None
+        return batches, methods
 
     @public_api
     def linearize(

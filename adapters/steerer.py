@@ -29,7 +29,8 @@ __all__ = ["Steerer", "SteeringHandle", "BUILTIN_KINDS", "steerer_class"]
 
 #: module (under ``ltv_control.adapters``) defining each built-in kind; importing it registers
 #: the class, so a kind is found however the steerer classes were (not) imported before
-BUILTIN_KINDS = {"alqr": "alqr", "actadd": "actadd", "pid": "pid", "constrained": "constrained_steerer"}
+BUILTIN_KINDS = {"alqr": "alqr", "actadd": "actadd", "pid": "pid", "constrained": "constrained_steerer",
+                 "alqr_multi": "multi_concept"}
 
 
 def steerer_class(kind: str) -> type | None:
