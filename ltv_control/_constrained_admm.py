@@ -1,37 +1,6 @@
-"""Riccati-factored ADMM for the stage-structured constrained LQR (the fast path of
-:class:`ltv_control.constrained.ConstrainedLQR`, ``method="admm"``).
-
-Problem (cost without 1/2, as everywhere in ltv-control)::
-
-    minimise   sum_{k<T} (x_k - r_k)ᵀQ_k(x_k - r_k) + u_kᵀR_k u_k + (x_T - r_T)ᵀQ_f(x_T - r_T)
-    subject to x_{k+1} = A_k x_k + B_k u_k + c_k,   x_0 given,
-               C_j v_{k_j} ∈ 𝒞_j  for every constraint block j,
-
-where each block acts on one stage variable (``u_k`` or ``x_k``, ``k >= 1``) and its set
-𝒞_j has a cheap projection: a Euclidean ball (``‖u_k‖₂ <= ρ_k``), a box, or a half-line
-(``aᵀx_k >= b`` with ``‖a‖ = 1``).
-
-ADMM splitting (scaled form, relaxation ``α``)::
-
-    v⁺ = argmin_v  f(v) + ρ ‖C v - z + w‖²        (dynamics kept exactly)
-    ẑ  = α C v⁺ + (1 - α) z
-    z⁺ = Π_𝒞(ẑ + w)
-    w⁺ = w + ẑ - z⁺
-
-The v-update is an LQR problem whose Hessians ``Q_k + ρ C_xᵀC_x`` and ``R_k + ρ C_uᵀC_u``
-do not change between iterations: the Riccati gains ``K_k`` and matrices ``S_k`` are
-computed once per ``ρ`` (Cholesky of ``R̃_k + B_kᵀS_{k+1}B_k``), and every iteration runs
-only the affine backward pass ``s_k = d_k + (A_k - B_kK_k)ᵀ s_{k+1}`` and the forward
-rollout (``O(T n²)`` work, ``2T`` small mat-vecs).  ``ρ`` is re-balanced from the primal
-and dual residuals (as in OSQP), which costs one refactorisation.  Warm starts keep
-``z``, ``w``, ``ρ`` and the factorisation of the previous solve.
-
-Termination (∞-norms, OSQP-style)::
-
-    ‖C v - z‖ <= eps_abs + eps_rel · max(‖C v‖, ‖z‖)
-    2ρ‖Cᵀ(z⁺ - z)‖ <= eps_abs + eps_rel · 2ρ‖Cᵀ w‖
-
-This module is private; the public entry point is ``ConstrainedLQR(..., method="admm")``.
+"""Riccati-factored ADMM for the stage-structured constrained LQR: the private fast path of
+:class:`ltv_control.constrained.ConstrainedLQR` (``method="admm"``); the algorithm is described
+in :class:`RiccatiADMM`.
 """
 
 from __future__ import annotations
@@ -169,6 +138,36 @@ class _Blocks:
 
 class RiccatiADMM:
     """ADMM solver for one fixed constrained LQR, reused across solves (warm-startable).
+
+    Problem (cost without 1/2, as everywhere in ltv-control)::
+
+        minimise   sum_{k<T} (x_k - r_k)ᵀQ_k(x_k - r_k) + u_kᵀR_k u_k + (x_T - r_T)ᵀQ_f(x_T - r_T)
+        subject to x_{k+1} = A_k x_k + B_k u_k + c_k,   x_0 given,
+                   C_j v_{k_j} ∈ 𝒞_j  for every constraint block j,
+
+    where each block acts on one stage variable (``u_k`` or ``x_k``, ``k >= 1``) and its set
+    𝒞_j has a cheap projection: a Euclidean ball (``‖u_k‖₂ <= ρ_k``), a box, or a half-line
+    (``aᵀx_k >= b`` with ``‖a‖ = 1``).
+
+    ADMM splitting (scaled form, relaxation ``α``)::
+
+        v⁺ = argmin_v  f(v) + ρ ‖C v - z + w‖²        (dynamics kept exactly)
+        ẑ  = α C v⁺ + (1 - α) z
+        z⁺ = Π_𝒞(ẑ + w)
+        w⁺ = w + ẑ - z⁺
+
+    The v-update is an LQR problem whose Hessians ``Q_k + ρ C_xᵀC_x`` and ``R_k + ρ C_uᵀC_u``
+    do not change between iterations: the Riccati gains ``K_k`` and matrices ``S_k`` are
+    computed once per ``ρ`` (Cholesky of ``R̃_k + B_kᵀS_{k+1}B_k``), and every iteration runs
+    only the affine backward pass ``s_k = d_k + (A_k - B_kK_k)ᵀ s_{k+1}`` and the forward
+    rollout (``O(T n²)`` work, ``2T`` small mat-vecs).  ``ρ`` is re-balanced from the primal
+    and dual residuals (as in OSQP), which costs one refactorisation.  Warm starts keep
+    ``z``, ``w``, ``ρ`` and the factorisation of the previous solve.
+
+    Termination (∞-norms, OSQP-style)::
+
+        ‖C v - z‖ <= eps_abs + eps_rel · max(‖C v‖, ‖z‖)
+        2ρ‖Cᵀ(z⁺ - z)‖ <= eps_abs + eps_rel · 2ρ‖Cᵀ w‖
 
     Parameters
     ----------

@@ -1,34 +1,10 @@
-"""Linear-feature setpoint (LFS) for activation steering, and the steering law it defines.
+"""Linear-feature setpoint (LFS) of activation steering and the A-LQR law it defines.
 
-A contrastive pair of prompt sets (desired / undesired behaviour) gives, at every
-step ``k`` of the plant (the input of decoder block ``k`` at the last token),
-
-.. math::
-
-    e_k = \\bar z_k^{\\mathrm{desired}} - \\bar z_k^{\\mathrm{undesired}}, \\qquad
-    v_k = e_k / \\lVert e_k \\rVert, \\qquad
-    \\beta^*_k = \\lambda \\lVert e_k \\rVert .
-
-The feature ``v_kᵀ z_k`` is the scalar output of the plant at step ``k``; the
-setpoint asks it to reach ``β*_k``.  With LQR gains ``K_k`` (``u_k = -K_k x_k``)
-the A-LQR steering input is
-
-.. math::
-
-    u_k = (\\beta^*_k - v_k^\\top z_k)\\, w_k, \\qquad w_k = K_k v_k ,
-
-i.e. the LQR feedback applied to the state error ``x_k = (v_kᵀ z_k - β*_k) v_k``
-along the feature direction: ``-K_k x_k = (β*_k - v_kᵀ z_k) K_k v_k``.
-
-Steps where ``‖e_k‖ <= rel_tol · max_j ‖e_j‖`` (default ``rel_tol = 1e-6``) carry no
-usable direction: they get ``v_k = 0`` and ``β*_k = 0`` (hence ``w_k = 0`` and no
-control), never NaN.
-
-Everything here is a pure function over arrays.  numpy arrays give numpy arrays;
-torch tensors give torch tensors on the same device (computed in float64 and cast
-back to the input's floating dtype), through :mod:`ltv_control.backends`.
-:func:`steering_input` is the float64 reference implementation of the A-LQR law
-(the adapters' hooks are tested against it).
+From desired / undesired last-token states: ``e_k`` (mean difference), ``v_k = e_k/‖e_k‖``,
+``β*_k = λ‖e_k‖`` (:func:`linear_feature_setpoint`); with LQR gains, ``w_k = K_k v_k``
+(:func:`feedback_directions`) and ``u_k = (β*_k − v_kᵀz_k) w_k`` (:func:`steering_input`, the
+float64 reference the adapters' hooks are tested against).  numpy in, numpy out; torch in,
+torch out on the same device, through :mod:`ltv_control.backends`.
 """
 
 from __future__ import annotations
@@ -286,6 +262,10 @@ def feature_error(z: Any, v: Any, beta_star: Any) -> Any:
 
 def steering_input(z: Any, v: Any, beta_star: Any, w: Any) -> Any:
     """A-LQR steering input ``u_k = (β*_k - v_kᵀ z_k) w_k`` (reference implementation, float64).
+
+    This is the LQR feedback ``u_k = −K_k x_k`` applied to the state error along the feature,
+    ``x_k = (v_kᵀz_k − β*_k) v_k``: ``−K_k x_k = (β*_k − v_kᵀz_k) K_k v_k``.  The adapters'
+    hooks implement the same law and are tested against this function.
 
     Parameters
     ----------

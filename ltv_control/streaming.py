@@ -1,35 +1,10 @@
-"""Streamed finite-horizon LQR synthesis in O(n²) memory.
+"""Streamed finite-horizon LQR synthesis in O(n²) memory: the plant matrices ``A_k`` arrive one
+at a time, in backward order, from a *provider*, and feed :func:`ltv_control.riccati.backward_recursion`.
 
-The dense path (:func:`ltv_control.finite_horizon_lqr`) holds the whole plant ``A (T, n, n)`` and
-returns every gain ``K (T, m, n)`` and cost-to-go ``S (T+1, n, n)``: at Llama-3-8B size
-(T = 32, n = 4096) that is about 6 GiB in float32 before any temporaries.  A controller such as
-A-LQR needs far less: only ``w_k = K_k v_k`` for one direction ``v_k`` per step.
-
-This module runs the same backward Riccati recursion (one :func:`ltv_control.riccati.riccati_step`
-per step, Cholesky solves, symmetrised iterates)
-
-.. math::
-
-    K_k = (R_k + B_k^T S_{k+1} B_k)^{-1} B_k^T S_{k+1} A_k, \\qquad
-    S_k = Q_k + A_k^T S_{k+1} (A_k - B_k K_k), \\qquad S_T = Q_f,
-
-while the plant matrices ``A_k`` arrive one at a time in backward order (``k = T-1, ..., 0``)
-from a *provider*, so that at any moment only ``S_{k+1}``, ``A_k``, ``K_k`` and ``S_k`` (plus the
-step's temporaries) are alive: peak memory is O(n²), independent of T.
-
-Providers
----------
-A provider of the plant matrices is one of
-
-* an iterable of ``(k, A_k)`` pairs with ``k = T-1, T-2, ..., 0`` in that order (for example
-  ``LLMPlant.iter_jacobians(prompts, layers=reversed(range(T)))``); ``horizon`` is then optional
-  and checked when given;
-* a callable ``k -> A_k`` (``horizon`` required);
-* a stacked array ``(T, n, n)`` (convenient for tests; it is not streamed, of course).
-
-Each ``A_k`` is a numpy array or a torch tensor; the backend and device are taken from the first
-``A_k``, and results come back in that array type.  Torch is imported only when a torch tensor
-arrives: ``import ltv_control.streaming`` does not import torch.
+A provider is an iterable of ``(k, A_k)`` with ``k = T−1, …, 0`` (e.g.
+``LLMPlant.iter_jacobians(prompts, layers=reversed(range(T)))``), a callable ``k -> A_k``
+(``horizon`` required) or a stacked ``(T, n, n)`` array.  numpy or torch, chosen by the first
+``A_k`` (torch only through :mod:`ltv_control.backends`).  Memory model: ``docs/scale.md``.
 """
 
 from __future__ import annotations
