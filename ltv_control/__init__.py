@@ -16,7 +16,7 @@ from ltv_control._exceptions import (
 )
 from ltv_control.cost import lqr_cost
 from ltv_control.lqr import LQRResult, finite_horizon_lqr
-from ltv_control.riccati import riccati_step
+from ltv_control.riccati import lqr_step, riccati_step
 from ltv_control.system import LTVSystem
 from ltv_control.tracking import TrackingLQRResult, tracking_lqr
 
@@ -37,6 +37,7 @@ __all__ = [
     "tracking_lqr",
     "lqr_cost",
     "riccati_step",
+    "lqr_step",
     "__version__",
 ]
 

@@ -44,6 +44,11 @@ def lqr_cost(system: Any, Q: Any, R: Any, x: Any, u: Any, *, Qf: Any = None, N: 
         float64 (numpy scalar / 0-d torch tensor when unbatched); one entry per member
         of the broadcast batch of ``system``, the weights, ``x`` and ``u``.
 
+    Notes
+    -----
+    Differentiability: with torch inputs the cost is differentiable in x, u, the system and the
+    weights (``gradcheck``-tested in ``tests/test_gradients.py``).
+
     Raises
     ------
     NumericalError

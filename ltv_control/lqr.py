@@ -117,14 +117,22 @@ def finite_horizon_lqr(system: Any, Q: Any, R: Any, *, Qf: Any = None, N: Any = 
     N : float or array (n, m), (T, n, m) or (*batch, T, n, m), optional
         Cross weight of ``2 xᵀN u``. Default ``None``: no cross term.
     dtype : dtype, optional
-        Compute (and result) dtype. Default ``None``: float64 (torch tensors on
-        devices without float64, such as MPS, use their own dtype).
+        Compute (and result) dtype: float32 or float64 (float16/bfloat16 are refused with
+        ArgumentError). Default ``None``: float64 (torch tensors on devices without float64,
+        such as MPS, use their own dtype).
 
     Returns
     -------
     LQRResult
         ``K`` (*batch, T, m, n) and ``S`` (*batch, T+1, n, n), in the system's
         array type and device, in the compute dtype.
+
+    Notes
+    -----
+    Differentiability: with torch tensors, autograd runs through every step (``gradcheck``-tested
+    in ``tests/test_gradients.py`` with respect to A, B, Q, R and Qf, batched and with ``B=None``).
+    A failed factorisation raises :class:`NumericalError` instead of returning NaN gradients;
+    numpy problems given tensors that require grad are refused with :class:`ArgumentError`.
 
     Raises
     ------

@@ -170,6 +170,11 @@ class LTVSystem:
         x : array (*batch, T+1, n)
             States ``x_0 … x_T``, in the promoted floating dtype of the inputs.
 
+        Notes
+        -----
+        Differentiability: with a torch system, the trajectory is differentiable in x0, u, K,
+        k, A, B and c (``gradcheck``-tested in ``tests/test_gradients.py``).
+
         Raises
         ------
         NumericalError

@@ -73,12 +73,20 @@ def tracking_lqr(system: Any, Q: Any, R: Any, x_ref: Any, *, Qf: Any = None, u_r
     u_ref : array (m,), (T, m) or (*batch, T, m), optional
         Input reference ``ū_k``. Default ``None``: zero.
     dtype : dtype, optional
-        Compute dtype. Default ``None``: float64 (MPS tensors: their own dtype).
+        Compute dtype: float32 or float64 (float16/bfloat16 are refused with ArgumentError).
+        Default ``None``: float64 (MPS tensors: their own dtype).
 
     Returns
     -------
     TrackingLQRResult
         ``(K, k, S, s, s0)`` in the system's array type and device.
+
+    Notes
+    -----
+    Differentiability: with torch tensors, autograd runs through every step (``gradcheck``-tested
+    in ``tests/test_gradients.py`` with respect to A, B, c, x_ref, u_ref and x0, batched and with ``B=None``).
+    A failed factorisation raises :class:`NumericalError` instead of returning NaN gradients;
+    numpy problems given tensors that require grad are refused with :class:`ArgumentError`.
 
     Raises
     ------
