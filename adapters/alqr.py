@@ -1,31 +1,6 @@
 """A-LQR steering: finite-horizon LQR over the layers of a language model.
 
-Fit (:meth:`ALQRSteerer.fit`)
-    1. LFS setpoint from the last-token block inputs of desired/undesired prompts:
-       ``e_k = mean(desired) - mean(undesired)``, ``v_k = e_k/‖e_k‖``,
-       ``β*_k = λ‖e_k‖`` (:func:`ltv_control.setpoint.linear_feature_setpoint`).
-    2. The plant ``z_{k+1} = A_k z_k + u_k`` from :meth:`LLMPlant.linearize` (B = I).
-    3. Gains ``K_k`` from :func:`ltv_control.finite_horizon_lqr` with ``Q = q·I``,
-       ``R = r·I``, ``Q_f = qf·I``; only ``w_k = K_k v_k`` is kept
-       (:func:`ltv_control.setpoint.feedback_directions`).
-
-Runtime law (one dot product and one axpy per steered position and layer)
-
-.. math::
-
-    u_k = (\\beta^*_k - v_k^\\top z_k)\\, w_k ,
-
-added to block ``k``'s output, ``z_k`` being block ``k``'s input.  This is the LQR
-feedback ``u_k = -K_k x_k`` on the error ``x_k = (v_kᵀz_k - β*_k) v_k``.  Positive
-``λ`` pushes ``v_kᵀz`` towards the desired side.  Memory at run time is ``T·n``
-floats per tensor (no ``n × n`` array is kept).
-
-A-LQR+ is the same steerer attached with ``positions="all"``.
-
-Restricting ``layers`` at fit time solves the LQR with ``B_k = I`` on the
-controlled layers and ``B_k = 0`` elsewhere, so the gains account for the
-layers that cannot act; restricting ``layers`` at attach time only masks the
-fitted gains.
+Details: the Notes of :class:`ALQRSteerer`.
 """
 
 from __future__ import annotations
@@ -65,6 +40,35 @@ class ALQRSteerer(Steerer):
         Controlled layers (``None``: all with a direction).
     positions : {"last", "all"}
         Default positions of :meth:`attach`.
+
+    Notes
+    -----
+    Fit (:meth:`ALQRSteerer.fit`)
+        1. LFS setpoint from the last-token block inputs of desired/undesired prompts:
+           ``e_k = mean(desired) - mean(undesired)``, ``v_k = e_k/‖e_k‖``,
+           ``β*_k = λ‖e_k‖`` (:func:`ltv_control.setpoint.linear_feature_setpoint`).
+        2. The plant ``z_{k+1} = A_k z_k + u_k`` from :meth:`LLMPlant.linearize` (B = I).
+        3. Gains ``K_k`` from :func:`ltv_control.finite_horizon_lqr` with ``Q = q·I``,
+           ``R = r·I``, ``Q_f = qf·I``; only ``w_k = K_k v_k`` is kept
+           (:func:`ltv_control.setpoint.feedback_directions`).
+
+    Runtime law (one dot product and one axpy per steered position and layer)
+
+    .. math::
+
+        u_k = (\\beta^*_k - v_k^\\top z_k)\\, w_k ,
+
+    added to block ``k``'s output, ``z_k`` being block ``k``'s input.  This is the LQR
+    feedback ``u_k = -K_k x_k`` on the error ``x_k = (v_kᵀz_k - β*_k) v_k``.  Positive
+    ``λ`` pushes ``v_kᵀz`` towards the desired side.  Memory at run time is ``T·n``
+    floats per tensor (no ``n × n`` array is kept).
+
+    A-LQR+ is the same steerer attached with ``positions="all"``.
+
+    Restricting ``layers`` at fit time solves the LQR with ``B_k = I`` on the
+    controlled layers and ``B_k = 0`` elsewhere, so the gains account for the
+    layers that cannot act; restricting ``layers`` at attach time only masks the
+    fitted gains.
     """
 
     kind = "alqr"

@@ -1,25 +1,6 @@
 r"""The tracking-error bound on a language model: LQR tracking of one prompt's residual stream.
 
-The plant is the model over its decoder blocks, ``z_{k+1} = φ_k(z_k) + u_k`` with ``z_k`` the input
-of block ``k`` at the last token and ``u_k`` added to block ``k``'s output at the last token
-(``B = I``).  The experiment
-
-1. records the nominal trajectory ``z̄`` of one prompt (no control),
-2. linearizes the model (``A_k``: prompt-averaged last-token Jacobians,
-   :meth:`~ltv_control.adapters.LLMPlant.linearize`) and computes LQR gains ``K_k`` with
-   :func:`ltv_control.finite_horizon_lqr` (``Q = q·I``, ``R = r·I``, ``Qf = qf·I``),
-3. runs *other* prompts in closed loop: forward hooks read ``z_k`` entering block ``k`` and add
-   ``u_k = −K_k (z_k − z̄_k)`` to block ``k``'s output at the last token, in one ``use_cache=False``
-   forward pass (the earlier positions are untouched, as in the paper's last-token plant),
-4. measures the realised deviations ``δz_k = z_k − z̄_k``; with ``Â_k = A_k − K_k`` the remainder
-   ``r_k = δz_{k+1} − Â_k δz_k`` lumps the nonlinearity of the blocks *and* the prompt mismatch
-   (each prompt's blocks see a different prefix, so ``φ_k`` differs between prompts),
-5. estimates ``L_k`` on calibration prompts and reports on held-out prompts the coverage of the
-   bound of :func:`ltv_control.bounds.tracking_error_bound` (an estimate, not a certificate).
-
-Cost on SmolLM2-135M (T = 30, n = 576): one Jacobian pass per linearization prompt, one forward pass
-per batch of prompts, and the transition norms of the bound (``T(T+1)/2`` spectral norms of
-576 × 576 matrices, several seconds).
+Details: the Notes of :func:`llm_bound_experiment`.
 """
 
 from __future__ import annotations
@@ -350,6 +331,29 @@ def llm_bound_experiment(
     -------
     BoundExperimentResult
         Coverage, constants, deviations, bounds, the closed loop, and ``to_dict()`` for reports.
+
+    Notes
+    -----
+    The plant is the model over its decoder blocks, ``z_{k+1} = φ_k(z_k) + u_k`` with ``z_k`` the input
+    of block ``k`` at the last token and ``u_k`` added to block ``k``'s output at the last token
+    (``B = I``).  The experiment
+
+    1. records the nominal trajectory ``z̄`` of one prompt (no control),
+    2. linearizes the model (``A_k``: prompt-averaged last-token Jacobians,
+       :meth:`~ltv_control.adapters.LLMPlant.linearize`) and computes LQR gains ``K_k`` with
+       :func:`ltv_control.finite_horizon_lqr` (``Q = q·I``, ``R = r·I``, ``Qf = qf·I``),
+    3. runs *other* prompts in closed loop: forward hooks read ``z_k`` entering block ``k`` and add
+       ``u_k = −K_k (z_k − z̄_k)`` to block ``k``'s output at the last token, in one ``use_cache=False``
+       forward pass (the earlier positions are untouched, as in the paper's last-token plant),
+    4. measures the realised deviations ``δz_k = z_k − z̄_k``; with ``Â_k = A_k − K_k`` the remainder
+       ``r_k = δz_{k+1} − Â_k δz_k`` lumps the nonlinearity of the blocks *and* the prompt mismatch
+       (each prompt's blocks see a different prefix, so ``φ_k`` differs between prompts),
+    5. estimates ``L_k`` on calibration prompts and reports on held-out prompts the coverage of the
+       bound of :func:`ltv_control.bounds.tracking_error_bound` (an estimate, not a certificate).
+
+    Cost on SmolLM2-135M (T = 30, n = 576): one Jacobian pass per linearization prompt, one forward pass
+    per batch of prompts, and the transition norms of the bound (``T(T+1)/2`` spectral norms of
+    576 × 576 matrices, several seconds).
     """
     from ltv_control.bounds import bound_coverage, lyapunov_weights
 

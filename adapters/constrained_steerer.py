@@ -1,48 +1,6 @@
 r"""Constrained steering: one budgeted QP over the remaining layers, re-planned every forward pass.
 
-Fit (:meth:`ConstrainedSteerer.fit`)
-    1. Last-token states ``z_0..z_T`` of the desired and undesired prompts; LFS setpoint at
-       every step *including the last block's output*: ``e_k = mean(desired) - mean(undesired)``,
-       ``v_k = e_k/‖e_k‖``, ``β*_k = λ‖e_k‖``; the nominal trajectory ``z̄_k`` (mean over all fit
-       prompts) and the typical activation norm ``a_k`` (median ``‖z_k‖``).
-    2. ``A_k`` from :meth:`LLMPlant.linearize` (``B = I``).
-    3. Per-step orthonormal bases ``U_k`` (n × d with ``d = rank``; ``r`` is the input weight):
-       ``v_k``, the adjoint direction
-       ``ψ_k ∝ A_kᵀ⋯A_{T-1}ᵀ v_T`` (how the state at ``k`` moves the terminal feature), then the
-       leading left singular vectors of ``A_{k-1}`` and right singular vectors of ``A_k``,
-       alternately, Gram–Schmidt with drop tolerance, until ``d`` columns.
-    4. The projected plant ``A_r,k = U_{k+1}ᵀA_kU_k`` (:meth:`LTVSystem.project`).
-
-Plan (every forward pass, at the first controlled layer ``k₀``)
-    Deviation coordinates ``x_k = U_kᵀ(z_k - z̄_k)``, inputs ``u_k = U_{k+1} ν_k``:
-
-    .. math::
-
-        \min_{ν} \sum_{k=k_0}^{T-1} q(\tilde v_k^\top x_k - \tilde β_k)^2 + r‖ν_k‖^2
-                  + q_f(\tilde v_T^\top x_T - \tilde β_T)^2
-        \quad\text{s.t.}\quad x_{k+1} = A_{r,k} x_k + ν_k,\ ‖ν_k‖_2 \le ρ_k,\
-        [\tilde v_T^\top x_T \ge \tilde β_T]
-
-    with ``ṽ_k = U_kᵀv_k`` and ``β̃_k = β*_k - v_kᵀz̄_k`` (so ``ṽ_kᵀx_k - β̃_k`` is the linearised
-    feature error ``v_kᵀz_k - β*_k``), per-layer budgets ``ρ_k = budget · a_{k+1}`` (relative
-    to the typical norm of the state the input is added to; ``ρ_k = 0`` on layers that are
-    not controlled) and the optional terminal constraint ``v_Tᵀz_T ≥ β*_T``.
-
-    Why the input may live in ``span(U_{k+1})``: with ``R = r·I`` and Euclidean budgets,
-    the component of ``u_k`` orthogonal to ``U_{k+1}`` costs energy and budget and moves no
-    modelled state, so the optimum of the contract's projected plant (``B_r,k = U_{k+1}ᵀ``,
-    ``m = n``) has ``u_k = U_{k+1}ν_k`` with ``‖u_k‖ = ‖ν_k‖``; solving in ``ν`` (``B = I_d``)
-    is the same problem with ``d`` instead of ``n`` inputs.
-
-    The QP is :class:`ltv_control.constrained.ConstrainedLQR` (``method="admm"`` by default:
-    the Riccati-factored fast path; ``"cvxpy"`` for the reference).  The plan is applied open
-    loop over the remaining layers of the same forward pass; with ``feedback=True`` an LFS
-    correction ``(f̂_k - v_kᵀz_k) w_k`` on the deviation from the *planned* feature
-    ``f̂_k = v_kᵀ(z̄_k + U_k x̂_k)`` is added (``w_k = U_{k+1}K_{r,k}ṽ_k`` from the projected
-    LQR gains), and the sum is scaled back into the ball ``ρ_k`` so budgets always hold.
-
-Positions: ``"last"`` (default) plans once per forward pass for the newest token of every
-row; ``"all"`` plans for every position (one QP per position: slow on long prompts).
+Details: the Notes of :class:`ConstrainedSteerer`.
 """
 
 from __future__ import annotations
@@ -75,8 +33,8 @@ _ON_INFEASIBLE = ("relax", "raise")
 
 # --------------------------------------------------------------------------- steerer
 class ConstrainedSteerer(Steerer):
-    """Budgeted, model-predictive steering: :class:`~ltv_control.constrained.ConstrainedLQR`
-    on the projected plant, re-solved at every forward pass (see the module docstring).
+    r"""Budgeted, model-predictive steering: :class:`~ltv_control.constrained.ConstrainedLQR`
+    on the projected plant, re-solved at every forward pass (see the Notes).
 
     Build it with :meth:`fit` (or :meth:`load`); apply it with :meth:`attach`.
 
@@ -96,6 +54,52 @@ class ConstrainedSteerer(Steerer):
         LFS feedback directions ``U_{k+1}K_{r,k}ṽ_k`` (used with ``feedback=True``).
     rank, budget, q, r, qf, lam, first_layer, terminal_feature, feedback, method,
     on_infeasible : hyper-parameters (see :meth:`fit`).
+
+    Notes
+    -----
+    Fit (:meth:`ConstrainedSteerer.fit`)
+        1. Last-token states ``z_0..z_T`` of the desired and undesired prompts; LFS setpoint at
+           every step *including the last block's output*: ``e_k = mean(desired) - mean(undesired)``,
+           ``v_k = e_k/‖e_k‖``, ``β*_k = λ‖e_k‖``; the nominal trajectory ``z̄_k`` (mean over all fit
+           prompts) and the typical activation norm ``a_k`` (median ``‖z_k‖``).
+        2. ``A_k`` from :meth:`LLMPlant.linearize` (``B = I``).
+        3. Per-step orthonormal bases ``U_k`` (n × d with ``d = rank``; ``r`` is the input weight):
+           ``v_k``, the adjoint direction
+           ``ψ_k ∝ A_kᵀ⋯A_{T-1}ᵀ v_T`` (how the state at ``k`` moves the terminal feature), then the
+           leading left singular vectors of ``A_{k-1}`` and right singular vectors of ``A_k``,
+           alternately, Gram–Schmidt with drop tolerance, until ``d`` columns.
+        4. The projected plant ``A_r,k = U_{k+1}ᵀA_kU_k`` (:meth:`LTVSystem.project`).
+
+    Plan (every forward pass, at the first controlled layer ``k₀``)
+        Deviation coordinates ``x_k = U_kᵀ(z_k - z̄_k)``, inputs ``u_k = U_{k+1} ν_k``:
+
+        .. math::
+
+            \min_{ν} \sum_{k=k_0}^{T-1} q(\tilde v_k^\top x_k - \tilde β_k)^2 + r‖ν_k‖^2
+                      + q_f(\tilde v_T^\top x_T - \tilde β_T)^2
+            \quad\text{s.t.}\quad x_{k+1} = A_{r,k} x_k + ν_k,\ ‖ν_k‖_2 \le ρ_k,\
+            [\tilde v_T^\top x_T \ge \tilde β_T]
+
+        with ``ṽ_k = U_kᵀv_k`` and ``β̃_k = β*_k - v_kᵀz̄_k`` (so ``ṽ_kᵀx_k - β̃_k`` is the linearised
+        feature error ``v_kᵀz_k - β*_k``), per-layer budgets ``ρ_k = budget · a_{k+1}`` (relative
+        to the typical norm of the state the input is added to; ``ρ_k = 0`` on layers that are
+        not controlled) and the optional terminal constraint ``v_Tᵀz_T ≥ β*_T``.
+
+        Why the input may live in ``span(U_{k+1})``: with ``R = r·I`` and Euclidean budgets,
+        the component of ``u_k`` orthogonal to ``U_{k+1}`` costs energy and budget and moves no
+        modelled state, so the optimum of the contract's projected plant (``B_r,k = U_{k+1}ᵀ``,
+        ``m = n``) has ``u_k = U_{k+1}ν_k`` with ``‖u_k‖ = ‖ν_k‖``; solving in ``ν`` (``B = I_d``)
+        is the same problem with ``d`` instead of ``n`` inputs.
+
+        The QP is :class:`ltv_control.constrained.ConstrainedLQR` (``method="admm"`` by default:
+        the Riccati-factored fast path; ``"cvxpy"`` for the reference).  The plan is applied open
+        loop over the remaining layers of the same forward pass; with ``feedback=True`` an LFS
+        correction ``(f̂_k - v_kᵀz_k) w_k`` on the deviation from the *planned* feature
+        ``f̂_k = v_kᵀ(z̄_k + U_k x̂_k)`` is added (``w_k = U_{k+1}K_{r,k}ṽ_k`` from the projected
+        LQR gains), and the sum is scaled back into the ball ``ρ_k`` so budgets always hold.
+
+    Positions: ``"last"`` (default) plans once per forward pass for the newest token of every
+    row; ``"all"`` plans for every position (one QP per position: slow on long prompts).
     """
 
     kind = "constrained"

@@ -1,37 +1,6 @@
 """Controller files: one ``.safetensors`` file holding a steerer's tensors and metadata.
 
-Layout
-------
-* Tensors: float32, C-contiguous, named by the steerer (e.g. ``w``, ``v``, ``e_norm``,
-  ``beta_star`` for A-LQR).
-* Header metadata (``__metadata__``, every value a string):
-
-  ============== ===========================================================
-  key            value
-  ============== ===========================================================
-  format         ``"ltv-control/steerer"``
-  format_version ``"1"``
-  kind           the steerer kind (``"alqr"``, ``"actadd"``, ``"pid"``, ...)
-  version        the ltv-control version that wrote the file
-  model_id       the model's name or path (informative)
-  state_dim      ``n`` (decimal integer; older files say ``hidden_size``, still read)
-  horizon        ``T`` (decimal integer; older files say ``num_layers``, still read)
-  layers         JSON: the dotted override path of the decoder blocks, or null
-  hyperparameters JSON object of the fit's hyper-parameters
-  tensor_sha256  SHA-256 of the tensors (:func:`~ltv_control.adapters.controller_schema.tensor_digest`)
-  ============== ===========================================================
-
-  Further keys may be added by a steerer; structured values are JSON.
-
-Files are written atomically and flushed to disk (:func:`ltv_control.atomic.atomic_write_bytes`
-with ``fsync``), so a crash never leaves a half-written controller.  Loading
-parses and validates the header itself before handing the bytes to
-``safetensors`` and never unpickles anything.  A truncated, corrupt or foreign
-file raises :class:`ltv_control.ControllerFileError` saying what is wrong.  What a valid
-file is (regular file, bounded header and JSON, every hyper-parameter of the kind in range,
-consistent shapes, the tensor digest) is spelled out in
-:mod:`ltv_control.adapters.controller_schema`; a file written before the digest existed loads
-with a warning.
+Details: the Notes of :func:`save_controller_file`.
 """
 
 from __future__ import annotations
@@ -117,6 +86,41 @@ def save_controller_file(
     -------
     pathlib.Path
         The written path.
+
+    Notes
+    -----
+    Layout
+    ------
+    * Tensors: float32, C-contiguous, named by the steerer (e.g. ``w``, ``v``, ``e_norm``,
+      ``beta_star`` for A-LQR).
+    * Header metadata (``__metadata__``, every value a string):
+
+      ============== ===========================================================
+      key            value
+      ============== ===========================================================
+      format         ``"ltv-control/steerer"``
+      format_version ``"1"``
+      kind           the steerer kind (``"alqr"``, ``"actadd"``, ``"pid"``, ...)
+      version        the ltv-control version that wrote the file
+      model_id       the model's name or path (informative)
+      state_dim      ``n`` (decimal integer; older files say ``hidden_size``, still read)
+      horizon        ``T`` (decimal integer; older files say ``num_layers``, still read)
+      layers         JSON: the dotted override path of the decoder blocks, or null
+      hyperparameters JSON object of the fit's hyper-parameters
+      tensor_sha256  SHA-256 of the tensors (:func:`~ltv_control.adapters.controller_schema.tensor_digest`)
+      ============== ===========================================================
+
+      Further keys may be added by a steerer; structured values are JSON.
+
+    Files are written atomically and flushed to disk (:func:`ltv_control.atomic.atomic_write_bytes`
+    with ``fsync``), so a crash never leaves a half-written controller.  Loading
+    parses and validates the header itself before handing the bytes to
+    ``safetensors`` and never unpickles anything.  A truncated, corrupt or foreign
+    file raises :class:`ltv_control.ControllerFileError` saying what is wrong.  What a valid
+    file is (regular file, bounded header and JSON, every hyper-parameter of the kind in range,
+    consistent shapes, the tensor digest) is spelled out in
+    :mod:`ltv_control.adapters.controller_schema`; a file written before the digest existed loads
+    with a warning.
     """
     from safetensors.numpy import save
 
@@ -268,7 +272,7 @@ def load_controller_file(
 
 
 class SteererRecord(NamedTuple):
-    """What a controller file says about a steerer (see the module docstring for the keys)."""
+    """What a controller file says about a steerer (the keys are listed in the Notes of :func:`save_controller_file`)."""
 
     kind: str
     tensors: dict

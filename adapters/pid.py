@@ -1,30 +1,6 @@
 """S-PID baseline: a PID controller over the layer index on the LFS error.
 
-With the linear-feature setpoint ``(v_k, β*_k)`` (:mod:`ltv_control.setpoint`),
-the scalar error at block ``k``'s input is ``ε_k = β*_k - v_kᵀ z_k``.  Treating the
-layer index as time, S-PID applies along ``v_k``
-
-.. math::
-
-    u_k = \\bigl(k_p\\,ε_k + k_i\\,I_k + k_d\\,(ε_k - ε_{k^-})\\bigr)\\, v_k, \\qquad
-    I_k = \\sum_{j \\in S(k),\\, j \\le k} ε_j ,
-
-where ``S(k)`` are the controlled layers of ``k``'s reset window
-``[⌊k/R⌋·R, ⌊k/R⌋·R + R)`` with ``R = reset_every`` (the integral is reset every
-``R`` layers; the default ``R = 10`` follows the A-LQR paper, arXiv 2604.19018), and ``k⁻`` is the previous
-controlled layer in the same window (the derivative term is zero at the first
-controlled layer of a window).  Errors are computed independently for every
-steered position and batch row, within one forward pass (the integrator never
-carries over from one forward pass or token to the next).  ``u_k`` is added to
-block ``k``'s output.
-
-This is ltv-control's definition of S-PID (the paper's own formula was not
-available when this was written; PID steering in the sense of Nguyen et al.,
-arXiv 2510.04309, feeds a PID of the mean-difference error back over the layer
-index, and S-PID here applies the same idea to the scalar LFS error): the error,
-integral and derivative are scalars along the setpoint direction, so the input
-stays in ``span(v_k)``; with ``ki = kd = 0`` it is the proportional controller
-``u_k = k_p ε_k v_k``, i.e. A-LQR with ``w_k = k_p v_k``.
+Details: the Notes of :class:`PIDSteerer`.
 """
 
 from __future__ import annotations
@@ -45,7 +21,7 @@ __all__ = ["PIDSteerer"]
 
 
 class PIDSteerer(Steerer):
-    """S-PID steerer on the LFS error ``ε_k = β*_k - v_kᵀ z_k`` (see the module docstring).
+    """S-PID steerer on the LFS error ``ε_k = β*_k - v_kᵀ z_k`` (see the Notes).
 
     Attributes
     ----------
@@ -54,6 +30,34 @@ class PIDSteerer(Steerer):
     beta_star : torch.Tensor, shape (T,), float32
     kp, ki, kd, lam : float
     reset_every : int
+
+    Notes
+    -----
+    With the linear-feature setpoint ``(v_k, β*_k)`` (:mod:`ltv_control.setpoint`),
+    the scalar error at block ``k``'s input is ``ε_k = β*_k - v_kᵀ z_k``.  Treating the
+    layer index as time, S-PID applies along ``v_k``
+
+    .. math::
+
+        u_k = \\bigl(k_p\\,ε_k + k_i\\,I_k + k_d\\,(ε_k - ε_{k^-})\\bigr)\\, v_k, \\qquad
+        I_k = \\sum_{j \\in S(k),\\, j \\le k} ε_j ,
+
+    where ``S(k)`` are the controlled layers of ``k``'s reset window
+    ``[⌊k/R⌋·R, ⌊k/R⌋·R + R)`` with ``R = reset_every`` (the integral is reset every
+    ``R`` layers; the default ``R = 10`` follows the A-LQR paper, arXiv 2604.19018), and ``k⁻`` is the previous
+    controlled layer in the same window (the derivative term is zero at the first
+    controlled layer of a window).  Errors are computed independently for every
+    steered position and batch row, within one forward pass (the integrator never
+    carries over from one forward pass or token to the next).  ``u_k`` is added to
+    block ``k``'s output.
+
+    This is ltv-control's definition of S-PID (the paper's own formula was not
+    available when this was written; PID steering in the sense of Nguyen et al.,
+    arXiv 2510.04309, feeds a PID of the mean-difference error back over the layer
+    index, and S-PID here applies the same idea to the scalar LFS error): the error,
+    integral and derivative are scalars along the setpoint direction, so the input
+    stays in ``span(v_k)``; with ``ki = kd = 0`` it is the proportional controller
+    ``u_k = k_p ε_k v_k``, i.e. A-LQR with ``w_k = k_p v_k``.
     """
 
     kind = "pid"

@@ -1,48 +1,6 @@
 """A decoder-only language model as one discrete LTV plant over its layers.
 
-The residual stream at the last token is the state: ``z_k`` is the input of
-decoder block ``k`` at the last position and ``z_{k+1} = φ_k(z_k)`` its output
-(``z_T`` is the last block's output, before any final norm). Linearising around
-a set of prompts gives
-
-    A_k = (1/P) Σ_p ∂φ_k(z_k^{(p)}) / ∂z_k^{(p)},   k = 0, ..., T-1,
-
-the Jacobian of block ``k``'s output at the last token with respect to its input
-at the last token, every earlier position held at its clean value, averaged over
-the prompts.
-
-How the Jacobians are computed
-------------------------------
-Holding the earlier positions fixed means holding their keys and values fixed:
-block ``k`` at the last position is then a one-token function of ``z_k`` (its own
-query/key/value and MLP). The plant therefore
-
-1. captures every block call of one ``use_cache=False`` forward pass per batch
-   (cache objects dropped; each block re-invoked with its captured arguments must
-   reproduce its recorded output bit for bit), which gives the states and the
-   linearisation points;
-2. runs the model's own cached decoding (prefill of the first ``L-1`` tokens,
-   then one step) to record each block's one-token call and the prefix
-   keys/values its attention reads;
-3. replays each block once on the last tokens of a batch of ``B`` prompts, with
-   the prefix keys/values fixed, and takes vector-Jacobian products for all ``n``
-   output coordinates at once (``torch.autograd.grad(..., is_grads_batched=True)``):
-   one batched reverse pass gives every row of all ``B`` Jacobians, about one
-   one-token pass per direction. (Where an operation cannot be batched this way,
-   ``c`` copies of the batch are replayed instead and one reverse pass gives ``c``
-   rows; about twice the work.)
-
-When a model does not decode through a cache this replay understands (checked:
-the replayed step must reproduce the clean last-token output), the plant falls
-back to replaying the full sequence (``method="full"``): exact too, about ``L``
-times slower. Both paths are exact reverse-mode derivatives, not finite
-differences.
-
-Padding: prompts of one batch are left-padded and given explicit position ids
-(``cumsum(mask) - 1``), so a padded prompt sees the same positions as alone;
-pad rows are zeroed between blocks (eager float64 attention would make them NaN).
-Models whose forward takes no ``attention_mask`` or no ``position_ids`` are fed
-batches of equal-length prompts only (no padding).
+Details: the Notes of :class:`LLMPlant`.
 """
 
 from __future__ import annotations
@@ -134,6 +92,52 @@ class LLMPlant:
     model, tokenizer
     model_id : str
         :func:`ltv_control.adapters.model_loading.model_id_of` of the model.
+
+    Notes
+    -----
+    The residual stream at the last token is the state: ``z_k`` is the input of
+    decoder block ``k`` at the last position and ``z_{k+1} = φ_k(z_k)`` its output
+    (``z_T`` is the last block's output, before any final norm). Linearising around
+    a set of prompts gives
+
+        A_k = (1/P) Σ_p ∂φ_k(z_k^{(p)}) / ∂z_k^{(p)},   k = 0, ..., T-1,
+
+    the Jacobian of block ``k``'s output at the last token with respect to its input
+    at the last token, every earlier position held at its clean value, averaged over
+    the prompts.
+
+    How the Jacobians are computed
+    ------------------------------
+    Holding the earlier positions fixed means holding their keys and values fixed:
+    block ``k`` at the last position is then a one-token function of ``z_k`` (its own
+    query/key/value and MLP). The plant therefore
+
+    1. captures every block call of one ``use_cache=False`` forward pass per batch
+       (cache objects dropped; each block re-invoked with its captured arguments must
+       reproduce its recorded output bit for bit), which gives the states and the
+       linearisation points;
+    2. runs the model's own cached decoding (prefill of the first ``L-1`` tokens,
+       then one step) to record each block's one-token call and the prefix
+       keys/values its attention reads;
+    3. replays each block once on the last tokens of a batch of ``B`` prompts, with
+       the prefix keys/values fixed, and takes vector-Jacobian products for all ``n``
+       output coordinates at once (``torch.autograd.grad(..., is_grads_batched=True)``):
+       one batched reverse pass gives every row of all ``B`` Jacobians, about one
+       one-token pass per direction. (Where an operation cannot be batched this way,
+       ``c`` copies of the batch are replayed instead and one reverse pass gives ``c``
+       rows; about twice the work.)
+
+    When a model does not decode through a cache this replay understands (checked:
+    the replayed step must reproduce the clean last-token output), the plant falls
+    back to replaying the full sequence (``method="full"``): exact too, about ``L``
+    times slower. Both paths are exact reverse-mode derivatives, not finite
+    differences.
+
+    Padding: prompts of one batch are left-padded and given explicit position ids
+    (``cumsum(mask) - 1``), so a padded prompt sees the same positions as alone;
+    pad rows are zeroed between blocks (eager float64 attention would make them NaN).
+    Models whose forward takes no ``attention_mask`` or no ``position_ids`` are fed
+    batches of equal-length prompts only (no padding).
     """
 
     @public_api

@@ -1,20 +1,6 @@
 """A-LQR fitting in O(n²) memory: one layer's Jacobian at a time, in backward order.
 
-:meth:`ALQRSteerer.fit` builds the whole plant ``A (T, n, n)`` and every gain before keeping
-only ``w_k = K_k v_k``.  :func:`fit_alqr_streamed` computes the same steerer while holding at most
-a few ``n × n`` matrices:
-
-1. the linear-feature setpoint ``e_k``, ``v_k = e_k/‖e_k‖``, ``β*_k = λ‖e_k‖`` from the
-   last-token block inputs (:func:`ltv_control.setpoint.linear_feature_setpoint`);
-2. the Jacobian means ``A_k`` for ``k = T-1, ..., 0`` from ``plant.iter_jacobians`` (optionally
-   spread over ``torch.distributed`` ranks, :mod:`ltv_control.adapters.distributed`);
-3. one backward Riccati step per ``A_k`` (:func:`ltv_control.streaming.streamed_feedback`,
-   ``Q = q·I``, ``R = r·I``, ``Q_f = qf·I``, ``B_k = I`` on the controlled layers and ``B_k = 0``
-   elsewhere, as the dense fit does), contracting ``K_k`` with ``v_k`` at once.
-
-Peak memory: ``S_{k+1}``, ``A_k``, ``K_k``, ``S_k`` and the step's temporaries, i.e. O(n²)
-instead of O(T·n²); at Llama-3-70B size (T = 80, n = 8192, float64) that is a few GiB instead of
-~85 GiB.  The result equals the dense fit to rounding (tested to 1e-6 relative in float64).
+Details: the Notes of :func:`fit_alqr_streamed`.
 """
 
 from __future__ import annotations
@@ -103,6 +89,24 @@ def fit_alqr_streamed(
         Unknown keyword, bad types, ``positions`` or ``shard``.
     PropertyError
         Non-finite or out-of-range weights.
+
+    Notes
+    -----
+    :meth:`ALQRSteerer.fit` builds the whole plant ``A (T, n, n)`` and every gain before keeping
+    only ``w_k = K_k v_k``.  :func:`fit_alqr_streamed` computes the same steerer while holding at most
+    a few ``n × n`` matrices:
+
+    1. the linear-feature setpoint ``e_k``, ``v_k = e_k/‖e_k‖``, ``β*_k = λ‖e_k‖`` from the
+       last-token block inputs (:func:`ltv_control.setpoint.linear_feature_setpoint`);
+    2. the Jacobian means ``A_k`` for ``k = T-1, ..., 0`` from ``plant.iter_jacobians`` (optionally
+       spread over ``torch.distributed`` ranks, :mod:`ltv_control.adapters.distributed`);
+    3. one backward Riccati step per ``A_k`` (:func:`ltv_control.streaming.streamed_feedback`,
+       ``Q = q·I``, ``R = r·I``, ``Q_f = qf·I``, ``B_k = I`` on the controlled layers and ``B_k = 0``
+       elsewhere, as the dense fit does), contracting ``K_k`` with ``v_k`` at once.
+
+    Peak memory: ``S_{k+1}``, ``A_k``, ``K_k``, ``S_k`` and the step's temporaries, i.e. O(n²)
+    instead of O(T·n²); at Llama-3-70B size (T = 80, n = 8192, float64) that is a few GiB instead of
+    ~85 GiB.  The result equals the dense fit to rounding (tested to 1e-6 relative in float64).
     """
     from ltv_control.adapters.alqr import ALQRSteerer
     from ltv_control.adapters.distributed import iter_distributed_jacobians
