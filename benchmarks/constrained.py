@@ -231,16 +231,12 @@ def llm_figures(*, quick: bool = False, new_tokens: int = 32, rank: int = 32) ->
     worst = max(worst, fb_worst)
 
     def alqr_at(lam_a):
-        record_alqr: list = []
-        alqr_law = alqr._control
+        from ltv_control.adapters.laws import RecordedLaw
 
-        def rec(k, z, params, state):
-            u = alqr_law(k, z, params, state)
-            record_alqr.append(u.detach().double())
-            return u
-
-        alqr._control = rec
-        alqr._control_last_inplace = None  # the fused fast path would bypass the recorder
+        store: dict = {}
+        layer_laws = alqr.layer_laws
+        # record every layer's input (RecordedLaw takes the generic path, not the in-place one)
+        alqr.layer_laws = lambda **o: {k: RecordedLaw(law, k, store) for k, law in layer_laws(**o).items()}
         captured = {}
         hook = plant.layers[-1].register_forward_hook(
             lambda m, a, o: captured.__setitem__("z", (o[0] if isinstance(o, tuple) else o)[:, -1].detach().double()))
@@ -249,8 +245,8 @@ def llm_figures(*, quick: bool = False, new_tokens: int = 32, rank: int = 32) ->
                 model(**tok(evals, return_tensors="pt", padding=True))
         finally:
             hook.remove()
-            alqr.__dict__.pop("_control", None)
-            alqr.__dict__.pop("_control_last_inplace", None)
+            alqr.__dict__.pop("layer_laws", None)
+        record_alqr = [u.double() for key, u in store.items() if key[0] == "u"]
         energy = float(sum((u ** 2).sum(-1) for u in record_alqr).mean())
         return float((captured["z"] @ v_T).mean()), energy
 
