@@ -119,6 +119,18 @@ def _collect(out: Generation, rows: list[list[int]], eos: set[int], tokenizer) -
         out.texts.append(tokenizer.decode(row[:cut], skip_special_tokens=True).strip())
 
 
+def _check_prompts(prompts) -> None:
+    """Refuse anything but a non-empty sequence of non-blank strings."""
+    if isinstance(prompts, str) or not all(isinstance(p, str) for p in prompts):
+        raise ArgumentError("prompts must be a sequence of str")
+    if not prompts:
+        raise PropertyError("prompts must hold at least one prompt, found 0")
+    empty = [i for i, p in enumerate(prompts) if not p.strip()]
+    if empty:
+        raise PropertyError(f"prompts[{empty[0]}]: empty prompt (nothing to continue); give each "
+                            f"prompt some text ({len(empty)} empty)")
+
+
 def generate_continuations(model, tokenizer, prompts: Sequence[str], *,
                            decoding: Decoding | None = None, steering=None,
                            progress: bool = True, desc: str = "generate") -> Generation:
@@ -156,14 +168,7 @@ def generate_continuations(model, tokenizer, prompts: Sequence[str], *,
     from ltv_control.adapters import tokenize_left_padded
     from ltv_control.adapters.tokens import model_device, pad_token_id
 
-    if isinstance(prompts, str) or not all(isinstance(p, str) for p in prompts):
-        raise ArgumentError("prompts must be a sequence of str")
-    if not prompts:
-        raise PropertyError("prompts must hold at least one prompt, found 0")
-    empty = [i for i, p in enumerate(prompts) if not p.strip()]
-    if empty:
-        raise PropertyError(f"prompts[{empty[0]}]: empty prompt (nothing to continue); give each "
-                            f"prompt some text ({len(empty)} empty)")
+    _check_prompts(prompts)
     decoding = decoding or Decoding()
     if not isinstance(decoding, Decoding):
         raise ArgumentError(f"decoding must be a Decoding, found {type(decoding).__name__}")
