@@ -722,3 +722,37 @@ def test_last_position_that_is_padding_is_not_steered(llama):
         z = probe.z[k][0, -1]
         expected = (st.beta_star[k] - z @ st.v[k]) * st.w[k]
         torch.testing.assert_close(diff[0, -1], expected, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("form", ["actadd", "alqr", "multi", "full_gain", "per_row"])
+def test_affine_law_inplace_path_equals_its_definition(form):
+    """u = c + U(b − Vᵀz): the generic call, the in-place fast path and a float64 oracle agree."""
+    g = torch.Generator().manual_seed(3)
+    B, n, r = 5, 7, 3
+    z = torch.randn(B, n, generator=g)
+    vec, mat = torch.randn(n, generator=g), torch.randn(n, r, generator=g)
+    forms = {
+        "actadd": dict(c=vec),
+        "alqr": dict(U=torch.randn(n, generator=g), V=vec / vec.norm(), b=torch.tensor(1.5)),
+        "multi": dict(U=torch.randn(n, r, generator=g), V=mat, b=torch.randn(r, generator=g)),
+        "full_gain": dict(U=torch.randn(n, n, generator=g), b=torch.randn(n, generator=g)),
+        "per_row": dict(c=torch.randn(B, n, generator=g)),
+    }
+    law = AffineLaw(**forms[form])
+    p = {k: t.double() for k, t in forms[form].items()}
+    expected = torch.zeros(B, n, dtype=torch.float64)
+    if "U" in p:
+        V = p.get("V")
+        alpha = p["b"] - (z.double() if V is None else z.double() @ V)
+        U = p["U"][:, None] if p["U"].ndim == 1 else p["U"]
+        expected += (alpha[:, None] if alpha.ndim == 1 else alpha) @ U.T
+    if "c" in p:
+        expected += p["c"]
+    torch.testing.assert_close(law(z, {}).double(), expected, rtol=1e-5, atol=1e-5)
+    target = torch.zeros(B, n)
+    law.add_last_inplace(z, target)
+    torch.testing.assert_close(target.double(), expected, rtol=1e-5, atol=1e-5)
+    # "all" positions: (B, L, n) inputs broadcast the same law over L
+    if form != "per_row":
+        zz = torch.stack([z, 2 * z], dim=1)
+        torch.testing.assert_close(law(zz, {})[:, 0], law(z, {}))
