@@ -37,7 +37,9 @@ def test_schema_constants_match_the_contract():
     assert REPORT_KEYS == ("version", "settings", "seed", "methods", "sweep")
     assert METRIC_KEYS == ("positive_rate", "vader_mean", "perplexity", "distinct2",
                            "tokens_per_s")
-    assert METHODS == ("unsteered", "actadd", "pid", "alqr", "alqr_plus", "constrained")
+    # alqr_multi: several concepts at once (multi-concept tasks only; issue 14)
+    assert METHODS == ("unsteered", "actadd", "pid", "alqr", "alqr_plus", "alqr_multi",
+                       "constrained")
 
 
 def test_validate_report_accepts_and_rejects():
@@ -69,7 +71,7 @@ def test_write_report_files_and_roundtrip(tmp_path):
     }
     files = write_report(tmp_path / "out", report, details)
     assert set(files) == {"report.json", "report.md", "beta.png", "tradeoff.png",
-                          "examples.png", "details.json"}
+                          "prevalence.png", "examples.png", "details.json"}
     for path in files.values():
         assert path.is_file() and path.stat().st_size > 0
     for name in ("beta.png", "tradeoff.png", "examples.png"):

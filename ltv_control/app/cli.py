@@ -119,7 +119,8 @@ def _eval_options(p: argparse.ArgumentParser, *, quick: bool) -> None:
                    help="skip the tracking-error bound experiment and figure (skipped by --quick)")
     p.add_argument("--methods", default=None,
                    help="comma-separated subset of unsteered,actadd,pid,alqr,alqr_plus,"
-                        "constrained (default: all available)")
+                        "alqr_multi,constrained (default: all available; concept tasks: "
+                        "unsteered,actadd,pid,alqr and alqr_multi for several concepts)")
     p.add_argument("--n-eval", type=_positive_int, help="number of evaluation prompts")
     p.add_argument("--n-fit", type=_positive_int, help="number of contrastive pairs used to fit")
     p.add_argument("--n-jacobian", type=_positive_int, help="number of Jacobian prompts")
@@ -135,9 +136,33 @@ def _eval_options(p: argparse.ArgumentParser, *, quick: bool) -> None:
     p.add_argument("--qf", type=_nonneg_float, help="A-LQR terminal weight qf")
     p.add_argument("--coeff", type=_float, help="ActAdd coefficient")
     p.add_argument("--actadd-layers", type=_int_list, help="ActAdd layers, e.g. 10")
-    p.add_argument("--sweep-alqr", type=_float_list, help="λ grid of A-LQR and A-LQR+, e.g. 1,2,4")
+    p.add_argument("--sweep-alqr", type=_float_list,
+                   help="λ grid of A-LQR, A-LQR+ and multi-concept A-LQR, e.g. 1,2,4")
     p.add_argument("--sweep-actadd", type=_float_list, help="coeff grid of ActAdd, e.g. 2,4,8")
     p.add_argument("--sweep-pid", type=_float_list, help="λ grid of S-PID")
+
+
+def _task_options(p: argparse.ArgumentParser, *, default: str | None) -> None:
+    """--task and the files of a user concept (see ltv_control.app.tasks.load_task)."""
+    p.add_argument("--task", default=default, metavar="TASK",
+                   help="sentiment, concept:NAME (built in: sea, food, space, weddings), "
+                        "concept:A+concept:B (several at once), or concept with --desired/"
+                        f"--undesired files (default: {default or 'your --desired/--undesired/--prompts files, judged by VADER'})")
+    p.add_argument("--desired", type=_existing_file, metavar="FILE",
+                   help="sentences showing the behaviour or concept (one per line, or one "
+                        ".jsonl file holding every set)")
+    p.add_argument("--undesired", type=_existing_file, metavar="FILE",
+                   help="sentences not showing it (one per line)")
+    p.add_argument("--prompts", type=_existing_file, metavar="FILE",
+                   help="evaluation prompts (one per line; concept default: packaged neutral "
+                        "requests)")
+    p.add_argument("--keywords", type=_existing_file, metavar="FILE",
+                   help="keywords of the keyword judge of a concept task (one per line)")
+    p.add_argument("--jacobian-prompts", type=_existing_file, metavar="FILE",
+                   help="linearization prompts (default: the packaged neutral prompts)")
+    p.add_argument("--prompt-format", choices=("raw", "chat"), default=None,
+                   help="raw prompts or the tokenizer's chat template (default: raw for "
+                        "sentiment, chat for concepts)")
 
 
 def _add_demo(sub) -> None:
@@ -147,23 +172,20 @@ def _add_demo(sub) -> None:
                                    "on the packaged sentiment data, generate on held-out prompts, "
                                    "and write report.json, report.md and PNGs.")
     _common(p)
+    _task_options(p, default="sentiment")
     _eval_options(p, quick=True)
     p.set_defaults(handler=_cmd_demo)
 
 
 def _add_eval(sub) -> None:
-    p = sub.add_parser("eval", help="the demo's evaluation on your own data files",
-                       description="Like demo, with your contrastive and prompt files.")
+    p = sub.add_parser("eval", help="the demo's evaluation on a task or your own data files",
+                       description="Like demo, on --task (sentiment, concept:NAME, "
+                                   "concept:A+concept:B, or concept with your files); without "
+                                   "--task, your --desired/--undesired/--prompts files judged "
+                                   "by VADER.")
     _common(p)
-    p.add_argument("--desired", type=_existing_file, required=True, metavar="FILE",
-                   help="sentences showing the behaviour (one per line)")
-    p.add_argument("--undesired", type=_existing_file, required=True, metavar="FILE",
-                   help="sentences not showing it (one per line)")
-    p.add_argument("--prompts", type=_existing_file, required=True, metavar="FILE",
-                   help="evaluation prompts (one per line)")
-    p.add_argument("--jacobian-prompts", type=_existing_file, metavar="FILE",
-                   help="linearization prompts (default: the packaged neutral prompts)")
-    _eval_options(p, quick=False)
+    _task_options(p, default=None)
+    _eval_options(p, quick=True)
     p.set_defaults(handler=_cmd_eval)
 
 
@@ -311,13 +333,22 @@ def _emit(args, payload: dict, text: str) -> None:
         print(text)
 
 
-def demo_settings(args, *, quick: bool = False):
-    """ExperimentSettings for ``demo`` / ``eval`` from parsed options (``quick``: --quick sizes)."""
+def demo_settings(args, *, quick: bool = False, task=None):
+    """ExperimentSettings for ``demo`` / ``eval`` from parsed options (``quick``: --quick sizes;
+    a concept ``task`` brings its own defaults, :func:`ltv_control.app.tasks.settings_overrides`)."""
     from ltv_control.app.experiment import METHODS, ExperimentSettings
     from ltv_control.app.generation import Decoding
+    from ltv_control.app.tasks import settings_overrides
 
     base = ExperimentSettings()
-    if quick:
+    overrides = settings_overrides(task, quick=quick) if task is not None else {}
+    if overrides:
+        fields = {k: getattr(base, k) for k in base.__dataclass_fields__}
+        dec = {**base.decoding.as_dict(), **overrides.pop("decoding", {})}
+        fields.update(overrides, sweep={**base.sweep, **overrides.get("sweep", {})},
+                      decoding=Decoding(**dec))
+        base = ExperimentSettings(**fields)
+    elif quick:
         base = ExperimentSettings(n_fit=32, n_eval=16, n_jacobian=1, max_jacobian_tokens=10,
                                   decoding=Decoding(max_new_tokens=12, batch_size=16),
                                   sweep={"actadd": [4.0, 6.0], "pid": [1.0], "alqr": [1.0],
@@ -338,7 +369,8 @@ def demo_settings(args, *, quick: bool = False):
     if args.actadd_layers is not None:
         updates["actadd_layers"] = tuple(args.actadd_layers)
     sweep = dict(base.sweep)
-    for option, keys in (("sweep_alqr", ("alqr", "alqr_plus")), ("sweep_actadd", ("actadd",)),
+    for option, keys in (("sweep_alqr", ("alqr", "alqr_plus", "alqr_multi")),
+                         ("sweep_actadd", ("actadd",)),
                          ("sweep_pid", ("pid",))):
         if getattr(args, option):
             for key in keys:
@@ -364,7 +396,7 @@ def _run_evaluation(args, task, *, quick: bool) -> int:
 
     if args.out.exists() and not args.out.is_dir():
         raise CLIError(f"--out {str(args.out)!r} exists and is not a directory")
-    settings = demo_settings(args, quick=quick)
+    settings = demo_settings(args, quick=quick, task=task)
     skip_bound = args.no_bound or quick
     model, tokenizer = _load(args)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -377,8 +409,8 @@ def _run_evaluation(args, task, *, quick: bool) -> int:
     text = [format_table(report), ""]
     if claim.get("available"):
         text.append(
-            f"A-LQR λ={claim['lam']:g}: positive rate {claim['positive_rate']:.2f} at perplexity "
-            f"{claim['perplexity']:.1f}; ActAdd at the same positive rate: "
+            f"A-LQR λ={claim['lam']:g}: {claim['key'].replace('_', ' ')} {claim['rate']:.2f} at "
+            f"perplexity {claim['perplexity']:.1f}; ActAdd at the same rate: "
             f"{claim['baseline_perplexity']:.1f}"
             f"{' (extrapolated)' if claim['extrapolated'] else ''} -> claim "
             f"{'holds' if claim['holds'] else 'does not hold'}")
@@ -391,21 +423,36 @@ def _run_evaluation(args, task, *, quick: bool) -> int:
 
 # ---------------------------------------------------------------- subcommands
 
-def _cmd_demo(args) -> int:
-    from ltv_control.app.datasets import load_sentiment_task
+def _task_from_args(args):
+    """The Task named by --task and the file options (ltv_control.app.tasks.load_task)."""
+    from ltv_control.app.tasks import load_task
 
-    return _run_evaluation(args, load_sentiment_task(), quick=args.quick)
+    return load_task(args.task, desired=args.desired, undesired=args.undesired,
+                     prompts=args.prompts, keywords=args.keywords,
+                     jacobian_prompts=args.jacobian_prompts, prompt_format=args.prompt_format)
+
+
+def _cmd_demo(args) -> int:
+    return _run_evaluation(args, _task_from_args(args), quick=args.quick)
 
 
 def _cmd_eval(args) -> int:
     from ltv_control.app.datasets import SentimentTask, load_sentiment_task, read_lines
 
+    if args.task is not None:
+        return _run_evaluation(args, _task_from_args(args), quick=args.quick)
+    missing = [o for o, v in (("--desired", args.desired), ("--undesired", args.undesired),
+                              ("--prompts", args.prompts)) if v is None]
+    if missing:
+        raise CLIError(f"eval needs --task TASK, or your own {', '.join(missing)} file(s)")
+    if args.keywords is not None:
+        raise CLIError("--keywords needs a concept task: add --task concept")
     jac = read_lines(args.jacobian_prompts) if args.jacobian_prompts else \
         load_sentiment_task().jacobian_prompts
     desired, undesired = read_lines(args.desired), read_lines(args.undesired)
     task = SentimentTask(desired=desired, undesired=undesired,
                          eval_prompts=read_lines(args.prompts), jacobian_prompts=jac)
-    return _run_evaluation(args, task, quick=False)
+    return _run_evaluation(args, task, quick=args.quick)
 
 
 def _steerer_class(kind: str):

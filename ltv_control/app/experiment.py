@@ -52,6 +52,7 @@ __all__ = [
     "run_bound_figure",
     "run_experiment",
     "sweep_plan",
+    "task_prompts_and_judge",
 ]
 
 
@@ -66,21 +67,27 @@ class Run:
 
 
 def evaluate_generation(model, tokenizer, generation: Generation, *, batch_size: int = 16,
-                        progress: bool = False) -> dict:
+                        progress: bool = False, judge=None) -> dict:
     """Metrics record M of one set of continuations.
+
+    ``judge`` (a callable on the texts returning a dict of scores, e.g. a
+    :class:`~ltv_control.app.judges.JudgePanel`) replaces the default sentiment judge: its keys
+    come first, then ``perplexity``, ``distinct2``, ``tokens_per_s``.
 
     Returns
     -------
-    dict with keys :data:`METRIC_KEYS`: positive rate (VADER compound ≥ 0.05), mean compound,
-    corpus perplexity of the continuations under ``model`` (pass the unsteered model), distinct-2,
-    tokens per second of the generation.
+    dict with keys :data:`METRIC_KEYS` without a judge: positive rate (VADER compound ≥ 0.05),
+    mean compound, corpus perplexity of the continuations under ``model`` (pass the unsteered
+    model), distinct-2, tokens per second of the generation.
     """
     ppl = metrics.continuation_perplexity(model, tokenizer, generation.prompts,
                                           generation.token_ids, batch_size=batch_size,
                                           progress=progress)
-    return {
+    scores = judge(generation.texts) if judge is not None else {
         "positive_rate": metrics.positive_rate(generation.texts),
-        "vader_mean": metrics.vader_mean(generation.texts),
+        "vader_mean": metrics.vader_mean(generation.texts)}
+    return {
+        **scores,
         "perplexity": float(ppl),
         "distinct2": metrics.distinct_n(generation.texts, 2),
         "tokens_per_s": float(generation.tokens_per_s),
@@ -88,7 +95,7 @@ def evaluate_generation(model, tokenizer, generation: Generation, *, batch_size:
 
 
 def claim_check(sweep: list[dict], method: str = "alqr", baseline: str = "actadd",
-                lam: float | None = None) -> dict:
+                lam: float | None = None, key: str = "positive_rate") -> dict:
     """Compare a method's perplexity with the baseline's at the same positive rate.
 
     The baseline needs at least two sweep points (otherwise ``{"available": False}``).  Its
@@ -100,24 +107,27 @@ def claim_check(sweep: list[dict], method: str = "alqr", baseline: str = "actadd
     -------
     dict: ``positive_rate``, ``perplexity`` (the method at ``lam``, default its first point with
     the largest positive rate), ``baseline_perplexity``, ``extrapolated``, ``holds``
-    (method perplexity ≤ baseline perplexity).
+    (method perplexity ≤ baseline perplexity); ``rate`` and ``key`` name the rate compared
+    (``key``, default ``positive_rate``; a concept task passes ``concept_rate``).
     """
     mine = [p for p in sweep if p["method"] == method]
-    base = sorted((p for p in sweep if p["method"] == baseline), key=lambda p: p["positive_rate"])
+    base = sorted((p for p in sweep if p["method"] == baseline), key=lambda p: p[key])
     if not mine or len(base) < 2:
         return {"available": False}  # one baseline point gives no curve to compare against
     point = (next((p for p in mine if p["lam"] == lam), None) if lam is not None else None) or \
-        max(mine, key=lambda p: p["positive_rate"])
-    rates = np.array([p["positive_rate"] for p in base])
+        max(mine, key=lambda p: p[key])
+    rates = np.array([p[key] for p in base])
     ppls = np.array([p["perplexity"] for p in base])
-    target = point["positive_rate"]
+    target = point[key]
     base_ppl = float(np.interp(target, rates, ppls))
     return {
         "available": True,
         "method": method,
         "baseline": baseline,
         "lam": point["lam"],
-        "positive_rate": target,
+        "key": key,
+        "rate": target,
+        key: target,
         "perplexity": point["perplexity"],
         "baseline_perplexity": base_ppl,
         "extrapolated": bool(target < rates.min() or target > rates.max()),
@@ -137,11 +147,12 @@ def sweep_plan(settings: ExperimentSettings, methods: Sequence[str]) -> list[tup
 def generate_and_score(model, tokenizer, prompts: Sequence[str],
                        plan: Sequence[tuple[str, float | None]], fitted: FittedMethods,
                        decoding: Decoding, *, batch_size: int = 16,
-                       progress: bool = True) -> dict[tuple[str, float | None], Run]:
+                       progress: bool = True, judge=None) -> dict[tuple[str, float | None], Run]:
     """Generate the continuations of ``prompts`` for every point of ``plan`` and score them.
 
     Each point attaches its own steerer (:meth:`FittedMethods.steering`) during generation;
-    perplexity is scored with nothing attached.  Returns the runs keyed by (method, λ).
+    perplexity is scored with nothing attached; ``judge`` scores the texts
+    (:func:`evaluate_generation`).  Returns the runs keyed by (method, λ).
     """
     runs: dict[tuple[str, float | None], Run] = {}
     bar = None
@@ -156,7 +167,7 @@ def generate_and_score(model, tokenizer, prompts: Sequence[str],
         gen = generate_continuations(model, tokenizer, prompts, decoding=decoding,
                                      steering=fitted.steering(model, method, lam),
                                      progress=progress, desc=label)
-        record = evaluate_generation(model, tokenizer, gen, batch_size=batch_size)
+        record = evaluate_generation(model, tokenizer, gen, batch_size=batch_size, judge=judge)
         runs[(method, lam)] = Run(method, lam, record, gen)
         if bar is not None:
             bar.update(1)
@@ -170,9 +181,10 @@ def _headline(runs: dict, settings: ExperimentSettings, method: str) -> Run:
 
 
 def build_report(model, plant, task: SentimentTask, settings: ExperimentSettings,
-                 decoding: Decoding, seed: int, fitted: FittedMethods, runs: dict) -> dict:
-    """The ``report.json`` dict: version, settings (with what was used), seed, the methods at
-    their default λ, and every sweep point."""
+                 decoding: Decoding, seed: int, fitted: FittedMethods, runs: dict, *,
+                 judge=None) -> dict:
+    """The ``report.json`` dict: version, settings (with what was used, the task and what its
+    judges measure), seed, the methods at their default λ, and every sweep point."""
     from ltv_control.adapters import model_id_of
 
     methods = fitted.methods
@@ -186,11 +198,22 @@ def build_report(model, plant, task: SentimentTask, settings: ExperimentSettings
                      "positive_threshold": metrics.POSITIVE_THRESHOLD,
                      "n_fit_used": len(task.desired), "n_eval_used": len(task.eval_prompts),
                      "n_jacobian_used": len(task.jacobian_prompts),
-                     "decoding": decoding.as_dict()},
+                     "decoding": decoding.as_dict(),
+                     **_task_settings(task, judge)},
         "seed": seed,
         "methods": {m: _headline(runs, settings, m).metrics for m in methods},
         "sweep": sweep,
     }
+
+
+def _task_settings(task, judge) -> dict:
+    """``task`` and ``judges`` entries of the report's settings (when known)."""
+    out = {}
+    if hasattr(task, "describe"):
+        out["task"] = task.describe()
+    if judge is not None and hasattr(judge, "describe"):
+        out["judges"] = judge.describe()
+    return out
 
 
 def build_details(model, plant, task: SentimentTask, settings: ExperimentSettings,
@@ -208,7 +231,10 @@ def build_details(model, plant, task: SentimentTask, settings: ExperimentSetting
         details["beta"] = beta_profiles(plant, list(task.eval_prompts[:16]), fitted.setpoint.v,
                                         fitted.setpoint.beta_star, steerings)
     details["timings"]["feature_strengths_s"] = time.perf_counter() - began
-    details["claim"] = claim_check(report["sweep"], "alqr", "actadd", lam=float(settings.lam))
+    from ltv_control.app.task_report import headline_key
+
+    details["claim"] = claim_check(report["sweep"], "alqr", "actadd", lam=float(settings.lam),
+                                   key=headline_key(report))
     details["examples"] = {"prompts": list(task.eval_prompts[:4]),
                            **{m: _headline(runs, settings, m).generation.texts[:4]
                               for m in fitted.methods}}
@@ -228,6 +254,23 @@ def _add_bound(details: dict, plant, prompts: Sequence[str], fitted: FittedMetho
     except Exception as exc:  # the figure is optional; keep the rest of the report
         details["notes"].append(f"bound figure skipped ({type(exc).__name__}: {exc})")
     details["timings"]["bound_s"] = time.perf_counter() - began
+
+
+def task_prompts_and_judge(task, tokenizer, *, quiet: bool = True, encoder=None):
+    """The evaluation prompts as the model sees them, and the task's judge.
+
+    A :class:`~ltv_control.app.tasks.Task` renders its prompts in its format (raw, or the
+    tokenizer's chat template) and brings a :class:`~ltv_control.app.judges.JudgePanel` (its
+    embedding judges trained here on the task's held-out sets); a plain ``SentimentTask`` gives
+    its prompts as they are and ``None`` (the default VADER scoring).
+    """
+    if not hasattr(task, "formatted_prompts"):
+        return list(task.eval_prompts), None
+    from ltv_control.app.judges import JudgePanel
+
+    if task.kind == "concept":
+        _log(f"training the concept judge(s) of {task.name} on held-out sentences", quiet)
+    return task.formatted_prompts(tokenizer), JudgePanel.for_task(task, encoder=encoder)
 
 
 def _log(message: str, quiet: bool) -> None:
@@ -254,8 +297,11 @@ def run_experiment(model, tokenizer, task: SentimentTask, settings: ExperimentSe
     Parameters
     ----------
     model, tokenizer : a transformers causal LM and its tokenizer (left padding is done here).
-    task : SentimentTask
-        Fitting pairs (desired/undesired), evaluation prompts, Jacobian prompts.
+    task : Task or SentimentTask
+        Fitting sets (desired/undesired), evaluation prompts, Jacobian prompts; a
+        :class:`~ltv_control.app.tasks.Task` also brings its prompt format and judges
+        (:func:`task_prompts_and_judge`), a concept task's report holding ``concept_rate…`` keys
+        instead of ``positive_rate``/``vader_mean``.
     settings : ExperimentSettings, optional
     seed : int, default 0
         Seeds torch (fits and sampling); recorded in the report.
@@ -292,11 +338,13 @@ def run_experiment(model, tokenizer, task: SentimentTask, settings: ExperimentSe
     fitted = fit_methods(plant, task, settings, linearize=bound, progress=progress,
                          log=None if quiet else (lambda message: _log(message, False)))
     began = time.perf_counter()
-    runs = generate_and_score(model, tokenizer, task.eval_prompts,
+    prompts, judge = task_prompts_and_judge(task, tokenizer, quiet=quiet)
+    runs = generate_and_score(model, tokenizer, prompts,
                               sweep_plan(settings, fitted.methods), fitted, decoding,
-                              batch_size=settings.perplexity_batch_size, progress=progress)
+                              batch_size=settings.perplexity_batch_size, progress=progress,
+                              judge=judge)
     fitted.timings["generate_and_score_s"] = time.perf_counter() - began
-    report = build_report(model, plant, task, settings, decoding, seed, fitted, runs)
+    report = build_report(model, plant, task, settings, decoding, seed, fitted, runs, judge=judge)
     if not return_details:
         return report
     details = build_details(model, plant, task, settings, fitted, runs, report)

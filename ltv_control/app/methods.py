@@ -29,13 +29,14 @@ __all__ = ["FittedMethods", "fit_methods"]
 _ATTACH: dict[str, tuple[str, str, dict]] = {
     "alqr": ("alqr", "lam", {"positions": "last"}),
     "alqr_plus": ("alqr", "lam", {"positions": "all"}),
+    "alqr_multi": ("alqr_multi", "lam", {"positions": "last"}),
     "actadd": ("actadd", "coeff", {}),
     "pid": ("pid", "lam", {}),
     "constrained": ("constrained", "lam", {}),
 }
 
 #: methods whose fit needs the linearization
-_NEEDS_SYSTEM = frozenset({"alqr", "alqr_plus", "constrained"})
+_NEEDS_SYSTEM = frozenset({"alqr", "alqr_plus", "alqr_multi", "constrained"})
 
 
 @dataclass
@@ -53,6 +54,11 @@ class FittedMethods:
         ``unsteered`` runs).
     system : LTVSystem or None
         The shared linearization (None when no fitted method needed it).
+    concept_setpoints : dict of str to Setpoint
+        One setpoint per concept of a multi-concept task (for ``alqr_multi``; else empty).
+    requested : tuple of str or None
+        The methods asked for (``settings.methods``); None: every method a fitted steerer
+        serves.
     notes : list of str
         What was skipped and why.
     timings : dict of str to float
@@ -63,13 +69,17 @@ class FittedMethods:
     actadd_layers: list[int] = field(default_factory=list)
     setpoint: Any = None
     system: Any = None
+    concept_setpoints: dict[str, Any] = field(default_factory=dict)
+    requested: tuple[str, ...] | None = None
     notes: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
 
     @property
     def methods(self) -> list[str]:
-        """``unsteered`` and every method whose steerer was fitted, in :data:`METHODS` order."""
-        return ["unsteered"] + [m for m in METHODS[1:] if _ATTACH[m][0] in self.steerers]
+        """``unsteered`` and every requested method whose steerer was fitted, in :data:`METHODS`
+        order."""
+        return ["unsteered"] + [m for m in METHODS[1:] if _ATTACH[m][0] in self.steerers
+                                and (self.requested is None or m in self.requested)]
 
     def steering(self, model: Any, method: str,
                  lam: float | None) -> Callable[[], AbstractContextManager] | None:
@@ -128,14 +138,36 @@ def _fit_constrained(fitted: FittedMethods, settings: ExperimentSettings) -> Any
     return ConstrainedSteerer.from_system(fitted.system, fitted.setpoint, **options)
 
 
+def _fit_multi(fitted: FittedMethods, settings: ExperimentSettings) -> Any:
+    from ltv_control.adapters.multi_concept import MultiConceptSteerer
+
+    return MultiConceptSteerer.from_system(fitted.system, fitted.concept_setpoints, q=settings.q,
+                                           r=settings.r, qf=settings.qf, positions="last")
+
+
 #: steerer name -> (methods that use it, fit function, log line)
 _FITS = (
     ("alqr", ("alqr", "alqr_plus"), _fit_alqr, "A-LQR gains on the shared linearization"),
     ("actadd", ("actadd",), _fit_actadd, "ActAdd vectors from the shared setpoint"),
     ("pid", ("pid",), _fit_pid, "S-PID from the shared setpoint"),
+    ("alqr_multi", ("alqr_multi",), _fit_multi,
+     "multi-concept A-LQR: one setpoint per concept, gains on the shared linearization"),
     ("constrained", ("constrained",), _fit_constrained,
      "constrained steerer on the shared linearization"),
 )
+
+
+def _concept_setpoints(plant: Any, task: Any, settings: ExperimentSettings,
+                       fitted: FittedMethods, log: Callable[[str], None] | None) -> None:
+    """One setpoint per concept of a multi-concept task (``task.components``), at ``lam``."""
+    parts = getattr(task, "components", ())
+    if len(parts) < 2:
+        raise PropertyError("method alqr_multi needs a multi-concept task "
+                            "(e.g. --task concept:sea+concept:food)")
+    for part in parts:
+        _log(log, f"measuring the setpoint of concept {part.short_name!r}")
+        fitted.concept_setpoints[part.short_name] = plant.setpoint(
+            list(part.desired), list(part.undesired), lam=settings.lam)
 
 
 def fit_methods(plant: Any, task: SentimentTask, settings: ExperimentSettings, *,
@@ -168,13 +200,16 @@ def fit_methods(plant: Any, task: SentimentTask, settings: ExperimentSettings, *
         raises.
     """
     wanted = set(settings.methods)
-    fitted = FittedMethods(actadd_layers=_actadd_layers(settings, plant.horizon))
+    fitted = FittedMethods(actadd_layers=_actadd_layers(settings, plant.horizon),
+                           requested=tuple(settings.methods))
     began = time.perf_counter()
     if wanted - {"unsteered"}:
         _log(log, f"measuring the setpoint on {len(task.desired)} + {len(task.undesired)} "
                   "contrastive prompts")
         fitted.setpoint = plant.setpoint(list(task.desired), list(task.undesired),
                                          lam=settings.lam)
+    if "alqr_multi" in wanted:
+        _concept_setpoints(plant, task, settings, fitted, log)
     fitted.timings["setpoint_shared_s"] = time.perf_counter() - began
     began = time.perf_counter()
     if linearize or wanted & _NEEDS_SYSTEM:

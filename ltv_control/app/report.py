@@ -13,7 +13,6 @@ import textwrap
 from pathlib import Path
 
 from ltv_control import ArgumentError, DimensionError
-from ltv_control.app.settings import METRIC_KEYS as _METRIC_KEYS
 from ltv_control.atomic import atomic_save_figure, atomic_write_text
 
 __all__ = ["REPORT_KEYS", "clean_json", "format_table", "json_default", "to_json", "validate_report",
@@ -23,7 +22,7 @@ REPORT_KEYS = ("version", "settings", "seed", "methods", "sweep")
 """Top-level keys of ``report.json``."""
 
 _LABELS = {"unsteered": "Unsteered", "actadd": "ActAdd", "pid": "S-PID", "alqr": "A-LQR",
-           "alqr_plus": "A-LQR+", "constrained": "Constrained"}
+           "alqr_plus": "A-LQR+", "alqr_multi": "A-LQR multi", "constrained": "Constrained"}
 
 
 def validate_report(report: dict) -> dict:
@@ -43,14 +42,16 @@ def validate_report(report: dict) -> dict:
         raise DimensionError("report: version str, settings dict, seed int, sweep list expected")
     if "unsteered" not in report["methods"]:
         raise DimensionError("report['methods'] must hold 'unsteered'")
+    from ltv_control.app.task_report import check_metrics, task_kind
+
+    kind = task_kind(report)  # sentiment: exactly METRIC_KEYS; concept: concept_rate… keys
     for name, record in report["methods"].items():
-        if set(record) != set(_METRIC_KEYS):
-            raise DimensionError(
-                f"report['methods'][{name!r}] keys: expected {sorted(_METRIC_KEYS)}, "
-                f"found {sorted(record)}")
+        check_metrics(record, kind, f"report['methods'][{name!r}]")
     for i, point in enumerate(report["sweep"]):
-        if set(point) != {"method", "lam", *_METRIC_KEYS}:
+        if not isinstance(point, dict) or {"method", "lam"} - set(point):
             raise DimensionError(f"report['sweep'][{i}] keys: found {sorted(point)}")
+        check_metrics({k: v for k, v in point.items() if k not in ("method", "lam")}, kind,
+                      f"report['sweep'][{i}]")
     return report
 
 
@@ -98,17 +99,37 @@ def _fmt(value, digits=3) -> str:
     return f"{value:.{digits}f}" if abs(value) < 1000 else f"{value:.0f}"
 
 
+def _judge_columns(report: dict) -> list[tuple[str, str, int]]:
+    """(key, column label, digits) of the task's judge scores shown in tables."""
+    from ltv_control.app.task_report import task_kind
+
+    if task_kind(report) == "sentiment":
+        return [("positive_rate", "positive rate", 2), ("vader_mean", "VADER mean", 3)]
+    task = report["settings"]["task"]
+    concepts = task.get("concepts") or []
+    cols = [("concept_rate", "concept rate", 2)]
+    if len(concepts) > 1:
+        cols += [(f"concept_rate.{c}", f"{c} rate", 2) for c in concepts]
+        cols.append(("concept_rate_all", "all concepts", 2))
+    cols.append(("concept_rate_embedding", "embedding judge", 2))
+    if task.get("n_keywords"):
+        cols.append(("concept_rate_keywords", "keyword judge", 2))
+    return cols
+
+
 def format_table(report: dict, *, markdown: bool = False) -> str:
     """The methods table (one row per method at its default λ) as plain or Markdown text."""
-    header = ["method", "λ", "positive rate", "VADER mean", "perplexity", "distinct-2", "tokens/s"]
+    judged = _judge_columns(report)
+    header = ["method", "λ", *(label for _, label, _ in judged), "perplexity", "distinct-2",
+              "tokens/s"]
     rows = []
     settings = report.get("settings", {})
     for name, m in report["methods"].items():
         lam = "—" if name == "unsteered" else _fmt(
             settings.get("actadd_coeff") if name == "actadd" else settings.get("lam"), 2)
-        rows.append([_LABELS.get(name, name), lam, _fmt(m["positive_rate"], 2),
-                     _fmt(m["vader_mean"]), _fmt(m["perplexity"], 1), _fmt(m["distinct2"]),
-                     _fmt(m["tokens_per_s"], 1)])
+        rows.append([_LABELS.get(name, name), lam,
+                     *(_fmt(m.get(key), digits) for key, _, digits in judged),
+                     _fmt(m["perplexity"], 1), _fmt(m["distinct2"]), _fmt(m["tokens_per_s"], 1)])
     if markdown:
         lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         lines += ["| " + " | ".join(r) + " |" for r in rows]
@@ -143,34 +164,9 @@ def _plot_beta(beta: dict, path: Path) -> Path:
 
 
 def _plot_tradeoff(report: dict, path: Path) -> Path:
-    import matplotlib
+    from ltv_control.app.task_report import plot_tradeoff
 
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4))
-    base = report["methods"]["unsteered"]
-    ax.scatter([base["positive_rate"]], [base["perplexity"]], c="k", marker="*", s=120,
-               label="Unsteered", zorder=3)
-    methods = sorted({p["method"] for p in report["sweep"]}, key=list(_LABELS).index
-                     if all(m in _LABELS for p in report["sweep"] for m in [p["method"]]) else str)
-    for method in methods:
-        pts = sorted((p for p in report["sweep"] if p["method"] == method), key=lambda p: p["lam"])
-        ax.plot([p["positive_rate"] for p in pts], [p["perplexity"] for p in pts], marker="o",
-                label=_LABELS.get(method, method) + (" (coeff)" if method == "actadd" else " (λ)"))
-        for p in pts:
-            ax.annotate(f"{p['lam']:g}", (p["positive_rate"], p["perplexity"]), fontsize=7,
-                        textcoords="offset points", xytext=(3, 3))
-    ax.set_xlabel("positive rate (VADER compound ≥ 0.05)")
-    ax.set_ylabel("perplexity under the unsteered model")
-    ax.set_yscale("log")
-    ax.set_title("Sentiment / fluency trade-off (λ sweep)")
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3, which="both")
-    try:
-        return _save_figure(fig, path)
-    finally:
-        plt.close(fig)
+    return plot_tradeoff(report, path)
 
 
 def _plot_examples(examples: dict, path: Path) -> Path:
@@ -232,7 +228,10 @@ def write_report(out_dir: str | os.PathLike, report: dict, details: dict | None 
     if "beta" in details:
         files["beta.png"] = _plot_beta(details["beta"], out / "beta.png")
     if report["sweep"]:
+        from ltv_control.app.task_report import plot_prevalence
+
         files["tradeoff.png"] = _plot_tradeoff(report, out / "tradeoff.png")
+        files["prevalence.png"] = plot_prevalence(report, out / "prevalence.png")
     if bound_figure is not None:
         import matplotlib.pyplot as plt
 
@@ -255,7 +254,8 @@ def _markdown(report: dict, details: dict, files: dict) -> str:
     """report.md: header, methods table, claim check, sweep, figures, examples, bound, notes."""
     parts = _md_header(report) + _md_claim(details.get("claim", {})) + _md_sweep(report)
     captions = {"beta.png": "Per-layer feature strength β_k against the target β*_k",
-                "tradeoff.png": "Positive rate against perplexity along each method's λ sweep",
+                "tradeoff.png": "Judged rate against perplexity along each method's λ sweep",
+                "prevalence.png": "Judged rate against λ (ActAdd: coeff), one panel per method",
                 "bound.png": "Tracking-error bound against the realized deviations",
                 "examples.png": "Example continuations side by side"}
     figs = [n for n in captions if n in files]
@@ -286,14 +286,30 @@ def _md_header(report: dict) -> list[str]:
         f"{dec.get('max_new_tokens', '?')} new tokens, KV cache "
         f"{'on' if dec.get('use_cache', True) else 'off'}.",
         "",
-        "Positive rate: fraction of continuations with VADER compound ≥ 0.05. Perplexity: of the "
-        "continuation under the unsteered model (prompt tokens masked).",
+        _md_judges(report) + " Perplexity: of the continuation under the unsteered model "
+        "(prompt tokens masked).",
         "",
         "## Methods (default λ)",
         "",
         format_table(report, markdown=True),
         "",
     ]
+
+
+def _md_judges(report: dict) -> str:
+    """One sentence per judge saying what it measures."""
+    judges = report["settings"].get("judges")
+    if not judges:
+        return "Positive rate: fraction of continuations with VADER compound ≥ 0.05."
+    task = report["settings"].get("task", {})
+    lines = [f"Task `{task.get('name', '?')}` ({task.get('prompt_format', 'raw')} prompts)."]
+    for j in judges:
+        concept = f" [{j['concept']}]" if j.get("concept") else ""
+        lines.append(f"{j.get('judge', 'judge')}{concept}: {j.get('measures', '')}.")
+    if task.get("kind") == "concept":
+        lines.append("`concept_rate` is the keyword judge when keywords are given, else the "
+                     "embedding judge.")
+    return " ".join(lines)
 
 
 def _md_claim(claim: dict) -> list[str]:
@@ -303,23 +319,29 @@ def _md_claim(claim: dict) -> list[str]:
     return [
         "## Claim check",
         "",
-        f"A-LQR (λ={claim['lam']:g}) reaches positive rate {claim['positive_rate']:.2f} at "
-        f"perplexity {claim['perplexity']:.1f}; ActAdd interpolated to the same positive rate "
+        f"A-LQR (λ={claim['lam']:g}) reaches {_rate_name(claim)} {claim['rate']:.2f} at "
+        f"perplexity {claim['perplexity']:.1f}; ActAdd interpolated to the same rate "
         f"has perplexity {claim['baseline_perplexity']:.1f}"
         f"{' (extrapolated: outside ActAdd sweep range)' if claim['extrapolated'] else ''}. "
-        f"The claim (A-LQR no worse than ActAdd at equal positive rate) {verdict} here.",
+        f"The claim (A-LQR no worse than ActAdd at equal {_rate_name(claim)}) {verdict} here.",
         "",
     ]
 
 
+def _rate_name(claim: dict) -> str:
+    return claim.get("key", "positive_rate").replace("_", " ")
+
+
 def _md_sweep(report: dict) -> list[str]:
-    parts = ["## λ sweep", "", "| method | λ | positive rate | VADER mean | perplexity | "
-             "distinct-2 | tokens/s |", "|---|---|---|---|---|---|---|"]
+    judged = _judge_columns(report)
+    header = ["method", "λ", *(label for _, label, _ in judged), "perplexity", "distinct-2",
+              "tokens/s"]
+    parts = ["## λ sweep", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for p in report["sweep"]:
-        parts.append(f"| {_LABELS.get(p['method'], p['method'])} | {p['lam']:g} | "
-                     f"{_fmt(p['positive_rate'], 2)} | {_fmt(p['vader_mean'])} | "
-                     f"{_fmt(p['perplexity'], 1)} | {_fmt(p['distinct2'])} | "
-                     f"{_fmt(p['tokens_per_s'], 1)} |")
+        cells = [_LABELS.get(p["method"], p["method"]), f"{p['lam']:g}",
+                 *(_fmt(p.get(key), digits) for key, _, digits in judged),
+                 _fmt(p["perplexity"], 1), _fmt(p["distinct2"]), _fmt(p["tokens_per_s"], 1)]
+        parts.append("| " + " | ".join(cells) + " |")
     return parts + [""]
 
 

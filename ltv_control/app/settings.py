@@ -14,8 +14,9 @@ from ltv_control.app.generation import Decoding
 
 __all__ = ["METHODS", "METRIC_KEYS", "ExperimentSettings"]
 
-METHODS = ("unsteered", "actadd", "pid", "alqr", "alqr_plus", "constrained")
-"""Every method name a report may hold, in report order."""
+METHODS = ("unsteered", "actadd", "pid", "alqr", "alqr_plus", "alqr_multi", "constrained")
+"""Every method name a report may hold, in report order (``alqr_multi``: several concepts
+at once, for a multi-concept task only)."""
 
 METRIC_KEYS = ("positive_rate", "vader_mean", "perplexity", "distinct2", "tokens_per_s")
 """The keys of a metrics record M."""
@@ -70,6 +71,7 @@ class ExperimentSettings:
         "pid": [1.0],
         "alqr": [0.5, 1.0, 1.5],
         "alqr_plus": [1.0],
+        "alqr_multi": [1.0],
         "constrained": [1.0],
     })
     perplexity_batch_size: int = 16

@@ -42,6 +42,7 @@ __all__ = [
     "load_concept_files",
     "load_task",
     "read_items",
+    "settings_overrides",
     "split_for_judge",
 ]
 
@@ -456,3 +457,32 @@ def load_task(spec: str = "sentiment", *, desired=None, undesired=None, prompts=
     if jacobian_prompts is not None:
         task = replace(task, jacobian_prompts=read_items(jacobian_prompts, "--jacobian-prompts"))
     return task
+
+
+def settings_overrides(task, *, quick: bool = False) -> dict:
+    """ExperimentSettings fields a task changes from the sentiment defaults.
+
+    Concept tasks run ``unsteered``, ActAdd, S-PID and A-LQR (plus ``alqr_multi`` for several
+    concepts) at ``λ = 1.5`` with the sweeps ``alqr``/``alqr_multi`` 0.5, 1, 1.5, 2; ActAdd
+    coeff 4, 8; S-PID 1.5 on 32 prompts, 20 new tokens.  ``quick``: 12 prompts, 16 new tokens,
+    32 fitting sentences per side, one Jacobian prompt of 10 tokens, unsteered and A-LQR at
+    λ = 1 and 2 (and ``alqr_multi`` for several concepts).  Sentiment: no change (``{}``).
+
+    Returns
+    -------
+    dict
+        Keyword arguments for ``ExperimentSettings`` (``decoding`` as a dict of Decoding fields).
+    """
+    if getattr(task, "kind", "sentiment") != "concept":
+        return {}
+    multi = bool(task.components)
+    if quick:
+        methods = ("unsteered", "alqr") + (("alqr_multi",) if multi else ())
+        return {"methods": methods, "lam": 2.0, "n_fit": 32, "n_eval": 12, "n_jacobian": 1,
+                "max_jacobian_tokens": 10, "decoding": {"max_new_tokens": 16},
+                "sweep": {"alqr": [1.0, 2.0], "alqr_multi": [1.0, 2.0]}}
+    methods = ("unsteered", "actadd", "pid", "alqr") + (("alqr_multi",) if multi else ())
+    return {"methods": methods, "lam": 1.5, "n_eval": 32, "decoding": {"max_new_tokens": 20},
+            "sweep": {"alqr": [0.5, 1.0, 1.5, 2.0], "alqr_multi": [0.5, 1.0, 1.5, 2.0],
+                      "actadd": [4.0, 8.0], "pid": [1.5], "alqr_plus": [1.5],
+                      "constrained": [1.5]}}
