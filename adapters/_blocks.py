@@ -48,6 +48,7 @@ __all__ = [
     "replace_block_output",
     "config_num_layers",
     "config_hidden_size",
+    "hidden_size_of",
 ]
 
 _LAYER_COUNT_KEYS = ("num_hidden_layers", "n_layer", "num_layers", "n_layers")

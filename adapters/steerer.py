@@ -9,6 +9,10 @@ Writing a steerer: set ``kind`` (registered, so :meth:`Steerer.load` dispatches 
 module to :data:`BUILTIN_KINDS` so a fresh process finds it), ``tensor_names`` (each ``(T,)`` or
 ``(T, n)``), ``hyperparameter_names``, ``attach_options`` and ``default_positions``, and implement
 :meth:`Steerer.layer_laws`.
+
+Names: ``horizon`` is ``T``, ``state_dim`` is ``n``; on a steerer ``layers`` are the controlled
+layer indices and ``layer_path`` the dotted path of the decoder blocks (the ``layers=`` override
+of :class:`~ltv_control.adapters.LLMPlant`).
 """
 
 from __future__ import annotations
