@@ -12,7 +12,9 @@ VADER score and perplexity under the unsteered model.
 Calibration uses the packaged Jacobian prompts, evaluation the packaged evaluation prompts
 (disjoint sets).  Run ``python benchmarks/export_fidelity.py [--quick] [--out FILE]``; it prints
 the export summary and a Markdown table and writes JSON to ``--out`` (default
-``export_fidelity.json``) and the fitted controller and the control vector beside it.
+``export_fidelity.json``) and the fitted controller and the control vector beside it;
+``--controller FILE`` exports a saved A-LQR controller instead of fitting one (the fit
+linearizes the model: minutes on a CPU).
 """
 
 from __future__ import annotations
@@ -36,6 +38,8 @@ def _parse(argv=None) -> argparse.Namespace:
     p.add_argument("--max-new-tokens", type=int, default=20)
     p.add_argument("--lam", type=float, default=1.0)
     p.add_argument("--actadd-coeff", type=float, default=4.0)
+    p.add_argument("--controller", type=Path, default=None,
+                   help="a saved A-LQR controller file to export instead of fitting one")
     args = p.parse_args(argv)
     if args.quick:
         args.n_fit, args.n_eval, args.n_calibration, args.n_jacobian = 32, 16, 8, 1
@@ -56,14 +60,18 @@ def main(argv=None) -> dict:
     model, tokenizer = load_embedded_model()
     plant = LLMPlant(model, tokenizer)
     desired, undesired = list(task.desired[:args.n_fit]), list(task.undesired[:args.n_fit])
-    alqr = ALQRSteerer.fit(plant, desired, undesired, q=0.1, r=1.0, qf=0.1, lam=args.lam,
-                           jacobian_prompts=list(task.jacobian_prompts[:args.n_jacobian]),
-                           max_tokens=12, positions="last", progress=False)
+    if args.controller is not None:
+        alqr = ALQRSteerer.load(args.controller, model=model)
+    else:
+        alqr = ALQRSteerer.fit(plant, desired, undesired, q=0.1, r=1.0, qf=0.1, lam=args.lam,
+                               jacobian_prompts=list(task.jacobian_prompts[:args.n_jacobian]),
+                               max_tokens=12, positions="last", progress=False)
     actadd = ActAddSteerer.fit(plant, desired, undesired, layers=[plant.horizon // 3],
                                coeff=args.actadd_coeff, positions="all")
     fitted = time.perf_counter()
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    alqr.save(args.out.with_name(args.out.stem + "_alqr.safetensors"))
+    if args.controller is None:
+        alqr.save(args.out.with_name(args.out.stem + "_alqr.safetensors"))
     calib = list(task.jacobian_prompts[:args.n_calibration])
     report = export_gguf(alqr, args.out.with_name(args.out.stem + "_alqr.gguf"), model=model,
                          tokenizer=tokenizer, prompts=calib, max_new_tokens=args.max_new_tokens)

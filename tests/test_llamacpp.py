@@ -5,6 +5,8 @@ llama.cpp, CPU only, ~15-30 min on 2 cores); skipped otherwise.  Run it with
 
     OMP_NUM_THREADS=2 python -m pytest -s tests/test_llamacpp.py
 
+(``LTV_CONTROL_ALQR_FILE=alqr.safetensors`` reuses a fitted A-LQR controller instead of fitting one.)
+
 The embedded SmolLM2 GGUF (Q4_1) is loaded in llama.cpp; vectors go in through
 ``llama_set_adapter_cvec(ctx, data, len, n_embd, il_start=1, il_end=n_layer)`` with the buffer
 that llama.cpp's ``common_control_vector_load`` builds from a file: row ``N - 1`` holds
@@ -95,10 +97,19 @@ def _buffer_from_file(path, n_layer, shift=0):
     return buf
 
 
+def _last_logits(llm):
+    """Logits of the newest position, read through the C API (``Llama.scores`` is filled only
+    with ``logits_all``)."""
+    ptr = llama_cpp.llama_get_logits_ith(llm.ctx, -1)
+    return np.ctypeslib.as_array(ptr, shape=(llm.n_vocab(),)).astype(np.float64)
+
+
 def _cpp_logits(llm, ids):
     llm.reset()
     llm.eval(ids)
-    return np.array(llm.scores[llm.n_tokens - 1], dtype=np.float64)
+    logits = _last_logits(llm)
+    assert np.isfinite(logits).all() and np.ptp(logits) > 0  # real logits, not an empty buffer
+    return logits
 
 
 def _hf_logits(model, ids, steerer=None):
@@ -114,7 +125,7 @@ def _cpp_greedy(llm, ids, new_tokens, eos):
     llm.eval(ids)
     out = []
     for _ in range(new_tokens):
-        token = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+        token = int(np.argmax(_last_logits(llm)))
         if token in eos:
             break
         out.append(token)
@@ -170,10 +181,14 @@ def test_actadd_logit_shift_matches_transformers(llm, hf, task, tmp_path):
 def test_alqr_vector_raises_the_judge_score_in_llamacpp(llm, hf, task, tmp_path):
     model, tokenizer = hf
     n_layer = model.config.num_hidden_layers
-    plant = LLMPlant(model, tokenizer)
-    alqr = ALQRSteerer.fit(plant, list(task.desired[:N_FIT]), list(task.undesired[:N_FIT]),
-                           jacobian_prompts=list(task.jacobian_prompts[:1]), max_tokens=12,
-                           progress=False)
+    saved = os.environ.get("LTV_CONTROL_ALQR_FILE")  # reuse a fitted controller (the fit is slow)
+    if saved:
+        alqr = ALQRSteerer.load(saved, model=model)
+    else:
+        plant = LLMPlant(model, tokenizer)
+        alqr = ALQRSteerer.fit(plant, list(task.desired[:N_FIT]), list(task.undesired[:N_FIT]),
+                               jacobian_prompts=list(task.jacobian_prompts[:1]), max_tokens=8,
+                               progress=False)
     report = export_gguf(alqr, tmp_path / "alqr.gguf", model=model, tokenizer=tokenizer,
                          prompts=list(task.jacobian_prompts[:8]), max_new_tokens=12)
     print(report.summary())
