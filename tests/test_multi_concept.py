@@ -63,11 +63,13 @@ def test_law_is_the_sum_of_single_concept_laws_float64_oracle(fitted):
     _, _, _, _, _, multi, single = fitted
     gen = torch.Generator().manual_seed(0)
     lams = [0.7, -1.2]
-    params_all = multi.stacked(lams)
-    for k in range(multi.horizon):
+    laws = multi.layer_laws(lams=lams)
+    active = [k for k in range(multi.horizon)
+              if float(multi.e_norm_0[k]) > 0 or float(multi.e_norm_1[k]) > 0]
+    assert sorted(laws) == active and len(active) >= 2  # no law where no concept has a direction
+    for k, law in laws.items():
         z = torch.randn(4, multi.state_dim, generator=gen) * 3
-        p = {name: t[k] for name, t in params_all.items()}
-        u = multi._control(k, z, p, {})
+        u = law(z, {})
         ref = np.zeros((4, multi.state_dim))
         z64 = z.double().numpy()
         for lam, name in zip(lams, multi.concepts):
@@ -77,10 +79,10 @@ def test_law_is_the_sum_of_single_concept_laws_float64_oracle(fitted):
             ref += np.outer(beta - z64 @ v, w)  # u = Σ_j (β*_j − v_jᵀz) K v_j
         np.testing.assert_allclose(u.double().numpy(), ref, rtol=1e-4, atol=1e-5)
         # "all" positions (B, L, n) and the fused in-place path agree with it
-        u3 = multi._control(k, z.reshape(2, 2, -1), p, {})
+        u3 = law(z.reshape(2, 2, -1), {})
         np.testing.assert_allclose(u3.reshape(4, -1).numpy(), u.numpy(), rtol=1e-5, atol=1e-6)
         target = torch.zeros_like(z)
-        multi._control_last_inplace(k, z, target, p)
+        law.add_last_inplace(z, target)
         np.testing.assert_allclose(target.numpy(), u.numpy(), rtol=1e-5, atol=1e-5)
 
 
