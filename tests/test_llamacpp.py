@@ -45,7 +45,10 @@ from ltv_control.app.metrics import positive_rate  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
-N_FIT, ACTADD_LAYER, ACTADD_COEFF = 32, 10, 4.0
+# coeff 8 (the demo sweep's largest): the shift must dominate the Q4_1 kernels' own error.
+# Measured here at block 10, mean correlation over 4 prompts: coeff 1 -> 0.90, 2 -> 0.97,
+# 4 -> 0.989 (0.987-0.992), one block off 0.83-0.97.
+N_FIT, ACTADD_LAYER, ACTADD_COEFF = 32, 10, 8.0
 
 
 def _cvec_function():
