@@ -16,6 +16,17 @@ import sys
 from pathlib import Path
 
 from ltv_control import ControlError
+from ltv_control.app.cli_checks import (
+    check_device,
+    check_out_dir,
+    check_out_file,
+    check_prompt_lengths,
+    check_prompts,
+    guard_output_folder,
+    max_positions,
+    os_error_message,
+    read_text_file,
+)
 
 __all__ = ["build_parser", "demo_settings", "main"]
 
@@ -96,6 +107,40 @@ def _existing_dir(text: str) -> Path:
 
 # ---------------------------------------------------------------- parser
 
+def _force_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--force", action="store_true",
+                   help="overwrite existing output files (never an input file)")
+
+
+#: options naming input text files, checked as UTF-8 before any work
+_INPUT_OPTIONS = ("desired", "undesired", "prompts", "keywords", "jacobian_prompts")
+#: files each folder-writing subcommand puts in --out (refused if present, unless --force)
+_OUT_FILES = {"demo": ("report.json", "report.md", "details.json"),
+              "eval": ("report.json", "report.md", "details.json"),
+              "linearize": ("system.safetensors", "system.json", "diagnostics.json"),
+              "bound": ("bound.json", "bound.png")}
+
+
+def _preflight(args) -> None:
+    """Checks before any work: input files are regular UTF-8 text, ``--out`` can be written and
+    replaces nothing without ``--force`` (and never an input), ``--device`` exists."""
+    inputs = []
+    for name in _INPUT_OPTIONS:
+        path = getattr(args, name, None)
+        if path is not None:
+            read_text_file(path, "--" + name.replace("_", "-"))
+            inputs.append(path)
+    if getattr(args, "controller", None) is not None:
+        inputs.append(args.controller)
+    out = getattr(args, "out", None)
+    if out is not None and args.command == "fit":
+        check_out_file(out, force=args.force, inputs=inputs)
+    elif out is not None:
+        check_out_dir(out, _OUT_FILES[args.command], force=args.force)
+    if getattr(args, "device", None) is not None:
+        check_device(args.device)
+
+
 def _common(p: argparse.ArgumentParser, *, model: bool = True) -> None:
     if model:
         p.add_argument("--model", type=_existing_dir, metavar="PATH",
@@ -115,6 +160,7 @@ def _eval_options(p: argparse.ArgumentParser, *, quick: bool) -> None:
                        help="smaller run (fewer prompts, shorter continuations, short sweep)")
     p.add_argument("--out", type=Path, default=Path("ltv-control-report"), metavar="DIR",
                    help="report folder (default: ./ltv-control-report)")
+    _force_option(p)
     p.add_argument("--no-bound", action="store_true",
                    help="skip the tracking-error bound experiment and figure (skipped by --quick)")
     p.add_argument("--methods", default=None,
@@ -203,6 +249,7 @@ def _add_fit(sub) -> None:
     p.add_argument("--method", choices=_METHOD_KINDS, default="alqr", help="default: alqr")
     p.add_argument("--out", type=Path, required=True, metavar="FILE",
                    help="controller file to write (.safetensors)")
+    _force_option(p)
     p.add_argument("--n-fit", type=_positive_int, help="use only the first N pairs")
     p.add_argument("--n-jacobian", type=_positive_int, default=8,
                    help="number of Jacobian prompts (default: 8)")
@@ -251,6 +298,7 @@ def _add_linearize(sub) -> None:
     p.add_argument("--max-tokens", type=_positive_int, default=16, help="default: 16")
     p.add_argument("--out", type=Path, default=Path("ltv-control-system"), metavar="DIR",
                    help="output folder (default: ./ltv-control-system)")
+    _force_option(p)
     p.add_argument("--no-diagnostics", action="store_true", help="skip the linearity diagnostics")
     p.set_defaults(handler=_cmd_linearize)
 
@@ -269,6 +317,7 @@ def _add_bound(sub) -> None:
     p.add_argument("--max-tokens", type=_positive_int, default=16, help="default: 16")
     p.add_argument("--out", type=Path, default=Path("ltv-control-bound"), metavar="DIR",
                    help="output folder (default: ./ltv-control-bound)")
+    _force_option(p)
     p.set_defaults(handler=_cmd_bound)
 
 
@@ -303,18 +352,17 @@ def _load(args):
     from ltv_control.adapters import load_embedded_model, load_model
 
     dtype = getattr(torch, args.dtype)
-    try:
-        torch.device(args.device)
-    except (RuntimeError, TypeError):
-        raise CLIError(f"--device: not a torch device: {args.device!r}") from None
+    check_device(args.device)
     torch.manual_seed(args.seed)
     if args.model is not None:
         _log(args, f"loading {args.model} ({args.dtype}, {args.device})")
         try:
             return load_model(args.model, dtype=dtype, device=args.device)
-        except (OSError, ValueError, KeyError) as exc:
+        except ControlError:
+            raise
+        except Exception as exc:  # corrupt weights (SafetensorError), bad config, ...
             raise CLIError(f"--model {str(args.model)!r}: cannot load a transformers model "
-                           f"({_first_line(exc)})") from None
+                           f"({type(exc).__name__}: {_first_line(exc)})") from None
     _log(args, f"loading the embedded SmolLM2-135M-Instruct ({args.dtype}, {args.device})")
     return load_embedded_model(dtype=dtype, device=args.device)
 
@@ -520,6 +568,7 @@ def _cmd_generate(args) -> int:
     prompts = list(args.prompt) + (list(read_lines(args.prompts)) if args.prompts else [])
     if not prompts:
         raise CLIError("generate: give at least one --prompt TEXT or --prompts FILE")
+    prompts = check_prompts(prompts, "--prompt")
     steerer = None
     if args.controller is not None:
         from ltv_control.adapters import Steerer
@@ -543,6 +592,8 @@ def _cmd_generate(args) -> int:
                 raise CLIError(f"--coeff does not apply to a {type(steerer).__name__}")
             options["coeff"] = args.coeff
         steering = lambda: steerer.attach(model, **options)
+    check_prompt_lengths(tokenizer, prompts, max_positions(model), option="--prompt",
+                         new_tokens=args.max_new_tokens)
     decoding = Decoding(max_new_tokens=args.max_new_tokens, do_sample=args.sample,
                         seed=args.seed, use_cache=not args.no_cache, batch_size=8)
     gen = generate_continuations(model, tokenizer, prompts, decoding=decoding, steering=steering,
@@ -679,7 +730,10 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         if args.quiet:
             _silence()
-        return int(args.handler(args) or 0)
+        _preflight(args)
+        folder = getattr(args, "out", None) if args.command != "fit" else None
+        with guard_output_folder(folder):
+            return int(args.handler(args) or 0)
     except CLIError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -694,6 +748,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     except (ControlError, FileNotFoundError, NotADirectoryError, PermissionError) as exc:
         print(f"error: {type(exc).__name__}: {_first_line(exc)}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # e.g. a full disk while writing
+        print(f"error: {os_error_message(exc)}", file=sys.stderr)
         return 2
     except SystemExit as exc:  # --help / --version
         return int(exc.code or 0) if not isinstance(exc.code, str) else 2
