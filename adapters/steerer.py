@@ -270,6 +270,30 @@ class Steerer:
 
         return write_steerer_file(path, self._record())
 
+    def export_gguf(self, path: str | os.PathLike, **options: Any) -> Any:
+        """Write this steerer as a llama.cpp control-vector GGUF (``direction.k`` on block ``k``).
+
+        Constant laws (ActAdd) export exactly; feedback laws export their mean closed-loop input
+        ``ū_k`` along steered runs of calibration prompts (an approximation, reported as such).
+
+        Parameters
+        ----------
+        path : str or PathLike
+            Destination ``.gguf`` file, written atomically.
+        **options
+            Passed to :func:`ltv_control.adapters.control_vector.export_gguf` (``model``,
+            ``tokenizer`` and ``prompts`` are required for feedback laws).
+
+        Returns
+        -------
+        ControlVectorExport
+            Path-like report: the vectors, the captured share of the input energy, the dropped
+            block-0 input.
+        """
+        from ltv_control.adapters.control_vector import export_gguf
+
+        return export_gguf(self, path, **options)
+
     @classmethod
     def load(cls, path: str | os.PathLike, model: Any = None) -> Steerer:
         """Read a controller file written by :meth:`save`.

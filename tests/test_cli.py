@@ -262,3 +262,33 @@ def test_demo_quick_on_the_embedded_model(embedded_model, tmp_path, capsys, monk
     assert report["methods"]["alqr"]["positive_rate"] > report["methods"]["unsteered"][
         "positive_rate"]
     assert (out_dir / "report.md").is_file() and (out_dir / "tradeoff.png").is_file()
+
+
+def test_export_then_generate_with_the_control_vector(tiny_dirs, tmp_path, capsys):
+    """fit → export (llama.cpp GGUF) → generate --control-vector, each a fresh process: an
+    exactly exported ActAdd controller steers exactly as the controller file does."""
+    a, data = str(tiny_dirs["a"]), tiny_dirs["data"]
+    ctrl, vector = tmp_path / "actadd.safetensors", tmp_path / "actadd.gguf"
+    assert main(["fit", "--method", "actadd", "--layers", "1", "--coeff", "30", "--model", a,
+                 "--desired", str(data / "d.txt"), "--undesired", str(data / "u.txt"),
+                 "--out", str(ctrl), "--quiet", "--json"]) == 0
+    capsys.readouterr()
+    exported = _run_cli("export", str(ctrl), "--format", "gguf", "--out", str(vector),
+                        "--model", a, cwd=tmp_path)
+    assert exported["exact"] is True and vector.is_file()
+    assert exported["out"] == str(vector)
+    prompts = ["--prompt", "The soup was", "--max-new-tokens", "4"]
+    by_vector = _run_cli("generate", "--model", a, "--control-vector", str(vector), *prompts,
+                         cwd=tmp_path)
+    by_file = _run_cli("generate", "--model", a, "--controller", str(ctrl), *prompts, cwd=tmp_path)
+    assert by_vector["continuations"] == by_file["continuations"]
+    halved = _run_cli("generate", "--model", a, "--control-vector", str(vector), "--scale", "0",
+                      *prompts, cwd=tmp_path)
+    assert main(["generate", "--model", a, *prompts, "--quiet", "--json"]) == 0
+    assert halved["continuations"] == json.loads(capsys.readouterr().out)["continuations"]
+    # the output exists now: a second export is refused without --force, before any work
+    result = subprocess.run([sys.executable, "-m", "ltv_control.app.cli", "export", str(ctrl),
+                             "--out", str(vector), "--model", a, "--quiet"],
+                            capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert result.returncode == 2 and result.stderr.startswith("error:")
+    assert "--force" in result.stderr

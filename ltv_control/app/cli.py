@@ -113,7 +113,8 @@ def _force_option(p: argparse.ArgumentParser) -> None:
 
 
 #: options naming input text files, checked as UTF-8 before any work
-_INPUT_OPTIONS = ("desired", "undesired", "prompts", "keywords", "jacobian_prompts")
+_INPUT_OPTIONS = ("desired", "undesired", "prompts", "keywords", "jacobian_prompts",
+                  "eval_prompts")
 #: files each folder-writing subcommand puts in --out (refused if present, unless --force)
 _OUT_FILES = {"demo": ("report.json", "report.md", "details.json"),
               "eval": ("report.json", "report.md", "details.json"),
@@ -133,7 +134,7 @@ def _preflight(args) -> None:
     if getattr(args, "controller", None) is not None:
         inputs.append(args.controller)
     out = getattr(args, "out", None)
-    if out is not None and args.command == "fit":
+    if out is not None and args.command in ("fit", "export"):
         check_out_file(out, force=args.force, inputs=inputs)
     elif out is not None:
         check_out_dir(out, _OUT_FILES[args.command], force=args.force)
@@ -274,6 +275,11 @@ def _add_generate(sub) -> None:
     _common(p)
     p.add_argument("--controller", type=_existing_file, metavar="FILE",
                    help="controller file written by `ltv-control fit`")
+    p.add_argument("--control-vector", type=_existing_file, metavar="FILE",
+                   help="a llama.cpp / repeng control-vector GGUF, applied as a constant input "
+                        "(direction.N on block N's output, every position)")
+    p.add_argument("--scale", type=_float, default=1.0,
+                   help="strength of --control-vector (default: 1)")
     p.add_argument("--prompt", action="append", default=[], metavar="TEXT",
                    help="a prompt (repeatable)")
     p.add_argument("--prompts", type=_existing_file, metavar="FILE", help="prompts, one per line")
@@ -285,6 +291,40 @@ def _add_generate(sub) -> None:
     p.add_argument("--sample", action="store_true", help="seeded sampling instead of greedy")
     p.add_argument("--no-cache", action="store_true", help="generate with use_cache=False")
     p.set_defaults(handler=_cmd_generate)
+
+
+def _steerer_for_generate(args, model):
+    """The steerer ``generate`` attaches: a controller file, a control vector, or none."""
+    from ltv_control.adapters import Steerer, load_control_vector
+
+    if args.controller is not None:
+        return Steerer.load(args.controller, model=model)
+    if args.control_vector is not None:
+        return load_control_vector(args.control_vector, model=model, scale=args.scale)
+    return None
+
+
+def _add_export(sub) -> None:
+    from ltv_control.app.control_vectors import add_export_arguments
+
+    p = sub.add_parser("export", help="export a controller as a llama.cpp control vector (GGUF)",
+                       description="Write a controller as a llama.cpp control-vector GGUF. ActAdd "
+                                   "exports exactly; feedback laws export their mean closed-loop "
+                                   "input along steered calibration runs (an approximation: the "
+                                   "in-process comparison says how much of the effect it keeps).")
+    add_export_arguments(p)
+    _common(p)
+    _force_option(p)
+    p.set_defaults(handler=_cmd_export)
+
+
+def _cmd_export(args) -> int:
+    from ltv_control.app.control_vectors import export_command
+
+    model, tokenizer = _load(args)
+    payload, text = export_command(args, model, tokenizer)
+    _emit(args, payload, text)
+    return 0
 
 
 def _add_linearize(sub) -> None:
@@ -334,6 +374,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_eval(sub)
     _add_fit(sub)
     _add_generate(sub)
+    _add_export(sub)
     _add_linearize(sub)
     _add_bound(sub)
     return parser
@@ -569,14 +610,10 @@ def _cmd_generate(args) -> int:
     if not prompts:
         raise CLIError("generate: give at least one --prompt TEXT or --prompts FILE")
     prompts = check_prompts(prompts, "--prompt")
-    steerer = None
-    if args.controller is not None:
-        from ltv_control.adapters import Steerer
-
-        model, tokenizer = _load(args)
-        steerer = Steerer.load(args.controller, model=model)
-    else:
-        model, tokenizer = _load(args)
+    if args.controller is not None and args.control_vector is not None:
+        raise CLIError("generate: give --controller or --control-vector, not both")
+    model, tokenizer = _load(args)
+    steerer = _steerer_for_generate(args, model)
     steering = None
     if steerer is not None:
         options = {}
