@@ -619,7 +619,11 @@ def _cmd_generate(args) -> int:
         options = {}
         if args.positions is not None:
             options["positions"] = args.positions
-        accepted = getattr(type(steerer), "attach_options", ())
+        import inspect
+
+        # the class's options, or the keywords of its own attach (ConstrainedSteerer: lam)
+        accepted = set(getattr(type(steerer), "attach_options", ())) | set(
+            inspect.signature(steerer.attach).parameters)
         if args.lam is not None:
             if "lam" not in accepted:
                 raise CLIError(f"--lam does not apply to a {type(steerer).__name__}")
