@@ -292,3 +292,19 @@ def test_export_then_generate_with_the_control_vector(tiny_dirs, tmp_path, capsy
                             capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert result.returncode == 2 and result.stderr.startswith("error:")
     assert "--force" in result.stderr
+
+
+def test_model_option_takes_a_gguf_file_and_refuses_others(tmp_path):
+    """--model accepts a directory or a .gguf file; a truncated GGUF or another file is one
+    error line (exit 2), before any conversion."""
+    bad = tmp_path / "broken.gguf"
+    bad.write_bytes(b"GGUF\x03\x00\x00\x00")  # the magic and a version, then nothing
+    other = tmp_path / "weights.bin"
+    other.write_bytes(b"\x00" * 16)
+    for model, expected in ((bad, "broken.gguf"), (other, "not a .gguf file")):
+        result = subprocess.run([sys.executable, "-m", "ltv_control.app.cli", "generate",
+                                 "--model", str(model), "--prompt", "Hello", "--quiet"],
+                                capture_output=True, text=True, timeout=600, cwd=tmp_path)
+        assert result.returncode == 2, result.stderr
+        assert result.stderr.startswith("error:") and "Traceback" not in result.stderr
+        assert expected in result.stderr, result.stderr

@@ -98,11 +98,15 @@ def _existing_file(text: str) -> Path:
     return path
 
 
-def _existing_dir(text: str) -> Path:
+def _existing_model(text: str) -> Path:
+    """A transformers model directory or a ``.gguf`` file (checked again when it is loaded)."""
     path = Path(text).expanduser()
-    if not path.is_dir():
-        raise argparse.ArgumentTypeError(f"no such model directory: {text!r}")
-    return path
+    if path.is_dir() or (path.is_file() and path.suffix.lower() == ".gguf"):
+        return path
+    if path.is_file():
+        raise argparse.ArgumentTypeError(f"{text!r} is a file but not a .gguf file; give a "
+                                         "transformers model directory or a GGUF file")
+    raise argparse.ArgumentTypeError(f"no such model directory or GGUF file: {text!r}")
 
 
 # ---------------------------------------------------------------- parser
@@ -144,9 +148,9 @@ def _preflight(args) -> None:
 
 def _common(p: argparse.ArgumentParser, *, model: bool = True) -> None:
     if model:
-        p.add_argument("--model", type=_existing_dir, metavar="PATH",
-                       help="local transformers model directory (default: the embedded "
-                            "SmolLM2-135M-Instruct)")
+        p.add_argument("--model", type=_existing_model, metavar="PATH",
+                       help="local transformers model directory or .gguf file (converted once "
+                            "and cached; default: the embedded SmolLM2-135M-Instruct)")
         p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
         p.add_argument("--dtype", default="float32", choices=_DTYPES,
                        help="model dtype (default: float32)")
