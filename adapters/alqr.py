@@ -5,24 +5,65 @@ Details: the Notes of :class:`ALQRSteerer`.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 from ltv_control.adapters.setpoint import measure_setpoint
+from ltv_control._exceptions import ArgumentError
 from ltv_control._validation import public_api
 from ltv_control.adapters._checks import check_layer_indices, check_positions, check_prompts, check_scalar
 from ltv_control.adapters.laws import AffineLaw
+from ltv_control.adapters.relative_law import OneSidedLaw
+from ltv_control.adapters.scaling import FORMS
 from ltv_control.adapters.steerer import SteeringHandle, Steerer
 
-__all__ = ["ALQRSteerer"]
+__all__ = ["ALQRSteerer", "check_form"]
+
+_PAPER_TENSORS = ("w", "v", "e_norm", "beta_star")
+_PAPER_HYPER = ("q", "r", "qf", "lam")
+
+
+def check_form(form: Any) -> str:
+    """``form`` if it is one of :data:`~ltv_control.adapters.scaling.FORMS` (``"paper"``,
+    ``"relative"``).
+
+    Parameters
+    ----------
+    form : str
+
+    Returns
+    -------
+    str
+
+    Raises
+    ------
+    ArgumentError
+        Not one of the forms.
+    """
+    if not isinstance(form, str) or form not in FORMS:
+        raise ArgumentError(f"form: expected one of {FORMS}, found {form!r}")
+    return form
 
 
 class ALQRSteerer(Steerer):
     """A-LQR steerer: ``u_k = (β*_k - v_kᵀ z_k) w_k`` with ``w_k = K_k v_k``.
 
-    Build it with :meth:`fit` (or :meth:`load`).
+    Build it with :meth:`fit` (or :meth:`load`).  Two forms (``form``): ``"paper"`` (the
+    default, arXiv 2604.19018 as published) and ``"relative"`` (opt-in; see the Notes).
+
+    Parameters
+    ----------
+    tensors : mapping of str to array
+        ``w``, ``v`` (T, n), ``e_norm``, ``beta_star`` (T,), and for the relative form
+        ``beta_offset`` (T,) (absent: zeros).  A paper-form steerer may be given
+        ``beta_offset`` only as zeros.
+    hyperparameters : mapping, optional
+        ``q``, ``r``, ``qf``, ``lam`` and ``form`` (absent: ``"paper"``).
+    **kwargs
+        ``state_dim``/``hidden_size``, ``horizon``/``num_layers``, ``layers``, ``positions``,
+        ``layer_path``, ``model_id`` (see :class:`Steerer`).
 
     Attributes
     ----------
@@ -33,9 +74,15 @@ class ALQRSteerer(Steerer):
     e_norm : torch.Tensor, shape (T,), float32
         ``‖e_k‖`` (zero where no direction).
     beta_star : torch.Tensor, shape (T,), float32
-        Targets ``β*_k = lam·e_norm_k`` at the fitted ``lam``.
+        Targets ``β*_k = beta_offset_k + lam·e_norm_k`` at the fitted ``lam``.
+    beta_offset : torch.Tensor, shape (T,), float32
+        Target offsets: zeros for the paper form, ``v_kᵀ m_k`` for the relative form.
     q, r, qf, lam : float
         Fit hyper-parameters.
+    form : {"paper", "relative"}
+        The A-LQR form.  :attr:`hyperparameters` and a saved file list ``form`` (and the tensor
+        ``beta_offset``) only for the relative form, so a paper-form steerer and its file are
+        exactly as before the option existed; a file without ``form`` loads as ``"paper"``.
     layers : list of int or None
         Controlled layers (``None``: all with a direction).
     positions : {"last", "all"}
@@ -65,6 +112,23 @@ class ALQRSteerer(Steerer):
 
     A-LQR+ is the same steerer attached with ``positions="all"``.
 
+    Relative form (``form="relative"``, :func:`ltv_control.adapters.scaling.relative_form`;
+    why and measurements in ``docs/transfer.md``)
+
+    .. math::
+
+        v_k = \\frac{P_k e_k}{\\lVert P_k e_k \\rVert}, \\quad
+        w_k = \\frac{\\sigma_{k+1}}{\\sigma_k} \\tilde K_k v_k, \\quad
+        \\beta^*_k = v_k^\\top m_k + \\lambda \\lVert P_k e_k \\rVert, \\quad
+        u_k = \\max\\left(0,\\ \\beta^*_k - v_k^\\top z_k\\right) w_k ,
+
+    ``P_k`` zeroing the massive coordinates, ``K̃_k`` the LQR gains of the plant in per-layer
+    normalised coordinates ``z̃_k = z_k/σ_k`` (``Q = qI``, ``R = rI``, ``Q_f = q_f I`` there),
+    ``m_k`` the midpoint of the two class means, and the one-sided law
+    (:class:`~ltv_control.adapters.relative_law.OneSidedLaw`) that never pushes a prompt back
+    from beyond the target.  ``beta_offset_k = v_kᵀ m_k``; the paper form is
+    ``P_k = I``, ``σ_k = 1``, ``beta_offset = 0`` and the two-sided law.
+
     Restricting ``layers`` at fit time solves the LQR with ``B_k = I`` on the
     controlled layers and ``B_k = 0`` elsewhere, so the gains account for the
     layers that cannot act; restricting ``layers`` at attach time only masks the
@@ -72,10 +136,33 @@ class ALQRSteerer(Steerer):
     """
 
     kind = "alqr"
-    tensor_names = ("w", "v", "e_norm", "beta_star")
-    hyperparameter_names = ("q", "r", "qf", "lam")
+    tensor_names = _PAPER_TENSORS
+    hyperparameter_names = _PAPER_HYPER
     attach_options = ("lam",)
     default_positions = "last"
+
+    def __init__(self, tensors: Mapping[str, Any], *, hyperparameters: Mapping[str, Any] | None = None,
+                 **kwargs: Any) -> None:
+        import torch
+
+        hyper = dict(hyperparameters or {})
+        self.form = check_form(hyper.pop("form", "paper"))
+        tensors = dict(tensors)
+        if self.form == "relative":  # instance-level, like MultiConceptSteerer's
+            self.tensor_names = _PAPER_TENSORS + ("beta_offset",)
+            self.hyperparameter_names = _PAPER_HYPER + ("form",)
+            hyper["form"] = self.form
+            if "beta_offset" not in tensors and "beta_star" in tensors:  # no offset: zeros
+                tensors["beta_offset"] = np.zeros(np.shape(tensors["beta_star"])[:1])
+            offset = None
+        else:
+            offset = tensors.pop("beta_offset", None)
+        super().__init__(tensors, hyperparameters=hyper, **kwargs)
+        if self.form == "paper":
+            if offset is not None and bool((torch.as_tensor(offset).detach().cpu() != 0).any()):
+                raise ArgumentError("tensors: 'beta_offset' must be zero for form 'paper' "
+                                    "(β*_k = lam·e_norm_k); use form 'relative' for offsets")
+            self.beta_offset = torch.zeros_like(self.beta_star)
 
     @classmethod
     @public_api
@@ -96,6 +183,7 @@ class ALQRSteerer(Steerer):
         batch_size: int = 8,
         progress: bool = True,
         system: Any = None,
+        form: str = "paper",
     ) -> ALQRSteerer:
         """Fit an A-LQR steerer on ``plant`` from contrastive prompts.
 
@@ -123,6 +211,10 @@ class ALQRSteerer(Steerer):
             A linearization of this plant already computed (``A`` of shape ``(T, n, n)``,
             ``B = None``), e.g. by :meth:`LLMPlant.linearize` for another steerer; it is used
             instead of linearizing again and ``jacobian_prompts``/``max_tokens`` are ignored.
+        form : {"paper", "relative"}, default "paper"
+            ``"paper"``: arXiv 2604.19018 as published; ``"relative"``: normalised gains,
+            massive coordinates out of ``v_k``, midpoint-anchored target, one-sided law (see
+            :meth:`from_system` and the class Notes).
 
         Returns
         -------
@@ -131,7 +223,7 @@ class ALQRSteerer(Steerer):
         Raises
         ------
         ArgumentError
-            Unknown keyword, bad types or ``positions``.
+            Unknown keyword, bad types, ``positions`` or ``form``.
         DimensionError
             ``system`` does not match the plant (horizon, state size) or has an input matrix.
         PropertyError
@@ -140,6 +232,7 @@ class ALQRSteerer(Steerer):
         for value, name, kw in ((q, "q", "nonnegative"), (r, "r", "positive"), (qf, "qf", "nonnegative")):
             check_scalar(value, name, **{kw: True})  # fail before any forward pass
         positions = check_positions(positions)
+        form = check_form(form)
         check_layer_indices(layers, plant.horizon)
         setpoint = measure_setpoint(plant, desired, undesired, lam=lam, batch_size=batch_size)
         if system is None:
@@ -148,7 +241,8 @@ class ALQRSteerer(Steerer):
                                                                                   "jacobian_prompts")
             system = plant.linearize(prompts, max_tokens=max_tokens, batch_size=batch_size,
                                      progress=progress)
-        return cls.from_system(system, setpoint, q=q, r=r, qf=qf, layers=layers, positions=positions)
+        return cls.from_system(system, setpoint, q=q, r=r, qf=qf, layers=layers, positions=positions,
+                               form=form)
 
     @classmethod
     @public_api
@@ -162,6 +256,7 @@ class ALQRSteerer(Steerer):
         qf: float = 0.1,
         layers: Sequence[int] | None = None,
         positions: str = "last",
+        form: str = "paper",
     ) -> ALQRSteerer:
         """The A-LQR steerer of a linearized plant and a setpoint: ``w_k = K_k v_k``.
 
@@ -171,17 +266,34 @@ class ALQRSteerer(Steerer):
         recursion :func:`ltv_control.streaming.streamed_feedback` for a
         :class:`~ltv_control.adapters.StreamedSystem`, which never holds the ``(T, n, n)`` stack).
 
+        ``form="relative"`` computes instead (:func:`ltv_control.adapters.scaling.relative_form`)
+
+        .. math::
+
+            v_k = \\frac{P_k e_k}{\\lVert P_k e_k \\rVert}, \\quad
+            w_k = \\frac{\\sigma_{k+1}}{\\sigma_k} \\tilde K_k v_k, \\quad
+            \\beta^*_k = \\underbrace{v_k^\\top m_k}_{\\text{beta\\_offset}_k}
+                        + \\lambda \\lVert P_k e_k \\rVert ,
+
+        with ``K̃`` the gains of ``Ã_k = (σ_k/σ_{k+1}) A_k`` (same ``Q``, ``R``, ``Q_f`` on the
+        normalised states), ``σ_k`` the RMS state size, ``P_k`` zeroing the massive coordinates
+        and ``m_k`` the midpoint of the two class means (the setpoint's ``z_mid``, else its
+        ``z_mean``); ``w_k`` is zeroed off ``layers`` as for the paper form.
+
         Parameters
         ----------
         system : LTVSystem or StreamedSystem
             ``A (T, n, n)`` with ``B = None`` (from :meth:`LLMPlant.linearize`), or a stream of
             ``A_k`` in backward order.
         setpoint : Setpoint
-            From :meth:`LLMPlant.setpoint` (its ``lam`` becomes the fitted ``lam``).
+            From :meth:`LLMPlant.setpoint` (its ``lam`` becomes the fitted ``lam``); the
+            relative form also needs its ``act_norm`` and ``z_mid`` or ``z_mean``.
         q, r, qf : float, defaults 0.1, 1.0, 0.1
         layers : list of int or None, default None
             Controlled layers (``None``: every layer with a direction).
         positions : {"last", "all"}, default "last"
+        form : {"paper", "relative"}, default "paper"
+            The A-LQR form (see above).
 
         Returns
         -------
@@ -189,10 +301,13 @@ class ALQRSteerer(Steerer):
 
         Raises
         ------
+        ArgumentError
+            Unknown ``form`` or ``positions``.
         DimensionError
             ``system`` does not match the setpoint (horizon, state size) or has an input matrix.
         PropertyError
-            Non-finite or out-of-range weights.
+            Non-finite or out-of-range weights; a relative form from a setpoint without
+            ``act_norm``/``z_mean``.
         """
         from ltv_control.adapters.gains import feedback_gains
 
@@ -200,14 +315,26 @@ class ALQRSteerer(Steerer):
         r = check_scalar(r, "r", positive=True)
         qf = check_scalar(qf, "qf", nonnegative=True)
         positions = check_positions(positions)
+        form = check_form(form)
         layers = check_layer_indices(layers, setpoint.horizon)
-        w = feedback_gains(system, setpoint.v, q=q, r=r, qf=qf, layers=layers)
+        if form == "relative":
+            from ltv_control.adapters.scaling import relative_form
+
+            rel = relative_form(system, setpoint, q=q, r=r, qf=qf, layers=layers)
+            w = np.array(rel.w, dtype=np.float64)
+        else:
+            w = feedback_gains(system, setpoint.v, q=q, r=r, qf=qf, layers=layers)
         if layers is not None:
             off = np.ones(w.shape[0], dtype=bool)
             off[layers] = False
             w[off] = 0.0
-        tensors = {"w": w, "v": setpoint.v, "e_norm": setpoint.e_norm, "beta_star": setpoint.beta_star}
-        hyper = {"q": q, "r": r, "qf": qf, "lam": float(setpoint.lam)}
+        if form == "relative":
+            lam = float(setpoint.lam)
+            tensors = {"w": w, "v": rel.v, "e_norm": rel.e_norm, "beta_offset": rel.offsets,
+                       "beta_star": rel.offsets + lam * rel.e_norm}
+        else:
+            tensors = {"w": w, "v": setpoint.v, "e_norm": setpoint.e_norm, "beta_star": setpoint.beta_star}
+        hyper = {"q": q, "r": r, "qf": qf, "lam": float(setpoint.lam), "form": form}
         return cls.from_setpoint_tensors(setpoint, tensors, hyperparameters=hyper, layers=layers,
                                          positions=positions)
 
@@ -230,7 +357,8 @@ class ALQRSteerer(Steerer):
         positions : {"last", "all"} or None, default None
             ``None``: the fitted default (``"all"`` is A-LQR+).
         lam : float or None, default None
-            ``β*_k = lam·e_norm_k``; ``None``: the fitted ``lam``.
+            ``β*_k = beta_offset_k + lam·e_norm_k`` (``beta_offset = 0`` for the paper form);
+            ``None``: the fitted ``β*``.
         layers : list of int or None, default None
             Restrict control to these layers.
 
@@ -244,9 +372,20 @@ class ALQRSteerer(Steerer):
         return super().attach(model, positions=positions, layers=layers, lam=lam)
 
     def layer_laws(self, *, lam: float | None = None) -> dict:
-        """``u_k = (β_k − v_kᵀz) w_k`` (:class:`AffineLaw` with ``U = w_k``, ``V = v_k``,
-        ``b = β_k``; ``β = lam·e_norm``, the fitted ``β*`` when ``lam`` is None) on the layers
-        with a direction."""
-        beta = self.beta_star if lam is None else lam * self.e_norm
-        return {k: AffineLaw(U=self.w[k], V=self.v[k], b=beta[k])
+        """``u_k = (β_k − v_kᵀz) w_k`` (paper form, :class:`AffineLaw`) or
+        ``u_k = max(0, β_k − v_kᵀz) w_k`` (relative form, :class:`OneSidedLaw`), with
+        ``U = w_k``, ``V = v_k``, ``b = β_k``, on the layers with a direction.
+
+        Parameters
+        ----------
+        lam : float or None, default None
+            ``β = beta_offset + lam·e_norm``; ``None``: the fitted ``β*``.
+
+        Returns
+        -------
+        dict of int to AffineLaw
+        """
+        beta = self.beta_star if lam is None else self.beta_offset + lam * self.e_norm
+        law = OneSidedLaw if self.form == "relative" else AffineLaw
+        return {k: law(U=self.w[k], V=self.v[k], b=beta[k])
                 for k in range(self.horizon) if float(self.e_norm[k]) > 0.0}

@@ -90,6 +90,8 @@ class Field:
         ``|value| <= bound`` (real fields).
     many : bool
         A non-empty JSON list (at most :data:`MAX_LIST` items) of such values.
+    optional : bool
+        May be absent (a file written before the field existed); checked when present.
     """
 
     name: str
@@ -102,6 +104,7 @@ class Field:
     choices: tuple = ()
     high_cap: int | None = None
     many: bool = False
+    optional: bool = False
 
 
 _GAIN = 1e6      # coefficients, gains and setpoint scales: far beyond any useful value
@@ -110,7 +113,8 @@ _WEIGHT = 1e12   # LQR weights (only their ratios matter)
 #: each steerer kind's hyper-parameters, exactly as its ``fit`` checks them (see the classes)
 HYPERPARAMETER_SCHEMAS: dict[str, tuple[Field, ...]] = {
     "alqr": (Field("q", "real", low=0.0, bound=_WEIGHT), Field("r", "real", low=0.0, low_open=True, bound=_WEIGHT),
-             Field("qf", "real", low=0.0, bound=_WEIGHT), Field("lam", "real", bound=_GAIN)),
+             Field("qf", "real", low=0.0, bound=_WEIGHT), Field("lam", "real", bound=_GAIN),
+             Field("form", "choice", choices=("paper", "relative"), optional=True)),
     "actadd": (Field("coeff", "real", bound=_GAIN),),
     "pid": (Field("kp", "real", bound=_GAIN), Field("ki", "real", bound=_GAIN),
             Field("kd", "real", bound=_GAIN), Field("lam", "real", bound=_GAIN),
@@ -332,13 +336,13 @@ def check_hyperparameters(kind: str, hyper: Any, *, where: str, state_dim: int,
     if schema is None:
         return dict(hyper)
     names = [f.name for f in schema]
-    missing = [n for n in names if n not in hyper]
+    missing = [f.name for f in schema if f.name not in hyper and not f.optional]
     unknown = sorted(set(hyper) - set(names))
     if missing or unknown:
         raise _fail(where, f"inconsistent controller file: {kind} hyperparameters expected "
                            f"exactly {names}, missing {missing}, unknown {unknown}")
     out = {}
-    for field in schema:
+    for field in (f for f in schema if f.name in hyper):
         try:
             out[field.name] = check_field(field, hyper[field.name], state_dim=state_dim,
                                           horizon=horizon)

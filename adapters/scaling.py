@@ -55,9 +55,11 @@ __all__ = [
     "state_scales",
 ]
 
-FORMS = ("relative", "paper")
-"""A-LQR forms: ``"relative"`` (the default: normalised gains, midpoint-anchored setpoint) and
-``"paper"`` (arXiv 2604.19018 as published: ``Q = qI``, ``R = rI`` on raw states, ``β*_k = λ‖e_k‖``)."""
+FORMS = ("paper", "relative")
+"""A-LQR forms (``ALQRSteerer.fit(..., form=)``): ``"paper"`` (the default: arXiv 2604.19018 as
+published, ``Q = qI``, ``R = rI`` on raw states, ``β*_k = λ‖e_k‖``) and ``"relative"`` (opt-in:
+normalised gains, massive coordinates out of the direction, midpoint-anchored target, one-sided
+law)."""
 
 
 MASSIVE_THRESHOLD = 10.0

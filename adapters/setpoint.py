@@ -37,6 +37,9 @@ class Setpoint(NamedTuple):
     z_mean, act_norm : numpy.ndarray, shapes (T+1, n) and (T+1,), or None
         Mean state and median state norm over all measured prompts (the constrained steerer's
         linearization point and budget scale).
+    z_mid : numpy.ndarray, shape (T+1, n), or None
+        Midpoint of the class means ``m_k = ½(z̄_k^desired + z̄_k^undesired)`` (the relative
+        A-LQR form's neutral point, :func:`ltv_control.adapters.scaling.midpoint_offsets`).
     """
 
     v: Any
@@ -50,6 +53,7 @@ class Setpoint(NamedTuple):
     e_norm_all: Any = None
     z_mean: Any = None
     act_norm: Any = None
+    z_mid: Any = None
 
     @property
     def horizon(self) -> int:
@@ -95,4 +99,5 @@ def measure_setpoint(plant: Any, desired: Any, undesired: Any, *, lam: float = 1
     return Setpoint(v=lfs.v, e=lfs.e, e_norm=lfs.e_norm, beta_star=lfs.beta_star, lam=lam,
                     model_id=getattr(plant, "model_id", None), layer_path=getattr(plant, "layer_path", None),
                     v_all=np.asarray(lfs_all.v), e_norm_all=np.asarray(lfs_all.e_norm),
-                    z_mean=z_all.mean(axis=0), act_norm=np.median(np.linalg.norm(z_all, axis=2), axis=0))
+                    z_mean=z_all.mean(axis=0), act_norm=np.median(np.linalg.norm(z_all, axis=2), axis=0),
+                    z_mid=0.5 * (zd.mean(axis=0) + zu.mean(axis=0)))

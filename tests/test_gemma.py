@@ -174,6 +174,168 @@ def test_one_sided_law_pushes_only_towards_the_target():
     torch.testing.assert_close(target, u)
 
 
+# ----------------------------------------------------------------- ALQRSteerer(form="relative")
+
+
+def _synthetic_setpoint(seed: int = 3, T: int = 5, n: int = 6, lam: float = 1.5):
+    """A Setpoint measured from random class states (with act_norm and z_mid), and a plant."""
+    from ltv_control.adapters.setpoint import Setpoint
+    from ltv_control.setpoint import linear_feature_setpoint
+
+    rng = np.random.default_rng(seed)
+    scale = np.exp(rng.uniform(0.0, 4.0, T + 1))[None, :, None]
+    zd = scale * (rng.standard_normal((9, T + 1, n)) + 0.7)
+    zu = scale * rng.standard_normal((7, T + 1, n))
+    lfs = linear_feature_setpoint(zd[:, :T], zu[:, :T], lam=lam)
+    z_all = np.concatenate([zd, zu])
+    sp = Setpoint(v=lfs.v, e=lfs.e, e_norm=lfs.e_norm, beta_star=lfs.beta_star, lam=lam,
+                  model_id="tiny", layer_path="model.layers", z_mean=z_all.mean(0),
+                  act_norm=np.median(np.linalg.norm(z_all, axis=2), axis=0),
+                  z_mid=0.5 * (zd.mean(0) + zu.mean(0)))
+    A = np.eye(n) + 0.3 * rng.standard_normal((T, n, n))
+    return sp, lc.LTVSystem(A)
+
+
+def test_relative_steerer_holds_the_relative_form_and_the_paper_form_is_unchanged():
+    torch = pytest.importorskip("torch")
+    from ltv_control.adapters import ALQRSteerer
+    from ltv_control.adapters.laws import AffineLaw
+    from ltv_control.adapters.relative_law import OneSidedLaw
+    from ltv_control.adapters.scaling import relative_form
+
+    sp, system = _synthetic_setpoint()
+    st = ALQRSteerer.from_system(system, sp, q=0.2, r=0.5, qf=0.1, layers=[1, 3], form="relative")
+    ref = relative_form(system, sp, q=0.2, r=0.5, qf=0.1, layers=[1, 3])
+    w = ref.w.copy()
+    w[[0, 2, 4]] = 0.0
+    # the midpoint is the midpoint of the class means, not the overall mean (unequal sets)
+    assert not np.allclose(sp.z_mid, sp.z_mean)
+    np.testing.assert_allclose(ref.offsets, np.einsum("kn,kn->k", ref.v, sp.z_mid[:-1]), rtol=1e-12)
+    for name, expected in (("w", w), ("v", ref.v), ("e_norm", ref.e_norm), ("beta_offset", ref.offsets),
+                           ("beta_star", ref.offsets + 1.5 * ref.e_norm)):
+        np.testing.assert_allclose(getattr(st, name).double().numpy(), expected, rtol=1e-5,
+                                   atol=1e-6 * np.abs(expected).max(), err_msg=name)
+    assert st.form == "relative" and st.hyperparameters["form"] == "relative"
+    assert "beta_offset" in st.tensor_names
+    laws = st.layer_laws(lam=2.0)
+    assert all(type(law) is OneSidedLaw for law in laws.values())
+    for k, law in laws.items():
+        torch.testing.assert_close(law.b, st.beta_offset[k] + 2.0 * st.e_norm[k])
+    # the paper form: AffineLaw, zero offsets, hyper-parameters and tensors as before the option
+    paper = ALQRSteerer.from_system(system, sp, q=0.2, r=0.5, qf=0.1)
+    K, _ = lc.finite_horizon_lqr(system, 0.2, 0.5, Qf=0.1)
+    np.testing.assert_allclose(paper.w.numpy(), np.einsum("kij,kj->ki", np.asarray(K), sp.v),
+                               rtol=1e-5, atol=1e-6)
+    assert paper.form == "paper" and paper.hyperparameters == {"q": 0.2, "r": 0.5, "qf": 0.1, "lam": 1.5}
+    assert paper.tensor_names == ("w", "v", "e_norm", "beta_star") and torch.all(paper.beta_offset == 0)
+    laws = paper.layer_laws(lam=2.0)
+    assert all(type(law) is AffineLaw for law in laws.values())
+    for k, law in laws.items():
+        torch.testing.assert_close(law.b, 2.0 * paper.e_norm[k])
+
+
+def test_unknown_form_and_paper_offsets_are_refused():
+    pytest.importorskip("torch")
+    from ltv_control import ArgumentError
+    from ltv_control.adapters import ALQRSteerer
+
+    sp, system = _synthetic_setpoint()
+    for bad in ("Paper", "normalised", None, 1):
+        with pytest.raises(ArgumentError, match="form.*paper.*relative"):
+            ALQRSteerer.from_system(system, sp, form=bad)
+
+    class NoPlant:  # fit refuses the form before touching the plant
+        horizon = sp.horizon
+
+    with pytest.raises(ArgumentError, match="form"):
+        ALQRSteerer.fit(NoPlant(), ["good"], ["bad"], form="relativ")
+    T, n = sp.horizon, sp.state_dim
+    tensors = {"w": np.zeros((T, n)), "v": sp.v, "e_norm": sp.e_norm, "beta_star": sp.beta_star}
+    with pytest.raises(ArgumentError, match="form"):
+        ALQRSteerer(tensors, state_dim=n, horizon=T, hyperparameters={"form": "x"})
+    with pytest.raises(ArgumentError, match="beta_offset"):
+        ALQRSteerer({**tensors, "beta_offset": np.ones(T)}, state_dim=n, horizon=T)
+    st = ALQRSteerer({**tensors, "beta_offset": np.zeros(T)}, state_dim=n, horizon=T)
+    assert st.form == "paper"
+
+
+_DESIRED = ["i love this great movie .", "what a wonderful happy day .", "the food was good and nice ."]
+_UNDESIRED = ["i hate this awful movie .", "what a terrible sad day .", "the food was bad and cold ."]
+
+
+def test_relative_steerer_fits_attaches_generates_and_reloads_in_a_fresh_process(tmp_path):
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from _tiny_lm import tiny_llama
+    from ltv_control.adapters import ALQRSteerer, LLMPlant, Steerer
+
+    model, tok = tiny_llama(0, layers=3, hidden=32)
+    plant = LLMPlant(model, tok)
+    st = ALQRSteerer.fit(plant, _DESIRED, _UNDESIRED, lam=4.0, form="relative", progress=False)
+    zd = plant.last_token_states(_DESIRED).double().numpy()
+    zu = plant.last_token_states(_UNDESIRED).double().numpy()
+    sp = plant.setpoint(_DESIRED, _UNDESIRED)
+    np.testing.assert_allclose(sp.z_mid, 0.5 * (zd.mean(0) + zu.mean(0)), rtol=1e-6, atol=1e-6)
+    assert st.form == "relative" and float(st.e_norm.max()) > 0
+    np.testing.assert_allclose(st.beta_star.numpy(), (st.beta_offset + 4.0 * st.e_norm).numpy(), rtol=1e-5)
+    ids = tok(["the movie was", "what a day"], return_tensors="pt", padding=True)
+    with torch.no_grad():
+        plain = model.generate(**ids, max_new_tokens=6, do_sample=False, pad_token_id=tok.pad_token_id,
+                               output_scores=True, return_dict_in_generate=True)
+        hooks = sum(len(layer._forward_hooks) + len(layer._forward_pre_hooks) for layer in model.model.layers)
+        with st.attach(model):
+            steered = model.generate(**ids, max_new_tokens=6, do_sample=False,
+                                     pad_token_id=tok.pad_token_id, output_scores=True,
+                                     return_dict_in_generate=True)
+    assert steered.sequences.shape == plain.sequences.shape
+    assert not torch.allclose(steered.scores[0], plain.scores[0])  # the law acts (below the target)
+    assert sum(len(layer._forward_hooks) + len(layer._forward_pre_hooks)
+               for layer in model.model.layers) == hooks  # hooks removed
+    path = st.save(tmp_path / "relative.safetensors")
+    script = ("import json, sys\nfrom ltv_control.adapters import Steerer\ns = Steerer.load(sys.argv[1])\n"
+              "print(json.dumps({'kind': type(s).__name__, 'form': s.form, 'hyper': s.hyperparameters,"
+              " 'tensors': {n: getattr(s, n).tolist() for n in s.tensor_names}}))\n")
+    out = subprocess.run([sys.executable, "-c", script, str(path)], capture_output=True, text=True,
+                         timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert out.returncode == 0, out.stderr
+    back = json.loads(out.stdout.strip().splitlines()[-1])
+    assert back["kind"] == "ALQRSteerer" and back["form"] == "relative" and back["hyper"] == st.hyperparameters
+    assert set(back["tensors"]) == set(st.tensor_names) == {"w", "v", "e_norm", "beta_star", "beta_offset"}
+    for name, values in back["tensors"].items():
+        assert torch.equal(torch.tensor(values, dtype=torch.float32), getattr(st, name)), name
+    same = Steerer.load(path, model=model)  # in process too: the same laws
+    laws = same.layer_laws()
+    assert laws and all(type(law).__name__ == "OneSidedLaw" for law in laws.values())
+
+
+def test_paper_file_has_no_form_and_a_file_without_form_loads_as_paper(tmp_path):
+    torch = pytest.importorskip("torch")
+    import json
+    import struct
+
+    from ltv_control.adapters import ALQRSteerer, Steerer
+
+    sp, system = _synthetic_setpoint()
+    paper = ALQRSteerer.from_system(system, sp)
+    data = paper.save(tmp_path / "p.safetensors").read_bytes()
+    (hlen,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8: 8 + hlen])
+    assert set(header) - {"__metadata__"} == {"w", "v", "e_norm", "beta_star"}
+    assert "form" not in json.loads(header["__metadata__"]["hyperparameters"])
+    back = Steerer.load(tmp_path / "p.safetensors")
+    assert back.form == "paper" and torch.all(back.beta_offset == 0)
+    assert back.hyperparameters == paper.hyperparameters
+    relative = ALQRSteerer.from_system(system, sp, form="relative")
+    again = Steerer.load(relative.save(tmp_path / "r.safetensors"))
+    assert again.form == "relative" and torch.equal(again.beta_offset, relative.beta_offset)
+    assert float(relative.beta_offset.abs().max()) > 0
+
+
 # ----------------------------------------------------------------- GGUF files (fast: synthetic)
 
 
