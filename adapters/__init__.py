@@ -19,6 +19,9 @@ _LAZY_EXPORTS: dict[str, str] = {
     "Setpoint": "setpoint",
     "StreamedSystem": "gains",
     "tokenize_left_padded": "tokens",
+    "pad_token_id": "tokens",
+    "left_pad": "tokens",
+    "model_device": "tokens",
     "find_decoder_layers": "_blocks",
     "linearity_diagnostics": "diagnostics",
     "LinearityDiagnostics": "diagnostics",
@@ -35,6 +38,7 @@ _LAZY_EXPORTS: dict[str, str] = {
     "ActAddSteerer": "actadd",
     "PIDSteerer": "pid",
     "ConstrainedSteerer": "constrained_steerer",
+    "MultiConceptSteerer": "multi_concept",
     "save_controller_file": "controller_file",
     "load_controller_file": "controller_file",
     # llama.cpp control vectors (export / import)

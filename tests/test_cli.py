@@ -308,3 +308,24 @@ def test_model_option_takes_a_gguf_file_and_refuses_others(tmp_path):
         assert result.returncode == 2, result.stderr
         assert result.stderr.startswith("error:") and "Traceback" not in result.stderr
         assert expected in result.stderr, result.stderr
+
+
+def test_fit_relative_form_is_stored_and_demo_settings_take_it(tiny_dirs, tmp_path, capsys):
+    from ltv_control.adapters import Steerer
+    from ltv_control.app.settings import ExperimentSettings
+
+    a, data = str(tiny_dirs["a"]), tiny_dirs["data"]
+    ctrl = tmp_path / "relative.safetensors"
+    assert main(["fit", "--method", "alqr", "--form", "relative", "--model", a,
+                 "--desired", str(data / "d.txt"), "--undesired", str(data / "u.txt"),
+                 "--jacobian-prompts", str(data / "j.txt"), "--n-jacobian", "1",
+                 "--max-tokens", "6", "--out", str(ctrl), "--quiet", "--json"]) == 0
+    capsys.readouterr()
+    assert Steerer.load(ctrl).form == "relative"
+    args = build_parser().parse_args(["demo", "--alqr-form", "relative"])
+    from ltv_control.app.cli import demo_settings
+
+    assert demo_settings(args).alqr_form == "relative"
+    assert ExperimentSettings().alqr_form == "paper"
+    with pytest.raises(Exception, match="alqr_form"):
+        ExperimentSettings(alqr_form="Paper")

@@ -17,7 +17,7 @@ pytest.importorskip("transformers")
 from ltv_control import ArgumentError, ControllerFileError, DimensionError  # noqa: E402
 from ltv_control.adapters import ALQRSteerer, LLMPlant  # noqa: E402
 from ltv_control.adapters.multi_concept import MultiConceptSteerer  # noqa: E402
-from ltv_control.adapters.steering_base import Steerer  # noqa: E402
+from ltv_control.adapters import Steerer  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _tiny_lm import tiny_llama  # noqa: E402

@@ -185,6 +185,9 @@ def _eval_options(p: argparse.ArgumentParser, *, quick: bool) -> None:
     p.add_argument("--q", type=_nonneg_float, help="A-LQR state weight q")
     p.add_argument("--r", type=_pos_float, help="A-LQR input weight r")
     p.add_argument("--qf", type=_nonneg_float, help="A-LQR terminal weight qf")
+    p.add_argument("--alqr-form", choices=("paper", "relative"),
+                   help="A-LQR form: the paper's (default) or the relative, normalised-coordinate "
+                        "form (docs/transfer.md)")
     p.add_argument("--coeff", type=_float, help="ActAdd coefficient")
     p.add_argument("--actadd-layers", type=_int_list, help="ActAdd layers, e.g. 10")
     p.add_argument("--sweep-alqr", type=_float_list,
@@ -263,6 +266,9 @@ def _add_fit(sub) -> None:
     p.add_argument("--q", type=_nonneg_float, default=0.1, help="state weight (default: 0.1)")
     p.add_argument("--r", type=_pos_float, default=1.0, help="input weight (default: 1.0)")
     p.add_argument("--qf", type=_nonneg_float, default=0.1, help="terminal weight (default: 0.1)")
+    p.add_argument("--form", choices=("paper", "relative"), default="paper",
+                   help="A-LQR form (default: paper; relative: normalised coordinates, "
+                        "docs/transfer.md)")
     p.add_argument("--lam", type=_float, default=1.0, help="setpoint scale λ (default: 1.0)")
     p.add_argument("--coeff", type=_float, default=4.0, help="ActAdd coefficient (default: 4)")
     p.add_argument("--layers", type=_int_list,
@@ -456,7 +462,7 @@ def demo_settings(args, *, quick: bool = False, task=None):
         updates["methods"] = names
     for option, field in (("n_eval", "n_eval"), ("n_fit", "n_fit"), ("n_jacobian", "n_jacobian"),
                           ("lam", "lam"), ("q", "q"), ("r", "r"), ("qf", "qf"),
-                          ("coeff", "actadd_coeff")):
+                          ("coeff", "actadd_coeff"), ("alqr_form", "alqr_form")):
         if getattr(args, option) is not None:
             updates[field] = getattr(args, option)
     if args.actadd_layers is not None:
@@ -576,7 +582,7 @@ def _fit_steerer(args, plant, desired: list[str], undesired: list[str], jac: lis
     if args.method == "alqr":
         return cls.fit(plant, desired, undesired, **weights, jacobian_prompts=jac,
                        layers=args.layers, max_tokens=args.max_tokens,
-                       progress=not args.quiet, **common)
+                       progress=not args.quiet, form=args.form, **common)
     if args.method == "actadd":
         return cls.fit(plant, desired, undesired, layers=args.layers or [plant.horizon // 3],
                        coeff=args.coeff, **common)

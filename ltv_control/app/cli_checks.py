@@ -27,7 +27,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from ltv_control._exceptions import ArgumentError, ControlError, DimensionError, PropertyError
+from ltv_control import ArgumentError, ControlError, DimensionError, PropertyError
 
 __all__ = ["MAX_TEXT_BYTES", "read_text_file", "check_out_file", "check_out_dir",
            "check_device", "check_prompts", "max_positions", "check_prompt_lengths",

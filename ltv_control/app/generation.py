@@ -166,7 +166,7 @@ def generate_continuations(model, tokenizer, prompts: Sequence[str], *,
     import torch
 
     from ltv_control.adapters import tokenize_left_padded
-    from ltv_control.adapters.tokens import model_device, pad_token_id
+    from ltv_control.adapters import model_device, pad_token_id
 
     _check_prompts(prompts)
     decoding = decoding or Decoding()

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ltv_control._exceptions import ArgumentError, DimensionError, PropertyError
+from ltv_control import ArgumentError, DimensionError, PropertyError
 
 __all__ = [
     "EmbeddingJudge",

@@ -115,7 +115,7 @@ def _fit_alqr(fitted: FittedMethods, settings: ExperimentSettings) -> Any:
     from ltv_control.adapters import ALQRSteerer
 
     return ALQRSteerer.from_system(fitted.system, fitted.setpoint, q=settings.q, r=settings.r,
-                                   qf=settings.qf, positions="last")
+                                   qf=settings.qf, positions="last", form=settings.alqr_form)
 
 
 def _fit_actadd(fitted: FittedMethods, settings: ExperimentSettings) -> Any:
@@ -139,7 +139,7 @@ def _fit_constrained(fitted: FittedMethods, settings: ExperimentSettings) -> Any
 
 
 def _fit_multi(fitted: FittedMethods, settings: ExperimentSettings) -> Any:
-    from ltv_control.adapters.multi_concept import MultiConceptSteerer
+    from ltv_control.adapters import MultiConceptSteerer
 
     return MultiConceptSteerer.from_system(fitted.system, fitted.concept_setpoints, q=settings.q,
                                            r=settings.r, qf=settings.qf, positions="last")

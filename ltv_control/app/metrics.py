@@ -190,7 +190,7 @@ def _continuation_nll(model, tokenizer, chunk) -> tuple[np.ndarray, np.ndarray]:
     continuation tokens, and their count, in one left-padded forward pass."""
     import torch
 
-    from ltv_control.adapters.tokens import left_pad, model_device, pad_token_id
+    from ltv_control.adapters import left_pad, model_device, pad_token_id
 
     batch = left_pad([p + c for _, p, c in chunk], pad_token_id(tokenizer),
                      device=model_device(model))

@@ -37,6 +37,9 @@ class ExperimentSettings:
         Shared decoding rule (greedy by default).
     q, r, qf, lam : float
         A-LQR weights (state, input, terminal) and setpoint scale β*_k = lam·‖e_k‖.
+    alqr_form : {"paper", "relative"}
+        A-LQR form of ``alqr`` / ``alqr_plus`` (``ALQRSteerer.from_system(form=)``): the
+        paper's (default) or the normalised-coordinate relative form (docs/transfer.md).
     max_jacobian_tokens : int
         Jacobian prompts are cut to this many tokens.
     actadd_layers : tuple of int or None
@@ -61,6 +64,7 @@ class ExperimentSettings:
     r: float = 1.0
     qf: float = 0.1
     lam: float = 1.0
+    alqr_form: str = "paper"
     max_jacobian_tokens: int = 12
     actadd_layers: tuple[int, ...] | None = None
     actadd_coeff: float = 4.0
@@ -85,6 +89,8 @@ class ExperimentSettings:
         for name in ("q", "qf"):
             if not (isinstance(getattr(self, name), (int, float)) and getattr(self, name) >= 0):
                 raise PropertyError(f"{name} must be a float >= 0, found {getattr(self, name)!r}")
+        if self.alqr_form not in ("paper", "relative"):
+            raise PropertyError(f"alqr_form must be 'paper' or 'relative', found {self.alqr_form!r}")
         if not (isinstance(self.r, (int, float)) and self.r > 0):
             raise PropertyError(f"r must be a float > 0, found {self.r!r}")
         for key, grid in self.sweep.items():

@@ -30,7 +30,7 @@ from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
 
-from ltv_control._exceptions import ArgumentError, DimensionError, PropertyError
+from ltv_control import ArgumentError, DimensionError, PropertyError
 
 __all__ = [
     "JUDGE_EVERY",
