@@ -76,6 +76,7 @@ class ActAddSteerer(Steerer):
         if layers is _REQUIRED or layers is None:
             raise ArgumentError("ActAddSteerer.fit: layers is required (a list of layer indices)")
         coeff = check_scalar(coeff, "coeff")
+        cls.check_hyperparameters(horizon=plant.horizon, state_dim=plant.state_dim, coeff=coeff)
         positions = check_positions(positions)
         layers = check_layer_indices(layers, plant.horizon)
         setpoint = measure_setpoint(plant, desired, undesired, lam=1.0, batch_size=batch_size)

@@ -198,6 +198,8 @@ class ConstrainedSteerer(Steerer):
                        on_infeasible=on_infeasible, layers=layers, positions=positions)
         cls._check_options(plant.horizon, plant.state_dim, **options)  # fail before any forward pass
         check_scalar(lam, "lam")
+        cls.check_hyperparameters(horizon=plant.horizon, state_dim=plant.state_dim, rank=rank,
+                                  budget=budget, q=q, r=r, qf=qf, lam=lam)
         setpoint = measure_setpoint(plant, desired, undesired, lam=lam, batch_size=batch_size)
         if system is None:
             desired = check_prompts(desired, "desired")

@@ -101,6 +101,7 @@ class PIDSteerer(Steerer):
         batch_size : int, default 8
         """
         hyper = _check_gains(kp, ki, kd, reset_every)
+        cls.check_hyperparameters(horizon=plant.horizon, state_dim=plant.state_dim, lam=lam, **hyper)
         positions = check_positions(positions)
         check_layer_indices(layers, plant.horizon)
         setpoint = measure_setpoint(plant, desired, undesired, lam=lam, batch_size=batch_size)

@@ -150,6 +150,36 @@ class Steerer:
                 f"positions={self.positions!r}, layers={self.layers}, {hyper})")
 
     @classmethod
+    def check_hyperparameters(cls, *, horizon: int, state_dim: int, **values: Any) -> None:
+        """Refuse hyper-parameters a controller file of this kind could not hold.
+
+        Called by every ``fit`` before its first forward pass, with the same limits as
+        :data:`~ltv_control.adapters.controller_schema.HYPERPARAMETER_SCHEMAS` applies at load
+        (e.g. ``|coeff| <= 1e6``), so a fit never runs for minutes and then fails at ``save``.
+
+        Parameters
+        ----------
+        horizon, state_dim : int
+            ``T`` and ``n`` of the plant (ranges such as ``rank <= n`` depend on them).
+        **values
+            Hyper-parameters by name; names the schema does not list are not checked here.
+
+        Raises
+        ------
+        PropertyError
+            Naming the hyper-parameter, what was expected and what was found.
+        """
+        from ltv_control.adapters.controller_schema import HYPERPARAMETER_SCHEMAS, check_field
+
+        fields = {field.name: field for field in HYPERPARAMETER_SCHEMAS.get(cls.kind, ())}
+        for name, value in values.items():
+            if name in fields:
+                try:
+                    check_field(fields[name], value, state_dim=state_dim, horizon=horizon)
+                except ValueError as exc:
+                    raise PropertyError(f"{cls.__name__}.fit: {exc}") from None
+
+    @classmethod
     def from_setpoint_tensors(cls, setpoint: Any, tensors: Mapping[str, Any], *,
                               hyperparameters: Mapping[str, Any], layers: list[int] | None,
                               positions: str) -> Steerer:

@@ -392,3 +392,22 @@ def test_save_refuses_what_load_would_refuse(tmp_path):
     with pytest.raises(PropertyError, match="coeff"):
         steerer.save(path)
     assert not path.exists()
+
+
+@pytest.mark.parametrize("kind, bad", [("actadd", {"coeff": 1e7}), ("alqr", {"lam": 1e7}),
+                                       ("pid", {"kp": 1e7}), ("alqr", {"r": 1e13})])
+def test_fit_refuses_what_a_file_could_not_hold_before_any_forward_pass(kind, bad):
+    """fit checks the controller-file limits first: no forward pass, then a late save error."""
+    from ltv_control import PropertyError
+    from ltv_control.adapters import ActAddSteerer, ALQRSteerer, PIDSteerer
+
+    class NoForwardPlant:
+        horizon, state_dim = T, N
+
+        def __getattr__(self, name):
+            raise AssertionError(f"fit touched the plant ({name}) before checking {bad}")
+
+    cls = {"actadd": ActAddSteerer, "alqr": ALQRSteerer, "pid": PIDSteerer}[kind]
+    extra = {"layers": [1]} if kind == "actadd" else {}
+    with pytest.raises(PropertyError, match=next(iter(bad))):
+        cls.fit(NoForwardPlant(), ["a b c"] * 2, ["d e f"] * 2, **extra, **bad)
