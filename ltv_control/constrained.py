@@ -250,6 +250,35 @@ def _require_cvxpy():
 
 
 # --------------------------------------------------------------------------- main class
+def _refuse_problem_grads(system: Any, Q: Any, R: Any, Qf: Any, u_norm_max: Any, u_box: Any,
+                          x_box: Any, feature_constraints: Any) -> None:
+    """Problem data that require grad are refused: gradients flow only to ``x0`` and ``x_ref``."""
+    _refuse_grad(**{"system.A": system.A, "system.B": system.B, "system.c": system.c},
+                 Q=Q, R=R, Qf=Qf, u_norm_max=u_norm_max)
+    for name, pair in (("u_box", u_box), ("x_box", x_box)):
+        if isinstance(pair, (tuple, list)):
+            _refuse_grad(**{f"{name}[{i}]": v for i, v in enumerate(pair)})
+    for j, item in enumerate(feature_constraints or []):
+        if isinstance(item, (tuple, list)):
+            _refuse_grad(**{f"feature_constraints[{j}][{i}]": v for i, v in enumerate(item)})
+
+
+def _admm_settings(admm_options: dict | None) -> ADMMSettings:
+    """:class:`ADMMSettings` with the user's options (unknown names and bad values refused)."""
+    settings = ADMMSettings()
+    if admm_options is None:
+        return settings
+    if not isinstance(admm_options, dict):
+        raise ArgumentError(f"admm_options: expected a dict, found {type(admm_options).__name__}")
+    unknown = sorted(set(admm_options) - set(vars(settings)))
+    if unknown:
+        raise ArgumentError(f"admm_options: unknown option(s) {unknown}; accepted: "
+                            f"{sorted(vars(settings))}")
+    for key, value in admm_options.items():
+        setattr(settings, key, value)
+    return settings
+
+
 class ConstrainedLQR:
     r"""One finite-horizon QP over the whole horizon, compiled once, re-solved per ``x_0``.
 
@@ -335,14 +364,30 @@ class ConstrainedLQR:
                  method: str = "cvxpy", solver_options: dict | None = None,
                  admm_options: dict | None = None) -> None:
         system = require_system(system)
-        _refuse_grad(**{"system.A": system.A, "system.B": system.B, "system.c": system.c},
-                     Q=Q, R=R, Qf=Qf, u_norm_max=u_norm_max)
-        for name, pair in (("u_box", u_box), ("x_box", x_box)):
-            if isinstance(pair, (tuple, list)):
-                _refuse_grad(**{f"{name}[{i}]": v for i, v in enumerate(pair)})
-        for j, item in enumerate(feature_constraints or []):
-            if isinstance(item, (tuple, list)):
-                _refuse_grad(**{f"feature_constraints[{j}][{i}]": v for i, v in enumerate(item)})
+        _refuse_problem_grads(system, Q, R, Qf, u_norm_max, u_box, x_box, feature_constraints)
+        self._set_dynamics(system)
+        T, n, m = self.horizon, self.n_states, self.n_inputs
+        self._set_weights(Q, R, Qf)
+        self.u_norm_max = self._validate_budget(u_norm_max, T)
+        self.u_box = None if u_box is None else _bound_pair(u_box, "u_box", T, m)
+        self.x_box = None if x_box is None else _bound_pair(x_box, "x_box", T, n)
+        self.features = self._validate_features(feature_constraints, T, n)
+        self._set_solver(method, solver, solver_options)
+        self.admm_settings = _admm_settings(admm_options)
+        self.stats = {"solves": 0, "compiles": 0, "admm_iterations": 0,
+                      "admm_refactorizations": 0, "fallbacks": 0}
+        self._cvx = None
+        self._admm = None
+        self._qp = None
+        self.last_active: list = []
+        if method == "cvxpy":
+            self._cvx = self._build_cvxpy()
+        else:
+            self._admm = self._build_admm()
+
+    # ------------------------------------------------------------------ construction steps
+    def _set_dynamics(self, system: Any) -> None:
+        """``A, B, c`` as float64 numpy stacks (``B = I`` spelled out), and ``T, n, m``."""
         if tuple(system.batch_shape) != ():
             raise DimensionError(
                 f"system: expected an unbatched system (batch_shape ()), found batch_shape "
@@ -354,11 +399,13 @@ class ConstrainedLQR:
         self.identity_input = system.B is None
         B = np.broadcast_to(np.eye(n), (T, n, n)).copy() if system.B is None else \
             np.asarray(system.B, dtype=np.float64)
-        m = B.shape[2]
         c = None if system.c is None else np.asarray(system.c, dtype=np.float64)
         self.A, self.B, self.c = A, B, c
-        self.horizon, self.n_states, self.n_inputs = T, n, m
+        self.horizon, self.n_states, self.n_inputs = T, n, B.shape[2]
 
+    def _set_weights(self, Q: Any, R: Any, Qf: Any) -> None:
+        """Per-step ``Q``, ``R`` and the terminal ``Qf`` (default ``Q_{T-1}``), validated."""
+        T, n, m = self.horizon, self.n_states, self.n_inputs
         Qw = as_weight(Q, "Q", rows=n, horizon=T, backend=numpy_backend, dtype=_F64,
                        definiteness="psd")
         Rw = as_weight(R, "R", rows=m, horizon=T, backend=numpy_backend, dtype=_F64,
@@ -370,18 +417,15 @@ class ConstrainedLQR:
         self.R = _stage_weights(Rw, T)
         if Qf is None:
             self.Qf = self.Q[T - 1].copy()
-        else:
-            Qf_arr = np.asarray(as_terminal_weight(Qf, "Qf", n=n, backend=numpy_backend,
-                                                   dtype=_F64), dtype=np.float64)
-            if Qf_arr.shape != (n, n):
-                raise DimensionError(f"Qf: expected ({n}, {n}), found {format_shape(Qf_arr.shape)}")
-            self.Qf = Qf_arr
+            return
+        Qf_arr = np.asarray(as_terminal_weight(Qf, "Qf", n=n, backend=numpy_backend,
+                                               dtype=_F64), dtype=np.float64)
+        if Qf_arr.shape != (n, n):
+            raise DimensionError(f"Qf: expected ({n}, {n}), found {format_shape(Qf_arr.shape)}")
+        self.Qf = Qf_arr
 
-        self.u_norm_max = self._validate_budget(u_norm_max, T)
-        self.u_box = None if u_box is None else _bound_pair(u_box, "u_box", T, m)
-        self.x_box = None if x_box is None else _bound_pair(x_box, "x_box", T, n)
-        self.features = self._validate_features(feature_constraints, T, n)
-
+    def _set_solver(self, method: str, solver: str | None, solver_options: dict | None) -> None:
+        """``method``, the cvxpy solver (installed) and its options (unknown ones refused)."""
         if method not in ("cvxpy", "admm"):
             raise ArgumentError(f"method: expected 'cvxpy' or 'admm', found {method!r}")
         self.method = method
@@ -395,33 +439,11 @@ class ConstrainedLQR:
         defaults = dict(_CLARABEL_TOLERANCES) if self.solver == "CLARABEL" else {}
         self._user_solver_options = dict(solver_options or {})
         self.solver_options = {**defaults, **self._user_solver_options}
-        settings = ADMMSettings()
-        if admm_options is not None:
-            if not isinstance(admm_options, dict):
-                raise ArgumentError(f"admm_options: expected a dict, found {type(admm_options).__name__}")
-            unknown = sorted(set(admm_options) - set(vars(settings)))
-            if unknown:
-                raise ArgumentError(f"admm_options: unknown option(s) {unknown}; accepted: "
-                                    f"{sorted(vars(settings))}")
-            for key, value in admm_options.items():
-                setattr(settings, key, value)
-        self.admm_settings = settings
-        self.stats = {"solves": 0, "compiles": 0, "admm_iterations": 0,
-                      "admm_refactorizations": 0, "fallbacks": 0}
-
-        self._cvx = None
-        self._admm = None
-        self._qp = None
-        self.last_active: list = []
         if method == "cvxpy" or solver is not None:
             cp = _require_cvxpy()
             if self.solver not in cp.installed_solvers():
                 raise ArgumentError(f"solver: {self.solver!r} is not installed; installed: "
                                     f"{', '.join(cp.installed_solvers())}")
-        if method == "cvxpy":
-            self._cvx = self._build_cvxpy()
-        else:
-            self._admm = self._build_admm()
 
     # ------------------------------------------------------------------ validation
     def _check_solver_options(self, options: dict | None) -> None:
