@@ -279,6 +279,20 @@ def _admm_settings(admm_options: dict | None) -> ADMMSettings:
     return settings
 
 
+def _box_constraints(box: Any, z: Any, slack: Any) -> list:
+    """``lo <= z <= hi`` on the finite entries of the bounds, relaxed by ``slack`` when given."""
+    if box is None:
+        return []
+    lo, hi = box
+    fin_lo, fin_hi = np.isfinite(lo), np.isfinite(hi)
+    cons = []
+    if fin_lo.any():
+        cons.append(z[fin_lo] + (0 if slack is None else slack[fin_lo]) >= lo[fin_lo])
+    if fin_hi.any():
+        cons.append(z[fin_hi] - (0 if slack is None else slack[fin_hi]) <= hi[fin_hi])
+    return cons
+
+
 class ConstrainedLQR:
     r"""One finite-horizon QP over the whole horizon, compiled once, re-solved per ``x_0``.
 
@@ -548,68 +562,69 @@ class ConstrainedLQR:
         # The reference enters only through F_k r_k (one entry per row of the cost factor
         # F_k, F_kᵀF_k = Q_k): a rank-one feature weight costs one parameter per step, not n.
         factors = self._cost_factors()
-        total = sum(F.shape[0] for F in factors)
-        xref = cp.Parameter(max(total, 1), name="weighted_x_ref")
-        cons = [x[0] == x0]
-        for k in range(T):
-            drift = 0 if self.c is None else self.c[k]
-            Bu = u[k] if self.identity_input else self.B[k] @ u[k]
-            cons.append(x[k + 1] == self.A[k] @ x[k] + Bu + drift)
-        slack_terms = []
-        slacks = {}
-        if self.u_norm_max is not None and drop != "u_norm_max":
-            for k in range(T):
-                if np.isfinite(self.u_norm_max[k]):
-                    cons.append(cp.norm(u[k], 2) <= self.u_norm_max[k])
-        if self.u_box is not None and drop != "u_box":
-            lo, hi = self.u_box
-            fin_lo, fin_hi = np.isfinite(lo), np.isfinite(hi)
-            if fin_lo.any():
-                cons.append(u[fin_lo] >= lo[fin_lo])
-            if fin_hi.any():
-                cons.append(u[fin_hi] <= hi[fin_hi])
+        xref = cp.Parameter(max(sum(F.shape[0] for F in factors), 1), name="weighted_x_ref")
+        cons = [x[0] == x0] + self._dynamics_constraints(x, u)
+        slacks: dict = {}
+        if drop != "u_norm_max":
+            cons += self._budget_constraints(cp, u)
+        if drop != "u_box":
+            cons += _box_constraints(self.u_box, u, None)
         if self.x_box is not None and drop != "x_box":
-            lo, hi = self.x_box
-            fin_lo, fin_hi = np.isfinite(lo), np.isfinite(hi)
-            xs = x[1:]
-            if elastic:
-                s = cp.Variable((T, n), nonneg=True, name="x_box_slack")
+            s = cp.Variable((T, n), nonneg=True, name="x_box_slack") if elastic else None
+            if s is not None:
                 slacks["x_box"] = s
-                slack_terms.append(cp.sum(s))
-            else:
-                s = 0
-            if fin_lo.any():
-                cons.append(xs[fin_lo] + (s[fin_lo] if elastic else 0) >= lo[fin_lo])
-            if fin_hi.any():
-                cons.append(xs[fin_hi] - (s[fin_hi] if elastic else 0) <= hi[fin_hi])
+            cons += _box_constraints(self.x_box, x[1:], s)
         if self.features and drop != "feature_constraints":
-            if elastic:
-                s = cp.Variable(len(self.features), nonneg=True, name="feature_slack")
+            s = cp.Variable(len(self.features), nonneg=True, name="feature_slack") if elastic else None
+            if s is not None:
                 slacks["feature_constraints"] = s
-                slack_terms.append(cp.sum(s))
-            for j, (k, a, b) in enumerate(self.features):
-                scale = float(np.linalg.norm(a))
-                lhs = (a / scale) @ x[k] + (s[j] if elastic else 0)
-                cons.append(lhs >= b / scale)
-        if objective == "cost":
-            terms = []
-            offset = 0
-            for k, F in enumerate(factors):
-                rows = F.shape[0]
-                if rows:
-                    terms.append(cp.sum_squares(F @ x[k] - xref[offset:offset + rows]))
-                offset += rows
-                if k < T:
-                    terms.append(cp.sum_squares(_psd_factor(self.R[k]) @ u[k]))
-            obj = cp.Minimize(cp.sum(terms))
-        elif objective == "slack":
-            obj = cp.Minimize(cp.sum(slack_terms) if slack_terms else 0)
-        else:
-            obj = cp.Minimize(0)
-        problem = cp.Problem(obj, cons)
+            cons += self._feature_constraint_list(x, s)
+        problem = cp.Problem(self._objective(cp, objective, x, u, xref, factors, slacks), cons)
         if objective == "cost" and not problem.is_dpp():  # pragma: no cover - guarded by design
             raise RuntimeError("internal error: the constrained LQR problem is not DPP")
         return {"problem": problem, "x": x, "u": u, "x0": x0, "xref": xref, "slacks": slacks}
+
+    def _dynamics_constraints(self, x: Any, u: Any) -> list:
+        """``x_{k+1} = A_k x_k + B_k u_k + c_k`` for every step."""
+        cons = []
+        for k in range(self.horizon):
+            drift = 0 if self.c is None else self.c[k]
+            Bu = u[k] if self.identity_input else self.B[k] @ u[k]
+            cons.append(x[k + 1] == self.A[k] @ x[k] + Bu + drift)
+        return cons
+
+    def _budget_constraints(self, cp: Any, u: Any) -> list:
+        """``‖u_k‖₂ <= u_norm_max_k`` where the budget is finite."""
+        if self.u_norm_max is None:
+            return []
+        return [cp.norm(u[k], 2) <= self.u_norm_max[k] for k in range(self.horizon)
+                if np.isfinite(self.u_norm_max[k])]
+
+    def _feature_constraint_list(self, x: Any, slack: Any) -> list:
+        """``aᵀx_k >= b`` (scaled by ``‖a‖``), relaxed by ``slack`` when given."""
+        cons = []
+        for j, (k, a, b) in enumerate(self.features):
+            scale = float(np.linalg.norm(a))
+            lhs = (a / scale) @ x[k] + (0 if slack is None else slack[j])
+            cons.append(lhs >= b / scale)
+        return cons
+
+    def _objective(self, cp: Any, objective: str, x: Any, u: Any, xref: Any, factors: list,
+                   slacks: dict) -> Any:
+        """The tracking cost (``"cost"``), the total slack (``"slack"``) or zero."""
+        if objective == "slack":
+            return cp.Minimize(cp.sum([cp.sum(s) for s in slacks.values()]) if slacks else 0)
+        if objective != "cost":
+            return cp.Minimize(0)
+        terms, offset = [], 0
+        for k, F in enumerate(factors):
+            rows = F.shape[0]
+            if rows:
+                terms.append(cp.sum_squares(F @ x[k] - xref[offset:offset + rows]))
+            offset += rows
+            if k < self.horizon:
+                terms.append(cp.sum_squares(_psd_factor(self.R[k]) @ u[k]))
+        return cp.Minimize(cp.sum(terms))
 
     def _cost_factors(self) -> list:
         """``F_k`` with ``F_kᵀF_k = Q_k`` (k < T) and ``Q_f`` (k = T), computed once."""
