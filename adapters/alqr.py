@@ -231,10 +231,10 @@ class ALQRSteerer(Steerer):
         """
         for value, name, kw in ((q, "q", "nonnegative"), (r, "r", "positive"), (qf, "qf", "nonnegative")):
             check_scalar(value, name, **{kw: True})  # fail before any forward pass
-        cls.check_hyperparameters(horizon=plant.horizon, state_dim=plant.state_dim,
-                                  q=q, r=r, qf=qf, lam=lam)
         positions = check_positions(positions)
         form = check_form(form)
+        cls.check_hyperparameters(horizon=plant.horizon, state_dim=plant.state_dim,
+                                  q=q, r=r, qf=qf, lam=lam)
         check_layer_indices(layers, plant.horizon)
         setpoint = measure_setpoint(plant, desired, undesired, lam=lam, batch_size=batch_size)
         if system is None:
