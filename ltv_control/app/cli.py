@@ -25,6 +25,7 @@ from ltv_control.app.cli_checks import (
     guard_output_folder,
     max_positions,
     os_error_message,
+    positive_int,
     read_text_file,
 )
 
@@ -44,16 +45,6 @@ class _Parser(argparse.ArgumentParser):
 
 
 # ---------------------------------------------------------------- argument types
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, found {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, found {text!r}")
-    return value
-
 
 def _float(text: str) -> float:
     try:
@@ -172,11 +163,11 @@ def _eval_options(p: argparse.ArgumentParser, *, quick: bool) -> None:
                    help="comma-separated subset of unsteered,actadd,pid,alqr,alqr_plus,"
                         "alqr_multi,constrained (default: all available; concept tasks: "
                         "unsteered,actadd,pid,alqr and alqr_multi for several concepts)")
-    p.add_argument("--n-eval", type=_positive_int, help="number of evaluation prompts")
-    p.add_argument("--n-fit", type=_positive_int, help="number of contrastive pairs used to fit")
-    p.add_argument("--n-jacobian", type=_positive_int, help="number of Jacobian prompts")
-    p.add_argument("--max-new-tokens", type=_positive_int, help="continuation length")
-    p.add_argument("--batch-size", type=_positive_int, help="generation batch size")
+    p.add_argument("--n-eval", type=positive_int, help="number of evaluation prompts")
+    p.add_argument("--n-fit", type=positive_int, help="number of contrastive pairs used to fit")
+    p.add_argument("--n-jacobian", type=positive_int, help="number of Jacobian prompts")
+    p.add_argument("--max-new-tokens", type=positive_int, help="continuation length")
+    p.add_argument("--batch-size", type=positive_int, help="generation batch size")
     p.add_argument("--sample", action="store_true",
                    help="seeded sampling instead of greedy decoding")
     p.add_argument("--no-cache", action="store_true",
@@ -258,10 +249,10 @@ def _add_fit(sub) -> None:
     p.add_argument("--out", type=Path, required=True, metavar="FILE",
                    help="controller file to write (.safetensors)")
     _force_option(p)
-    p.add_argument("--n-fit", type=_positive_int, help="use only the first N pairs")
-    p.add_argument("--n-jacobian", type=_positive_int, default=8,
+    p.add_argument("--n-fit", type=positive_int, help="use only the first N pairs")
+    p.add_argument("--n-jacobian", type=positive_int, default=8,
                    help="number of Jacobian prompts (default: 8)")
-    p.add_argument("--max-tokens", type=_positive_int, default=16,
+    p.add_argument("--max-tokens", type=positive_int, default=16,
                    help="Jacobian prompts are cut to this many tokens (default: 16)")
     p.add_argument("--q", type=_nonneg_float, default=0.1, help="state weight (default: 0.1)")
     p.add_argument("--r", type=_pos_float, default=1.0, help="input weight (default: 1.0)")
@@ -297,7 +288,7 @@ def _add_generate(sub) -> None:
                    help="steered positions (default: the controller's)")
     p.add_argument("--lam", type=_float, help="override λ (A-LQR, S-PID, constrained)")
     p.add_argument("--coeff", type=_float, help="override coeff (ActAdd)")
-    p.add_argument("--max-new-tokens", type=_positive_int, default=32, help="default: 32")
+    p.add_argument("--max-new-tokens", type=positive_int, default=32, help="default: 32")
     p.add_argument("--sample", action="store_true", help="seeded sampling instead of greedy")
     p.add_argument("--no-cache", action="store_true", help="generate with use_cache=False")
     p.set_defaults(handler=_cmd_generate)
@@ -344,8 +335,8 @@ def _add_linearize(sub) -> None:
     _common(p)
     p.add_argument("--prompts", type=_existing_file, metavar="FILE",
                    help="prompts (default: the packaged Jacobian prompts)")
-    p.add_argument("--n-prompts", type=_positive_int, default=4, help="default: 4")
-    p.add_argument("--max-tokens", type=_positive_int, default=16, help="default: 16")
+    p.add_argument("--n-prompts", type=positive_int, default=4, help="default: 4")
+    p.add_argument("--max-tokens", type=positive_int, default=16, help="default: 16")
     p.add_argument("--out", type=Path, default=Path("ltv-control-system"), metavar="DIR",
                    help="output folder (default: ./ltv-control-system)")
     _force_option(p)
@@ -360,11 +351,11 @@ def _add_bound(sub) -> None:
     _common(p)
     p.add_argument("--prompts", type=_existing_file, metavar="FILE",
                    help="prompts (default: packaged evaluation prompts)")
-    p.add_argument("--n-prompts", type=_positive_int, default=8,
+    p.add_argument("--n-prompts", type=positive_int, default=8,
                    help="prompts used: 1 nominal, 3 calibration, 4 held out (default: 8)")
-    p.add_argument("--n-jacobian", type=_positive_int, default=2,
+    p.add_argument("--n-jacobian", type=positive_int, default=2,
                    help="linearization prompts (default: 2)")
-    p.add_argument("--max-tokens", type=_positive_int, default=16, help="default: 16")
+    p.add_argument("--max-tokens", type=positive_int, default=16, help="default: 16")
     p.add_argument("--out", type=Path, default=Path("ltv-control-bound"), metavar="DIR",
                    help="output folder (default: ./ltv-control-bound)")
     _force_option(p)

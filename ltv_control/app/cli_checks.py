@@ -31,11 +31,24 @@ from ltv_control import ArgumentError, ControlError, DimensionError, PropertyErr
 
 __all__ = ["MAX_TEXT_BYTES", "read_text_file", "check_out_file", "check_out_dir",
            "check_device", "check_prompts", "max_positions", "check_prompt_lengths",
-           "os_error_message", "guard_output_folder"]
+           "os_error_message", "guard_output_folder", "positive_int"]
 
 _WRITE_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
 #: largest text input read (bytes)
 MAX_TEXT_BYTES = 256 << 20
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (``ArgumentTypeError`` naming the text otherwise)."""
+    import argparse
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, found {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, found {text!r}")
+    return value
 
 
 def read_text_file(path: str | os.PathLike, option: str) -> str:

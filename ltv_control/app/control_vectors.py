@@ -82,27 +82,17 @@ def format_comparison(result: dict) -> str:
     return "\n".join(lines)
 
 
-def _positive_int(text: str) -> int:
-    import argparse
-
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, found {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, found {text!r}")
-    return value
-
-
 def add_export_arguments(p: Any) -> None:
+    from ltv_control.app.cli_checks import positive_int
+
     """Options of ``ltv-control export`` (besides the CLI's common ones)."""
     p.add_argument("controller", type=Path, metavar="CONTROLLER", help="controller file (.safetensors)")
     p.add_argument("--format", choices=("gguf",), default="gguf", help="llama.cpp control vector")
     p.add_argument("--out", type=Path, required=True, metavar="FILE", help="output .gguf file")
     p.add_argument("--prompts", type=Path, metavar="FILE",
                    help="calibration prompts, one per line (default: the packaged Jacobian prompts)")
-    p.add_argument("--n-prompts", type=_positive_int, default=16, help="calibration prompts used (default: 16)")
-    p.add_argument("--calibration-tokens", type=_positive_int, default=16,
+    p.add_argument("--n-prompts", type=positive_int, default=16, help="calibration prompts used (default: 16)")
+    p.add_argument("--calibration-tokens", type=positive_int, default=16,
                    help="greedy tokens generated per calibration prompt (default: 16)")
     p.add_argument("--lam", type=float, help="override λ of the law while calibrating")
     p.add_argument("--layer0", choices=("drop", "error"), default="drop",
@@ -110,8 +100,8 @@ def add_export_arguments(p: Any) -> None:
     p.add_argument("--no-compare", action="store_true", help="skip the in-process comparison")
     p.add_argument("--eval-prompts", type=Path, metavar="FILE",
                    help="held-out prompts of the comparison (default: the packaged eval prompts)")
-    p.add_argument("--n-eval", type=_positive_int, default=16, help="comparison prompts (default: 16)")
-    p.add_argument("--max-new-tokens", type=_positive_int, default=20, help="comparison continuation length")
+    p.add_argument("--n-eval", type=positive_int, default=16, help="comparison prompts (default: 16)")
+    p.add_argument("--max-new-tokens", type=positive_int, default=20, help="comparison continuation length")
 
 
 def export_command(args: Any, model: Any, tokenizer: Any) -> tuple[dict, str]:
