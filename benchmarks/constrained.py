@@ -140,16 +140,27 @@ def _feature_scores(model, tok, plant, steerer, prompts, attach_kw, v_T):
     """Mean terminal feature, mean total energy, worst budget ratio for one attachment."""
     import torch
 
+    from ltv_control.adapters import Law
+
     record: list = []
-    law = steerer._control
+    layer_laws = steerer.layer_laws
 
-    def recording(k, z, params, state):
-        u = law(k, z, params, state)
-        if u is not None:
-            record.append((k, u.detach().double().reshape(-1, u.shape[-1])))
-        return u
+    class Recording(Law):
+        """The steerer's law at layer ``k``, also keeping every input it applies."""
 
-    steerer._control = recording
+        def __init__(self, law, k):
+            self.law, self.k, self.dtype = law, k, law.dtype
+
+        def to(self, device):
+            return Recording(self.law.to(device), self.k)
+
+        def __call__(self, z, state):
+            u = self.law(z, state)
+            if u is not None:
+                record.append((self.k, u.detach().double().reshape(-1, u.shape[-1])))
+            return u
+
+    steerer.layer_laws = lambda **o: {k: Recording(law, k) for k, law in layer_laws(**o).items()}
     captured = {}
 
     def grab(module, args, output):
@@ -167,7 +178,7 @@ def _feature_scores(model, tok, plant, steerer, prompts, attach_kw, v_T):
                     model(**enc)
     finally:
         hook.remove()
-        steerer.__dict__.pop("_control", None)
+        steerer.__dict__.pop("layer_laws", None)
     energy = torch.zeros(len(prompts), dtype=torch.float64)
     worst = 0.0
     rho = steerer.budgets(budget=attach_kw.get("budget")) if hasattr(steerer, "budgets") and attach_kw else None
