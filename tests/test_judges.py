@@ -125,7 +125,8 @@ def test_minilm_judge_on_builtin_concepts():
     obvious = {"sea": "Huge waves rolled onto the sandy beach.",
                "food": "She cooked a delicious pasta dinner.",
                "space": "The astronauts orbited the distant planet.",
-               "weddings": "The bride and groom exchanged their vows."}
+               "weddings": "The bride and groom exchanged their vows.",
+               "music": "The band played a loud rock song at the concert."}
     for name in builtin_concepts():
         task = load_task(f"concept:{name}")
         panel = JudgePanel.for_task(task)
