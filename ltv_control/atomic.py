@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import IO, Any
 
 __all__ = ["atomic_write", "atomic_write_bytes", "atomic_write_text", "atomic_save_figure",
-           "current_umask"]
+           "current_umask", "output_path"]
 
 
 def current_umask() -> int:
@@ -23,6 +23,27 @@ def current_umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def output_path(path: Any) -> Path:
+    """``path`` as a :class:`~pathlib.Path` whose folder exists, checked before any work.
+
+    Raises
+    ------
+    ArgumentError
+        ``path`` is not a str or os.PathLike.
+    FileNotFoundError
+        Its folder does not exist (nothing is created).
+    """
+    from ltv_control._exceptions import ArgumentError
+
+    if isinstance(path, bytes) or not isinstance(path, (str, os.PathLike)):
+        raise ArgumentError(f"path: expected a str or os.PathLike, found {type(path).__name__}")
+    target = Path(path)
+    folder = target.parent if str(target.parent) else Path(".")
+    if not folder.is_dir():
+        raise FileNotFoundError(f"path: the folder {str(folder)!r} does not exist")
+    return target
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any], *,

@@ -14,7 +14,7 @@ import numpy as np
 
 from ltv_control._exceptions import ArgumentError, DimensionError, PropertyError
 from ltv_control._validation import as_host_float64, as_int, public_api
-from ltv_control.atomic import atomic_save_figure
+from ltv_control.atomic import atomic_save_figure, output_path
 
 __all__ = ["plot_tracking_bound"]
 
@@ -32,17 +32,6 @@ def _to_numpy(x: Any, name: str) -> np.ndarray:
 def _check_text(value: Any, name: str) -> None:
     if value is not None and not isinstance(value, str):
         raise ArgumentError(f"{name} must be a str or None, found {type(value).__name__}")
-
-
-def _target(path: Any) -> Path:
-    """The output path: a str or PathLike whose folder exists (FileNotFoundError otherwise)."""
-    if isinstance(path, bytes) or not isinstance(path, (str, os.PathLike)):
-        raise ArgumentError(f"path must be a str or os.PathLike, found {type(path).__name__}")
-    target = Path(path)
-    folder = target.parent if str(target.parent) else Path(".")
-    if not folder.is_dir():
-        raise FileNotFoundError(f"path: the folder {str(folder)!r} does not exist")
-    return target
 
 
 def _plot_data(deviations: Any, bound: Any, P: Any, norm: str) -> tuple:
@@ -122,7 +111,7 @@ def plot_tracking_bound(
     """
     if not isinstance(norm, str) or norm not in _NORMS:
         raise ArgumentError(f"norm must be one of {_NORMS}, found {norm!r}")
-    target = _target(path)
+    target = output_path(path)
     for name, text in (("title", title), ("annotation", annotation), ("xlabel", xlabel)):
         _check_text(text, name)
     dpi = as_int(dpi, "dpi", low=1, high=2400)

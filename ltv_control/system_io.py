@@ -21,7 +21,7 @@ import numpy as np
 
 from ltv_control._exceptions import ArgumentError, ControlError, ControllerFileError
 from ltv_control._validation import require_system
-from ltv_control.atomic import atomic_write_bytes, atomic_write_text
+from ltv_control.atomic import atomic_write_bytes, atomic_write_text, output_path
 
 __all__ = ["SYSTEM_FORMAT", "load_system", "save_system"]
 
@@ -36,16 +36,6 @@ def _numpy(x) -> np.ndarray:
             x = x.float()
         x = x.numpy()
     return np.ascontiguousarray(np.asarray(x))
-
-
-def _folder_must_exist(path: Any) -> Path:
-    if isinstance(path, bytes) or not isinstance(path, (str, os.PathLike)):
-        raise ArgumentError(f"path: expected a str or os.PathLike, found {type(path).__name__}")
-    path = Path(path)
-    folder = path.parent if str(path.parent) else Path(".")
-    if not folder.is_dir():
-        raise FileNotFoundError(f"path: the folder {str(folder)!r} does not exist")
-    return path
 
 
 def save_system(path: str | os.PathLike, system, *, metadata: dict | None = None) -> Path:
@@ -78,7 +68,7 @@ def save_system(path: str | os.PathLike, system, *, metadata: dict | None = None
     system = require_system(system)
     if metadata is not None and not isinstance(metadata, dict):
         raise ArgumentError(f"metadata: expected a dict or None, found {type(metadata).__name__}")
-    path = _folder_must_exist(path)
+    path = output_path(path)
     tensors = {"A": _numpy(system.A)}
     if system.B is not None:
         tensors["B"] = _numpy(system.B)

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ltv_control import ArgumentError, DimensionError, PropertyError
+from ltv_control.app.metrics import check_texts
 
 __all__ = [
     "EmbeddingJudge",
@@ -60,15 +61,6 @@ class JudgeResult:
     summary: dict = field(default_factory=dict)
 
 
-def _texts(texts) -> list[str]:
-    if isinstance(texts, str) or not isinstance(texts, Sequence):
-        raise ArgumentError(f"texts must be a sequence of str, found {type(texts).__name__}")
-    for i, t in enumerate(texts):
-        if not isinstance(t, str):
-            raise ArgumentError(f"texts[{i}] must be str, found {type(t).__name__}")
-    return list(texts)
-
-
 def _rate(hits: np.ndarray) -> float:
     return float(hits.mean()) if hits.size else float("nan")
 
@@ -81,7 +73,7 @@ class VaderJudge:
     def __call__(self, texts: Sequence[str]) -> JudgeResult:
         from ltv_control.app.metrics import POSITIVE_THRESHOLD, vader_compound
 
-        scores = vader_compound(_texts(texts))
+        scores = vader_compound(check_texts(texts))
         hits = scores >= POSITIVE_THRESHOLD
         mean = float(scores.mean()) if scores.size else float("nan")
         return JudgeResult(scores, hits, {"positive_rate": _rate(hits), "vader_mean": mean})
@@ -104,7 +96,7 @@ class KeywordJudge:
     """
 
     def __init__(self, keywords: Sequence[str], *, key: str = "concept_rate_keywords"):
-        words = sorted({k.strip().lower() for k in _texts(keywords) if k.strip()})
+        words = sorted({k.strip().lower() for k in check_texts(keywords) if k.strip()})
         if not words:
             raise DimensionError("keywords must hold at least one non-blank word, found 0")
         self.keywords = tuple(words)
@@ -115,7 +107,7 @@ class KeywordJudge:
                          "(whole words, case-insensitive)")
 
     def __call__(self, texts: Sequence[str]) -> JudgeResult:
-        counts = np.array([len(self._pattern.findall(t)) for t in _texts(texts)], dtype=np.float64)
+        counts = np.array([len(self._pattern.findall(t)) for t in check_texts(texts)], dtype=np.float64)
         hits = counts > 0
         return JudgeResult(counts, hits, {self.key: _rate(hits)})
 
@@ -201,7 +193,7 @@ class EmbeddingJudge:
         from sklearn.linear_model import LogisticRegression
         from sklearn.model_selection import StratifiedKFold, cross_val_score
 
-        desired, undesired = _texts(desired), _texts(undesired)
+        desired, undesired = check_texts(desired), check_texts(undesired)
         if min(len(desired), len(undesired)) < 2:
             raise DimensionError("the embedding judge needs at least 2 desired and 2 undesired "
                                  f"texts, found {len(desired)} and {len(undesired)}")
@@ -220,7 +212,7 @@ class EmbeddingJudge:
                    accuracy_key)
 
     def __call__(self, texts: Sequence[str]) -> JudgeResult:
-        texts = _texts(texts)
+        texts = check_texts(texts)
         if not texts:
             return JudgeResult(np.zeros(0), np.zeros(0, bool),
                                {self.key: float("nan"), self.accuracy_key: self.accuracy})
@@ -292,7 +284,7 @@ class JudgePanel:
         return [judge for _, _, judge in self.entries]
 
     def __call__(self, texts: Sequence[str]) -> dict:
-        texts = _texts(texts)
+        texts = check_texts(texts)
         out: dict[str, float] = {}
         primary_hits = []
         for suffix, role, judge in self.entries:

@@ -22,6 +22,7 @@ from ltv_control import ArgumentError, DimensionError, PropertyError
 
 __all__ = [
     "POSITIVE_THRESHOLD",
+    "check_texts",
     "continuation_perplexity",
     "distinct_n",
     "positive_rate",
@@ -45,7 +46,8 @@ def _analyzer():
     return _ANALYZER
 
 
-def _check_texts(texts, name="texts") -> list[str]:
+def check_texts(texts, name="texts") -> list[str]:
+    """``texts`` as a list of str (ArgumentError naming the argument or the bad item)."""
     if isinstance(texts, str) or not isinstance(texts, Sequence):
         raise ArgumentError(f"{name} must be a sequence of str, found {type(texts).__name__}")
     for i, text in enumerate(texts):
@@ -65,7 +67,7 @@ def vader_compound(texts: Sequence[str]) -> np.ndarray:
     -------
     numpy.ndarray, shape (P,), float64
     """
-    texts = _check_texts(texts)
+    texts = check_texts(texts)
     analyzer = _analyzer()
     return np.array([analyzer.polarity_scores(t)["compound"] for t in texts], dtype=np.float64)
 
@@ -93,7 +95,7 @@ def distinct_n(texts: Sequence[str], n: int = 2) -> float:
     texts : sequence of str
     n : int, default 2
     """
-    texts = _check_texts(texts)
+    texts = check_texts(texts)
     if not isinstance(n, int) or n < 1:
         raise PropertyError(f"n must be a positive int, found {n!r}")
     total = 0
@@ -144,7 +146,7 @@ def continuation_perplexity(model, tokenizer, prompts: Sequence[str],
     -------
     float, or (float, numpy.ndarray) when ``per_text``.  NaN when no continuation has a token.
     """
-    prompts = _check_texts(prompts, "prompts")
+    prompts = check_texts(prompts, "prompts")
     if len(continuations) != len(prompts):
         raise DimensionError(
             f"continuations must have one entry per prompt: expected {len(prompts)}, "
