@@ -51,7 +51,8 @@ class ALQRSteerer(Steerer):
     """A-LQR steerer: ``u_k = (β*_k - v_kᵀ z_k) w_k`` with ``w_k = K_k v_k``.
 
     Build it with :meth:`fit` (or :meth:`load`).  Two forms (``form``): ``"paper"`` (the
-    default, arXiv 2604.19018 as published) and ``"relative"`` (opt-in; see the Notes).
+    library default, arXiv 2604.19018 as published) and ``"relative"`` (the form that transfers
+    across model families, the CLI's default; see the Notes).
 
     Parameters
     ----------
@@ -76,7 +77,9 @@ class ALQRSteerer(Steerer):
     beta_star : torch.Tensor, shape (T,), float32
         Targets ``β*_k = beta_offset_k + lam·e_norm_k`` at the fitted ``lam``.
     beta_offset : torch.Tensor, shape (T,), float32
-        Target offsets: zeros for the paper form, ``v_kᵀ m_k`` for the relative form.
+        Target offsets ``c_k``: zeros for the paper form and for a relative form fitted with
+        :meth:`from_system`; a relative steerer built from
+        ``relative_form(..., anchor="midpoint")`` tensors holds ``v_kᵀ m_k``.
     q, r, qf, lam : float
         Fit hyper-parameters.
     form : {"paper", "relative"}
@@ -119,15 +122,14 @@ class ALQRSteerer(Steerer):
 
         v_k = \\frac{P_k e_k}{\\lVert P_k e_k \\rVert}, \\quad
         w_k = \\frac{\\sigma_{k+1}}{\\sigma_k} \\tilde K_k v_k, \\quad
-        \\beta^*_k = v_k^\\top m_k + \\lambda \\lVert P_k e_k \\rVert, \\quad
+        \\beta^*_k = \\lambda \\lVert P_k e_k \\rVert, \\quad
         u_k = \\max\\left(0,\\ \\beta^*_k - v_k^\\top z_k\\right) w_k ,
 
     ``P_k`` zeroing the massive coordinates, ``K̃_k`` the LQR gains of the plant in per-layer
     normalised coordinates ``z̃_k = z_k/σ_k`` (``Q = qI``, ``R = rI``, ``Q_f = q_f I`` there),
-    ``m_k`` the midpoint of the two class means, and the one-sided law
-    (:class:`~ltv_control.adapters.relative_law.OneSidedLaw`) that never pushes a prompt back
-    from beyond the target.  ``beta_offset_k = v_kᵀ m_k``; the paper form is
-    ``P_k = I``, ``σ_k = 1``, ``beta_offset = 0`` and the two-sided law.
+and the one-sided law (:class:`~ltv_control.adapters.relative_law.OneSidedLaw`) that never
+    pushes a prompt back from beyond the target.  The paper form is ``P_k = I``, ``σ_k = 1``
+    and the two-sided law.
 
     Restricting ``layers`` at fit time solves the LQR with ``B_k = I`` on the
     controlled layers and ``B_k = 0`` elsewhere, so the gains account for the
@@ -213,7 +215,7 @@ class ALQRSteerer(Steerer):
             instead of linearizing again and ``jacobian_prompts``/``max_tokens`` are ignored.
         form : {"paper", "relative"}, default "paper"
             ``"paper"``: arXiv 2604.19018 as published; ``"relative"``: normalised gains,
-            massive coordinates out of ``v_k``, midpoint-anchored target, one-sided law (see
+            massive coordinates out of ``v_k``, target ``λ‖P_k e_k‖``, one-sided law (see
             :meth:`from_system` and the class Notes).
 
         Returns
@@ -274,13 +276,12 @@ class ALQRSteerer(Steerer):
 
             v_k = \\frac{P_k e_k}{\\lVert P_k e_k \\rVert}, \\quad
             w_k = \\frac{\\sigma_{k+1}}{\\sigma_k} \\tilde K_k v_k, \\quad
-            \\beta^*_k = \\underbrace{v_k^\\top m_k}_{\\text{beta\\_offset}_k}
-                        + \\lambda \\lVert P_k e_k \\rVert ,
+            \\beta^*_k = \\lambda \\lVert P_k e_k \\rVert ,
 
         with ``K̃`` the gains of ``Ã_k = (σ_k/σ_{k+1}) A_k`` (same ``Q``, ``R``, ``Q_f`` on the
-        normalised states), ``σ_k`` the RMS state size, ``P_k`` zeroing the massive coordinates
-        and ``m_k`` the midpoint of the two class means (the setpoint's ``z_mid``, else its
-        ``z_mean``); ``w_k`` is zeroed off ``layers`` as for the paper form.
+        normalised states), ``σ_k`` the RMS state size and ``P_k`` zeroing the massive
+        coordinates (found from the setpoint's ``z_mid``, else its ``z_mean``); ``w_k`` is
+        zeroed off ``layers`` as for the paper form, and ``beta_offset`` is zero.
 
         Parameters
         ----------

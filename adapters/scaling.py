@@ -40,9 +40,10 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from ltv_control._exceptions import DimensionError, PropertyError
+from ltv_control._exceptions import ArgumentError, DimensionError, PropertyError
 
 __all__ = [
+    "ANCHORS",
     "FORMS",
     "MASSIVE_THRESHOLD",
     "RelativeForm",
@@ -57,10 +58,13 @@ __all__ = [
 
 FORMS = ("paper", "relative")
 """A-LQR forms (``ALQRSteerer.fit(..., form=)``): ``"paper"`` (the default: arXiv 2604.19018 as
-published, ``Q = qI``, ``R = rI`` on raw states, ``β*_k = λ‖e_k‖``) and ``"relative"`` (opt-in:
-normalised gains, massive coordinates out of the direction, midpoint-anchored target, one-sided
-law)."""
+published, ``Q = qI``, ``R = rI`` on raw states, ``β*_k = λ‖e_k‖``, the library default) and
+``"relative"`` (the CLI/demo default: normalised gains, massive coordinates out of the direction,
+``β*_k = λ‖P_k e_k‖``, one-sided law)."""
 
+
+ANCHORS = ("origin", "midpoint")
+"""Where the relative form measures its target from (:func:`relative_form`, ``anchor=``)."""
 
 MASSIVE_THRESHOLD = 10.0
 """A coordinate is *massive* at layer ``k`` when ``|z̄_{k,i}| > 10 σ_k`` (mean state over the
@@ -274,20 +278,22 @@ def _scaled_stream(system: Any, ratio: np.ndarray) -> Any:
 
 def relative_form(system: Any, setpoint: Any, *, q: float, r: float, qf: float,
                   layers: list[int] | None = None,
-                  threshold: float = MASSIVE_THRESHOLD) -> RelativeForm:
+                  threshold: float = MASSIVE_THRESHOLD, anchor: str = "origin") -> RelativeForm:
     """Direction, gains and target offsets of the relative A-LQR form.
 
     .. math::
 
         v_k = \\frac{P_k e_k}{\\lVert P_k e_k \\rVert}, \\qquad
         w_k = \\frac{\\sigma_{k+1}}{\\sigma_k} \\tilde K_k v_k, \\qquad
-        \\beta^*_k = v_k^\\top m_k + \\lambda \\lVert P_k e_k \\rVert ,
+        \\beta^*_k = c_k + \\lambda \\lVert P_k e_k \\rVert ,
 
     with ``P_k`` the projection that zeroes the massive coordinates
     (:func:`massive_dimensions`), ``K̃`` the LQR gains of ``Ã_k = (σ_k/σ_{k+1}) A_k``
     (through :func:`ltv_control.adapters.gains.feedback_gains`, so a streamed system and a
-    restricted ``layers`` set work as for the paper's form) and ``m_k`` the midpoint of the two
-    class means.  ``σ_k`` comes from the setpoint's ``act_norm`` (median state norm per layer
+    restricted ``layers`` set work as for the paper's form) and the anchor ``c_k = 0``
+    (``anchor="origin"``, the default: the paper's target on the content direction) or
+    ``c_k = v_kᵀ m_k`` with ``m_k`` the midpoint of the two class means (``anchor="midpoint"``).
+    ``σ_k`` comes from the setpoint's ``act_norm`` (median state norm per layer
     over ``sqrt(n)``), ``m_k`` from its ``z_mid`` when present, else its ``z_mean`` (the same for
     equal-sized prompt sets).
 
@@ -303,13 +309,27 @@ def relative_form(system: Any, setpoint: Any, *, q: float, r: float, qf: float,
         Controlled layers.
     threshold : float, default 10
         Massive-coordinate threshold in units of ``σ_k``.
+    anchor : {"origin", "midpoint"}, default "origin"
+        Where the target is measured from (``offsets``).  Measured in ``docs/transfer.md``:
+        once the massive coordinates are out of ``v_k`` the midpoint projects to within about
+        ``‖P_k e_k‖`` of the origin on both families, and anchoring at it costs SmolLM2
+        perplexity (it raises the middle layers' targets) without helping Gemma-3.
 
     Returns
     -------
     RelativeForm
+
+    Raises
+    ------
+    ArgumentError
+        ``anchor`` is not ``"origin"`` or ``"midpoint"``.
+    PropertyError
+        The setpoint lacks ``act_norm`` or both ``z_mid`` and ``z_mean``.
     """
     from ltv_control.adapters.gains import StreamedSystem, feedback_gains
 
+    if anchor not in ANCHORS:
+        raise ArgumentError(f"anchor: expected one of {ANCHORS}, found {anchor!r}")
     e = _np64(setpoint.e)
     T, n = e.shape
     scale = getattr(setpoint, "act_norm", None)
@@ -328,4 +348,5 @@ def relative_form(system: Any, setpoint: Any, *, q: float, r: float, qf: float,
     else:
         scaled = normalise_system(system, s)
     w = feedback_gains(scaled, v, q=q, r=r, qf=qf, layers=layers) / ratio[:, None]
-    return RelativeForm(v, e_norm, w, midpoint_offsets(v, mid), massive)
+    offsets = midpoint_offsets(v, mid) if anchor == "midpoint" else np.zeros(T)
+    return RelativeForm(v, e_norm, w, offsets, massive)

@@ -326,6 +326,9 @@ def test_fit_relative_form_is_stored_and_demo_settings_take_it(tiny_dirs, tmp_pa
     from ltv_control.app.cli import demo_settings
 
     assert demo_settings(args).alqr_form == "relative"
-    assert ExperimentSettings().alqr_form == "paper"
+    assert demo_settings(build_parser().parse_args(["demo", "--alqr-form", "paper"])).alqr_form == "paper"
+    # the app's default is the relative form (one set of defaults for both families)
+    assert ExperimentSettings().alqr_form == "relative"
+    assert demo_settings(build_parser().parse_args(["demo"])).alqr_form == "relative"
     with pytest.raises(Exception, match="alqr_form"):
         ExperimentSettings(alqr_form="Paper")

@@ -110,11 +110,28 @@ def test_relative_form_gains_and_midpoint_offsets():
     rng = np.random.default_rng(9)
     zd, zu = rng.standard_normal((T + 1, n)) + 50.0, rng.standard_normal((T + 1, n)) + 50.0
     sp = _FakeSetpoint(v, 3.0 * sigma, 0.5 * (zd + zu))  # only the ratios of the scales matter
-    form = relative_form(system, sp, q=0.1, r=1.0, qf=0.1, threshold=1e9)  # no massive coordinate
+    form = relative_form(system, sp, q=0.1, r=1.0, qf=0.1, threshold=1e9,  # no massive coordinate
+                         anchor="midpoint")
     np.testing.assert_allclose(form.v, v, rtol=1e-12)
     np.testing.assert_allclose(form.w, normalised_feedback_directions(system, v, sigma, q=0.1, r=1.0, qf=0.1),
                                rtol=1e-9)
     np.testing.assert_allclose(form.offsets, [v[k] @ (zd[k] + zu[k]) / 2 for k in range(T)], rtol=1e-12)
+    # the default anchor is the origin: the paper's target λ‖P_k e_k‖, same direction and gains
+    origin = relative_form(system, sp, q=0.1, r=1.0, qf=0.1, threshold=1e9)
+    assert np.all(origin.offsets == 0)
+    np.testing.assert_array_equal(origin.w, form.w)
+    np.testing.assert_array_equal(origin.v, form.v)
+
+
+def test_relative_form_refuses_an_unknown_anchor():
+    from ltv_control import ArgumentError
+    from ltv_control.adapters.scaling import relative_form
+
+    system, v, sigma = _plant(8)
+    T, n = system.horizon, system.n_states
+    with pytest.raises(ArgumentError, match="anchor"):
+        relative_form(system, _FakeSetpoint(v, sigma, np.zeros((T + 1, n))), q=0.1, r=1.0, qf=0.1,
+                      anchor="mean")
 
 
 def test_massive_coordinates_leave_the_direction():
@@ -133,7 +150,7 @@ def test_massive_coordinates_leave_the_direction():
     np.testing.assert_allclose(form.e_norm, np.linalg.norm(expected, axis=1), rtol=1e-12)
     np.testing.assert_allclose(form.v, expected / np.linalg.norm(expected, axis=1, keepdims=True), rtol=1e-12)
     assert np.all(form.v[:, 2] == 0)
-    np.testing.assert_allclose(form.offsets, np.einsum("kn,kn->k", form.v, z_mean[:T]), rtol=1e-12)
+    assert np.all(form.offsets == 0)
 
 
 def test_relative_form_streamed_equals_dense_and_respects_layers():
@@ -208,9 +225,12 @@ def test_relative_steerer_holds_the_relative_form_and_the_paper_form_is_unchange
     ref = relative_form(system, sp, q=0.2, r=0.5, qf=0.1, layers=[1, 3])
     w = ref.w.copy()
     w[[0, 2, 4]] = 0.0
-    # the midpoint is the midpoint of the class means, not the overall mean (unequal sets)
+    # the midpoint anchor is the midpoint of the class means, not the overall mean (unequal
+    # sets); the steerer uses the default origin anchor, beta_offset = 0
     assert not np.allclose(sp.z_mid, sp.z_mean)
-    np.testing.assert_allclose(ref.offsets, np.einsum("kn,kn->k", ref.v, sp.z_mid[:-1]), rtol=1e-12)
+    mid = relative_form(system, sp, q=0.2, r=0.5, qf=0.1, layers=[1, 3], anchor="midpoint")
+    np.testing.assert_allclose(mid.offsets, np.einsum("kn,kn->k", mid.v, sp.z_mid[:-1]), rtol=1e-12)
+    assert np.all(ref.offsets == 0)
     for name, expected in (("w", w), ("v", ref.v), ("e_norm", ref.e_norm), ("beta_offset", ref.offsets),
                            ("beta_star", ref.offsets + 1.5 * ref.e_norm)):
         np.testing.assert_allclose(getattr(st, name).double().numpy(), expected, rtol=1e-5,
@@ -331,9 +351,19 @@ def test_paper_file_has_no_form_and_a_file_without_form_loads_as_paper(tmp_path)
     assert back.form == "paper" and torch.all(back.beta_offset == 0)
     assert back.hyperparameters == paper.hyperparameters
     relative = ALQRSteerer.from_system(system, sp, form="relative")
-    again = Steerer.load(relative.save(tmp_path / "r.safetensors"))
-    assert again.form == "relative" and torch.equal(again.beta_offset, relative.beta_offset)
-    assert float(relative.beta_offset.abs().max()) > 0
+    assert torch.all(relative.beta_offset == 0)
+    # target offsets (here the midpoint anchor's) are stored and come back
+    from ltv_control.adapters.scaling import relative_form
+
+    offsets = relative_form(system, sp, q=0.1, r=1.0, qf=0.1, anchor="midpoint").offsets
+    anchored = ALQRSteerer({"w": relative.w, "v": relative.v, "e_norm": relative.e_norm,
+                            "beta_offset": offsets,
+                            "beta_star": offsets + 1.5 * relative.e_norm.double().numpy()},
+                           hyperparameters=relative.hyperparameters,
+                           horizon=relative.horizon, state_dim=relative.state_dim)
+    again = Steerer.load(anchored.save(tmp_path / "r.safetensors"))
+    assert again.form == "relative" and torch.equal(again.beta_offset, anchored.beta_offset)
+    assert float(again.beta_offset.abs().max()) > 0
 
 
 # ----------------------------------------------------------------- GGUF files (fast: synthetic)

@@ -30,7 +30,7 @@ def test_builtin_concepts_are_at_least_three_and_complete():
     assert len(names) >= 3
     for name in names:
         task = load_task(f"concept:{name}")
-        assert task.kind == "concept" and task.prompt_format == "chat"
+        assert task.kind == "concept" and task.prompt_format == "auto"
         assert task.keywords and len(task.desired) >= 40 and len(task.judge_desired) >= 20
 
 
@@ -122,6 +122,14 @@ def test_format_prompts_chat_and_raw():
     assert format_prompts(["a", "b"], Tok(), "chat") == ["<user>a<assistant>", "<user>b<assistant>"]
     with pytest.raises(ArgumentError, match="chat template"):
         format_prompts(["a"], object(), "chat")
+    # auto: the chat template of an instruct tokenizer, raw text for a base model's
+    assert format_prompts(["a"], Tok(), "auto") == ["<user>a<assistant>"]
+    assert format_prompts(["a"], object(), "auto") == ["a"]
+
+    class BaseTok:
+        chat_template = None
+
+    assert format_prompts(["a", "b"], BaseTok(), "auto") == ["a", "b"]
     with pytest.raises(PropertyError, match="prompt_format"):
         format_prompts(["a"], Tok(), "markdown")
 

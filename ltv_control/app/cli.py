@@ -177,8 +177,9 @@ def _eval_options(p: argparse.ArgumentParser, *, quick: bool) -> None:
     p.add_argument("--r", type=_pos_float, help="A-LQR input weight r")
     p.add_argument("--qf", type=_nonneg_float, help="A-LQR terminal weight qf")
     p.add_argument("--alqr-form", choices=("paper", "relative"),
-                   help="A-LQR form: the paper's (default) or the relative, normalised-coordinate "
-                        "form (docs/transfer.md)")
+                   help="A-LQR form: relative (default; normalised gains, massive coordinates "
+                        "out of the direction, one-sided law: works on both SmolLM2 and "
+                        "Gemma-3, docs/transfer.md) or paper (arXiv 2604.19018 as published)")
     p.add_argument("--coeff", type=_float, help="ActAdd coefficient")
     p.add_argument("--actadd-layers", type=_int_list, help="ActAdd layers, e.g. 10")
     p.add_argument("--sweep-alqr", type=_float_list,
@@ -205,9 +206,10 @@ def _task_options(p: argparse.ArgumentParser, *, default: str | None) -> None:
                    help="keywords of the keyword judge of a concept task (one per line)")
     p.add_argument("--jacobian-prompts", type=_existing_file, metavar="FILE",
                    help="linearization prompts (default: the packaged neutral prompts)")
-    p.add_argument("--prompt-format", choices=("raw", "chat"), default=None,
-                   help="raw prompts or the tokenizer's chat template (default: raw for "
-                        "sentiment, chat for concepts)")
+    p.add_argument("--prompt-format", choices=("raw", "chat", "auto"), default=None,
+                   help="raw prompts, the tokenizer's chat template, or auto (the chat template "
+                        "when the tokenizer has one, as instruct models do; raw for a base "
+                        "model) (default: raw for sentiment, auto for concepts)")
 
 
 def _add_demo(sub) -> None:

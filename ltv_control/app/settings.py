@@ -37,9 +37,11 @@ class ExperimentSettings:
         Shared decoding rule (greedy by default).
     q, r, qf, lam : float
         A-LQR weights (state, input, terminal) and setpoint scale β*_k = lam·‖e_k‖.
-    alqr_form : {"paper", "relative"}
+    alqr_form : {"relative", "paper"}
         A-LQR form of ``alqr`` / ``alqr_plus`` (``ALQRSteerer.from_system(form=)``): the
-        paper's (default) or the normalised-coordinate relative form (docs/transfer.md).
+        relative form (default: normalised gains, massive coordinates out of the direction,
+        one-sided law; one set of defaults for SmolLM2 and Gemma-3, docs/transfer.md) or the
+        paper's as published.
     max_jacobian_tokens : int
         Jacobian prompts are cut to this many tokens.
     actadd_layers : tuple of int or None
@@ -64,7 +66,7 @@ class ExperimentSettings:
     r: float = 1.0
     qf: float = 0.1
     lam: float = 1.0
-    alqr_form: str = "paper"
+    alqr_form: str = "relative"
     max_jacobian_tokens: int = 12
     actadd_layers: tuple[int, ...] | None = None
     actadd_coeff: float = 4.0

@@ -8,8 +8,10 @@ A :class:`Task` holds everything an evaluation needs besides the model:
   concept judge is trained (never used to fit a steerer);
 * ``eval_prompts`` — prompts that appear in no fitting or judging set;
 * ``jacobian_prompts`` — prompts used to linearize the model (optional);
-* ``prompt_format`` — ``"raw"`` (prompts tokenized as given) or ``"chat"`` (each prompt becomes a
-  user turn of the tokenizer's chat template, with the generation prompt appended);
+* ``prompt_format`` — ``"raw"`` (prompts tokenized as given), ``"chat"`` (each prompt becomes a
+  user turn of the tokenizer's chat template, with the generation prompt appended) or ``"auto"``
+  (``"chat"`` when the tokenizer has a chat template, as instruct models do, else ``"raw"``, as
+  for a base model);
 * ``kind`` — ``"sentiment"`` (judged by VADER) or ``"concept"`` (embedding and keyword judges,
   :mod:`ltv_control.app.judges`); a multi-concept task keeps its concepts in ``components``.
 
@@ -46,7 +48,7 @@ __all__ = [
     "split_for_judge",
 ]
 
-PROMPT_FORMATS = ("raw", "chat")
+PROMPT_FORMATS = ("raw", "chat", "auto")
 """Accepted values of ``Task.prompt_format``."""
 
 JUDGE_EVERY = 3
@@ -77,7 +79,7 @@ class Task:
     jacobian_prompts : tuple of str
         Linearization prompts (empty: the packaged neutral ones).
     prompt_format : str
-        ``"raw"`` or ``"chat"``.
+        ``"raw"``, ``"chat"`` or ``"auto"`` (:func:`format_prompts`).
     keywords : tuple of str
         Keywords of the keyword judge (empty: no keyword judge).
     judge_desired, judge_undesired : tuple of str
@@ -151,7 +153,9 @@ def format_prompts(prompts, tokenizer, prompt_format: str = "raw") -> list[str]:
     """Prompts as the model sees them.
 
     ``"raw"`` returns them unchanged; ``"chat"`` renders each as one user turn through
-    ``tokenizer.apply_chat_template(..., tokenize=False, add_generation_prompt=True)``.
+    ``tokenizer.apply_chat_template(..., tokenize=False, add_generation_prompt=True)``;
+    ``"auto"`` is ``"chat"`` when the tokenizer has a chat template (an instruct model) and
+    ``"raw"`` when it has none (a base model such as Gemma-3-270M).
 
     Raises
     ------
@@ -164,6 +168,8 @@ def format_prompts(prompts, tokenizer, prompt_format: str = "raw") -> list[str]:
         raise PropertyError(
             f"prompt_format must be one of {list(PROMPT_FORMATS)}, found {prompt_format!r}")
     prompts = list(prompts)
+    if prompt_format == "auto":
+        prompt_format = "chat" if getattr(tokenizer, "chat_template", None) else "raw"
     if prompt_format == "raw":
         return prompts
     if not getattr(tokenizer, "chat_template", None):
@@ -264,7 +270,7 @@ def builtin_concepts() -> tuple[str, ...]:
 
 
 def _concept_task(name: str, desired, undesired, *, prompts=(), keywords=(),
-                  jacobian_prompts=(), prompt_format: str = "chat") -> Task:
+                  jacobian_prompts=(), prompt_format: str = "auto") -> Task:
     """A concept task from whole contrastive sides (split here into fit / judge)."""
     for side, items in (("desired", desired), ("undesired", undesired)):
         if len(items) < MIN_ITEMS:
@@ -286,7 +292,7 @@ def _concept_task(name: str, desired, undesired, *, prompts=(), keywords=(),
                 judge_desired=judge_d, judge_undesired=judge_u)
 
 
-def _builtin_concept(name: str, prompt_format: str = "chat") -> Task:
+def _builtin_concept(name: str, prompt_format: str = "auto") -> Task:
     known = builtin_concepts()
     if name not in known:
         raise ArgumentError(f"unknown concept {name!r}; built-in concepts are {list(known)} "
@@ -336,7 +342,7 @@ def _multi_task(parts: list[Task]) -> Task:
 def load_concept_files(desired: str | Path, undesired: str | Path | None = None, *,
                        prompts: str | Path | None = None, keywords: str | Path | None = None,
                        jacobian_prompts: str | Path | None = None, name: str | None = None,
-                       prompt_format: str = "chat") -> Task:
+                       prompt_format: str = "auto") -> Task:
     """A user concept task from text files (one item per line) or from one JSONL file.
 
     Parameters
@@ -355,7 +361,7 @@ def load_concept_files(desired: str | Path, undesired: str | Path | None = None,
         Linearization prompts; default the packaged neutral ones.
     name : str, optional
         Task name (default ``concept:<stem of the desired file>``).
-    prompt_format : {"chat", "raw"}
+    prompt_format : {"auto", "chat", "raw"}, default "auto"
 
     Raises
     ------
@@ -411,8 +417,9 @@ def load_task(spec: str = "sentiment", *, desired=None, undesired=None, prompts=
     desired, undesired, prompts, keywords, jacobian_prompts : path, optional
         Files of a user concept (only with ``spec="concept"``, or ``"concept:NAME"`` to name it).
         ``prompts`` / ``jacobian_prompts`` may also replace a built-in task's prompts.
-    prompt_format : {"raw", "chat"}, optional
-        Default: ``"raw"`` for sentiment, ``"chat"`` for concepts.
+    prompt_format : {"raw", "chat", "auto"}, optional
+        Default: ``"raw"`` for sentiment, ``"auto"`` for concepts (the chat template when the
+        tokenizer has one).
 
     Raises
     ------
@@ -431,7 +438,7 @@ def load_task(spec: str = "sentiment", *, desired=None, undesired=None, prompts=
         return load_concept_files(desired, undesired, prompts=prompts, keywords=keywords,
                                   jacobian_prompts=jacobian_prompts,
                                   name=spec if spec != "concept" else None,
-                                  prompt_format=prompt_format or "chat")
+                                  prompt_format=prompt_format or "auto")
     if keywords is not None and spec == "sentiment":
         raise ArgumentError("--keywords applies to concept tasks, not to 'sentiment'")
     if spec == "sentiment":
@@ -444,7 +451,7 @@ def load_task(spec: str = "sentiment", *, desired=None, undesired=None, prompts=
         names = [n[len("concept:"):] if n.startswith("concept:") else n for n in names]
         if not all(names):
             raise ArgumentError(f"malformed task {spec!r}; expected concept:A or concept:A+concept:B")
-        parts = [_builtin_concept(n, prompt_format or "chat") for n in names]
+        parts = [_builtin_concept(n, prompt_format or "auto") for n in names]
         task = parts[0] if len(parts) == 1 else _multi_task(parts)
     else:
         raise ArgumentError(f"unknown task {spec!r}; expected 'sentiment', 'concept:NAME' "
