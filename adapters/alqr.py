@@ -16,7 +16,7 @@ from ltv_control._validation import public_api
 from ltv_control.adapters._checks import check_layer_indices, check_positions, check_prompts, check_scalar
 from ltv_control.adapters.laws import AffineLaw
 from ltv_control.adapters.relative_law import OneSidedLaw
-from ltv_control.adapters.scaling import FORMS
+from ltv_control.adapters.scaling import FORMS, default_r
 from ltv_control.adapters.steerer import SteeringHandle, Steerer
 
 __all__ = ["ALQRSteerer", "check_form"]
@@ -175,7 +175,7 @@ and the one-sided law (:class:`~ltv_control.adapters.relative_law.OneSidedLaw`) 
         undesired: Sequence[str],
         *,
         q: float = 0.1,
-        r: float = 1.0,
+        r: float | None = None,
         qf: float = 0.1,
         lam: float = 1.0,
         jacobian_prompts: Sequence[str] | None = None,
@@ -195,8 +195,11 @@ and the one-sided law (:class:`~ltv_control.adapters.relative_law.OneSidedLaw`) 
             The language model as an LTV plant.
         desired, undesired : list of str
             Prompts showing / not showing the behaviour to steer towards.
-        q, r, qf : float, defaults 0.1, 1.0, 0.1
-            LQR weights ``Q = q·I`` (q >= 0), ``R = r·I`` (r > 0), ``Q_f = qf·I`` (qf >= 0).
+        q, r, qf : float, defaults 0.1, None, 0.1
+            LQR weights ``Q = q·I`` (q >= 0), ``R = r·I`` (r > 0), ``Q_f = qf·I`` (qf >= 0);
+            ``r = None`` is the form's default
+            (:data:`~ltv_control.adapters.scaling.DEFAULT_R`: 1.0 for the paper form, 0.1
+            for the relative form).
         lam : float, default 1.0
             Setpoint scale ``β*_k = lam·‖e_k‖`` (changeable at :meth:`attach`).
         jacobian_prompts : list of str or None, default None
@@ -231,10 +234,11 @@ and the one-sided law (:class:`~ltv_control.adapters.relative_law.OneSidedLaw`) 
         PropertyError
             Non-finite or out-of-range weights.
         """
+        form = check_form(form)
+        r = default_r(form, r)
         for value, name, kw in ((q, "q", "nonnegative"), (r, "r", "positive"), (qf, "qf", "nonnegative")):
             check_scalar(value, name, **{kw: True})  # fail before any forward pass
         positions = check_positions(positions)
-        form = check_form(form)
         cls.check_hyperparameters(horizon=plant.horizon, state_dim=plant.state_dim,
                                   q=q, r=r, qf=qf, lam=lam)
         check_layer_indices(layers, plant.horizon)
@@ -256,7 +260,7 @@ and the one-sided law (:class:`~ltv_control.adapters.relative_law.OneSidedLaw`) 
         setpoint: Any,
         *,
         q: float = 0.1,
-        r: float = 1.0,
+        r: float | None = None,
         qf: float = 0.1,
         layers: Sequence[int] | None = None,
         positions: str = "last",
@@ -291,7 +295,9 @@ and the one-sided law (:class:`~ltv_control.adapters.relative_law.OneSidedLaw`) 
         setpoint : Setpoint
             From :meth:`LLMPlant.setpoint` (its ``lam`` becomes the fitted ``lam``); the
             relative form also needs its ``act_norm`` and ``z_mid`` or ``z_mean``.
-        q, r, qf : float, defaults 0.1, 1.0, 0.1
+        q, r, qf : float, defaults 0.1, None, 0.1
+            ``r = None`` is the form's default (1.0 paper, 0.1 relative;
+            :data:`~ltv_control.adapters.scaling.DEFAULT_R`).
         layers : list of int or None, default None
             Controlled layers (``None``: every layer with a direction).
         positions : {"last", "all"}, default "last"
@@ -314,11 +320,11 @@ and the one-sided law (:class:`~ltv_control.adapters.relative_law.OneSidedLaw`) 
         """
         from ltv_control.adapters.gains import feedback_gains
 
+        form = check_form(form)
         q = check_scalar(q, "q", nonnegative=True)
-        r = check_scalar(r, "r", positive=True)
+        r = check_scalar(default_r(form, r), "r", positive=True)
         qf = check_scalar(qf, "qf", nonnegative=True)
         positions = check_positions(positions)
-        form = check_form(form)
         layers = check_layer_indices(layers, setpoint.horizon)
         if form == "relative":
             from ltv_control.adapters.scaling import relative_form

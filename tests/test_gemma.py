@@ -453,3 +453,26 @@ def test_gemma_gguf_loads_once_and_is_cached(gemma):
     assert states.shape == (2, 19, 640)
     norms = states.norm(dim=-1).mean(0)
     assert norms[-1] > 100 * norms[1]  # the scale growth the normalised form is built for
+
+
+def test_input_weight_defaults_to_the_forms_own():
+    pytest.importorskip("torch")
+    from ltv_control.adapters import ALQRSteerer
+    from ltv_control.adapters.scaling import DEFAULT_R, relative_form
+
+    sp, system = _synthetic_setpoint()
+    assert DEFAULT_R == {"paper": 1.0, "relative": 0.1}
+    relative = ALQRSteerer.from_system(system, sp, form="relative")
+    assert relative.hyperparameters["r"] == 0.1
+    expected = relative_form(system, sp, q=0.1, r=0.1, qf=0.1).w
+    np.testing.assert_allclose(relative.w.double().numpy(), expected, rtol=1e-5,
+                               atol=1e-6 * np.abs(expected).max())
+    # a stiffer loop than r = 1: larger gains along the direction wherever there is one
+    loose = relative_form(system, sp, q=0.1, r=1.0, qf=0.1)
+    gain = np.einsum("kn,kn->k", expected, loose.v)
+    assert np.all(gain[loose.e_norm > 0] > np.einsum("kn,kn->k", loose.w, loose.v)[loose.e_norm > 0])
+    paper = ALQRSteerer.from_system(system, sp)
+    assert paper.hyperparameters["r"] == 1.0
+    explicit = ALQRSteerer.from_system(system, sp, form="relative", r=1.0)
+    np.testing.assert_allclose(explicit.w.double().numpy(), loose.w, rtol=1e-5,
+                               atol=1e-6 * np.abs(loose.w).max())

@@ -174,7 +174,8 @@ def _eval_options(p: argparse.ArgumentParser, *, quick: bool) -> None:
                    help="generate with use_cache=False (history recomputed unsteered)")
     p.add_argument("--lam", type=_float, help="A-LQR / S-PID setpoint scale λ")
     p.add_argument("--q", type=_nonneg_float, help="A-LQR state weight q")
-    p.add_argument("--r", type=_pos_float, help="A-LQR input weight r")
+    p.add_argument("--r", type=_pos_float,
+                   help="A-LQR input weight r (default: the form's, 0.1 relative / 1.0 paper)")
     p.add_argument("--qf", type=_nonneg_float, help="A-LQR terminal weight qf")
     p.add_argument("--alqr-form", choices=("paper", "relative"),
                    help="A-LQR form: relative (default; normalised gains, massive coordinates "
@@ -257,11 +258,13 @@ def _add_fit(sub) -> None:
     p.add_argument("--max-tokens", type=positive_int, default=16,
                    help="Jacobian prompts are cut to this many tokens (default: 16)")
     p.add_argument("--q", type=_nonneg_float, default=0.1, help="state weight (default: 0.1)")
-    p.add_argument("--r", type=_pos_float, default=1.0, help="input weight (default: 1.0)")
+    p.add_argument("--r", type=_pos_float, default=None,
+                   help="input weight (default: the A-LQR form's, 0.1 relative / 1.0 paper; "
+                        "1.0 for the other methods)")
     p.add_argument("--qf", type=_nonneg_float, default=0.1, help="terminal weight (default: 0.1)")
-    p.add_argument("--form", choices=("paper", "relative"), default="paper",
-                   help="A-LQR form (default: paper; relative: normalised coordinates, "
-                        "docs/transfer.md)")
+    p.add_argument("--form", choices=("relative", "paper"), default="relative",
+                   help="A-LQR form (default: relative, which works on both SmolLM2 and Gemma-3, "
+                        "docs/transfer.md; paper: arXiv 2604.19018 as published)")
     p.add_argument("--lam", type=_float, default=1.0, help="setpoint scale λ (default: 1.0)")
     p.add_argument("--coeff", type=_float, default=4.0, help="ActAdd coefficient (default: 4)")
     p.add_argument("--layers", type=_int_list,
@@ -572,6 +575,8 @@ def _fit_steerer(args, plant, desired: list[str], undesired: list[str], jac: lis
     cls = _steerer_class(args.method)
     common = {} if args.positions is None else {"positions": args.positions}
     weights = {"q": args.q, "r": args.r, "qf": args.qf, "lam": args.lam}
+    if args.method != "alqr" and args.r is None:
+        weights["r"] = 1.0
     if args.method == "alqr":
         return cls.fit(plant, desired, undesired, **weights, jacobian_prompts=jac,
                        layers=args.layers, max_tokens=args.max_tokens,

@@ -134,7 +134,8 @@ def _fit_pid(fitted: FittedMethods, settings: ExperimentSettings) -> Any:
 def _fit_constrained(fitted: FittedMethods, settings: ExperimentSettings) -> Any:
     from ltv_control.adapters import ConstrainedSteerer
 
-    options = {"q": settings.q, "r": settings.r, "qf": settings.qf, **settings.constrained}
+    options = {"q": settings.q, "r": 1.0 if settings.r is None else settings.r, "qf": settings.qf,
+               **settings.constrained}
     return ConstrainedSteerer.from_system(fitted.system, fitted.setpoint, **options)
 
 
@@ -142,7 +143,8 @@ def _fit_multi(fitted: FittedMethods, settings: ExperimentSettings) -> Any:
     from ltv_control.adapters import MultiConceptSteerer
 
     return MultiConceptSteerer.from_system(fitted.system, fitted.concept_setpoints, q=settings.q,
-                                           r=settings.r, qf=settings.qf, positions="last")
+                                           r=1.0 if settings.r is None else settings.r,
+                                           qf=settings.qf, positions="last")
 
 
 #: steerer name -> (methods that use it, fit function, log line)

