@@ -9,6 +9,8 @@ form is not.  The ``slow`` tests load Gemma-3-270M from the ``gemma3-270m-q4-k-m
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pytest
 
@@ -476,3 +478,32 @@ def test_input_weight_defaults_to_the_forms_own():
     explicit = ALQRSteerer.from_system(system, sp, form="relative", r=1.0)
     np.testing.assert_allclose(explicit.w.double().numpy(), loose.w, rtol=1e-5,
                                atol=1e-6 * np.abs(loose.w).max())
+
+
+@pytest.mark.slow
+def test_demo_on_gemma_steers_with_the_default_form_where_the_paper_form_collapses(gemma, tmp_path):
+    """``ltv-control demo --model gemma.gguf --quick`` in fresh processes, as a user runs it: the
+    default (relative) form raises the positive rate and stays fluent; the paper form does not."""
+    import json
+    import subprocess
+
+    path = gemma[0]
+    reports = {}
+    for form in ("default", "paper"):
+        cmd = [sys.executable, "-m", "ltv_control.app.cli", "demo", "--model", str(path), "--quick",
+               "--methods", "unsteered,alqr", "--no-bound", "--quiet", "--json",
+               "--out", str(tmp_path / form)]
+        if form == "paper":
+            cmd += ["--alqr-form", "paper"]
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+        assert done.returncode == 0, done.stderr[-2000:]
+        reports[form] = json.loads(done.stdout)
+    default, paper = reports["default"], reports["paper"]
+    assert default["settings"]["alqr_form"] == "relative" and paper["settings"]["alqr_form"] == "paper"
+    unsteered, relative, collapsed = (default["methods"]["unsteered"], default["methods"]["alqr"],
+                                      paper["methods"]["alqr"])
+    assert paper["methods"]["unsteered"] == pytest.approx(unsteered, rel=0.05)  # same data, seed
+    assert relative["positive_rate"] >= unsteered["positive_rate"] + 0.1
+    assert relative["distinct2"] >= 0.5 and relative["perplexity"] < 3 * unsteered["perplexity"]
+    assert collapsed["positive_rate"] <= unsteered["positive_rate"] - 0.2
+    assert collapsed["perplexity"] > 10 * unsteered["perplexity"]
