@@ -502,7 +502,8 @@ def test_demo_on_gemma_steers_with_the_default_form_where_the_paper_form_collaps
     assert default["settings"]["alqr_form"] == "relative" and paper["settings"]["alqr_form"] == "paper"
     unsteered, relative, collapsed = (default["methods"]["unsteered"], default["methods"]["alqr"],
                                       paper["methods"]["alqr"])
-    assert paper["methods"]["unsteered"] == pytest.approx(unsteered, rel=0.05)  # same data, seed
+    for key in ("positive_rate", "perplexity", "distinct2"):  # same data and seed (not the timing)
+        assert paper["methods"]["unsteered"][key] == pytest.approx(unsteered[key], rel=1e-6), key
     assert relative["positive_rate"] >= unsteered["positive_rate"] + 0.1
     assert relative["distinct2"] >= 0.5 and relative["perplexity"] < 3 * unsteered["perplexity"]
     assert collapsed["positive_rate"] <= unsteered["positive_rate"] - 0.2
