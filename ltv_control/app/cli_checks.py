@@ -51,14 +51,26 @@ def positive_int(text: str) -> int:
     return value
 
 
-def read_text_file(path: str | os.PathLike, option: str) -> str:
+def read_text_file(path: str | os.PathLike, option: str, *,
+                   decode_error: type[Exception] = ArgumentError) -> str:
     """The text of ``path``: a regular file of strict UTF-8 (a leading BOM is dropped).
+
+    Parameters
+    ----------
+    path : path-like
+    option : str
+        What the file is (an option name such as ``--desired``), first in every message.
+    decode_error : exception class, default ArgumentError
+        Raised for bytes that are not UTF-8 (the task loader raises ``PropertyError``: the file
+        exists but its content is wrong).
 
     Raises
     ------
     ArgumentError
         Missing, not a regular file (checked before opening: a FIFO never blocks), larger than
-        :data:`MAX_TEXT_BYTES`, or not UTF-8 (the message gives the byte offset).
+        :data:`MAX_TEXT_BYTES`.
+    decode_error
+        Not UTF-8 (the message gives the byte offset).
     """
     where = f"{option} {str(path)!r}"
     try:
@@ -66,7 +78,7 @@ def read_text_file(path: str | os.PathLike, option: str) -> str:
     except OSError as exc:
         raise ArgumentError(f"{where}: cannot read ({exc.strerror or exc})") from None
     if not stat.S_ISREG(info.st_mode):
-        raise ArgumentError(f"{where}: expected a regular text file")
+        raise ArgumentError(f"{where}: not a regular file (expected a regular text file)")
     if info.st_size > MAX_TEXT_BYTES:
         raise ArgumentError(f"{where}: {info.st_size} bytes, more than the {MAX_TEXT_BYTES}-byte "
                             "limit of a text input")
@@ -78,8 +90,8 @@ def read_text_file(path: str | os.PathLike, option: str) -> str:
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        raise ArgumentError(f"{where}: not UTF-8 text (invalid byte 0x{data[exc.start]:02x} at "
-                            f"byte offset {exc.start}); save the file as UTF-8") from None
+        raise decode_error(f"{where}: not UTF-8 text (invalid byte 0x{data[exc.start]:02x} at "
+                           f"byte offset {exc.start}); save the file as UTF-8") from None
 
 
 def _same_file(a: Path, b: Path) -> bool:

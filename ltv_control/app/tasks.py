@@ -33,6 +33,7 @@ from importlib import resources
 from pathlib import Path
 
 from ltv_control import ArgumentError, DimensionError, PropertyError
+from ltv_control.app.cli_checks import read_text_file
 
 __all__ = [
     "JUDGE_EVERY",
@@ -206,7 +207,7 @@ def read_items(path: str | Path, what: str) -> tuple[str, ...]:
     DimensionError
         The file holds no non-blank line.
     """
-    text = _read_text(path, what)
+    text = read_text_file(path, what, decode_error=PropertyError)
     items = tuple(s for s in (line.strip() for line in text.splitlines()) if s)
     if not items:
         raise DimensionError(f"{what} file {str(path)!r} is empty: expected at least one "
@@ -214,25 +215,8 @@ def read_items(path: str | Path, what: str) -> tuple[str, ...]:
     return items
 
 
-def _read_text(path: str | Path, what: str) -> str:
-    path = Path(path)
-    if not path.exists():
-        raise ArgumentError(f"{what}: no such file {str(path)!r}")
-    if not path.is_file():
-        raise ArgumentError(f"{what}: {str(path)!r} is not a regular file")
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise ArgumentError(f"{what}: cannot read {str(path)!r} ({exc.strerror or exc})") from exc
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise PropertyError(f"{what} file {str(path)!r} is not UTF-8 text (invalid byte at "
-                            f"offset {exc.start}); save it as UTF-8") from None
-
-
 def _read_jsonl(path: str | Path) -> dict[str, tuple[str, ...]]:
-    text = _read_text(path, "--desired (JSONL)")
+    text = read_text_file(path, "--desired (JSONL)", decode_error=PropertyError)
     found: dict[str, list[str]] = {v: [] for v in _JSONL_SETS.values()}
     for number, line in enumerate(text.splitlines(), 1):
         if not line.strip():
