@@ -38,8 +38,10 @@ class Setpoint(NamedTuple):
         Mean state and median state norm over all measured prompts (the constrained steerer's
         linearization point and budget scale).
     z_mid : numpy.ndarray, shape (T+1, n), or None
-        Midpoint of the class means ``m_k = ½(z̄_k^desired + z̄_k^undesired)`` (the relative
-        A-LQR form's neutral point, :func:`ltv_control.adapters.scaling.midpoint_offsets`).
+        Midpoint of the class means ``m_k = ½(z̄_k^desired + z̄_k^undesired)`` (where the
+        relative A-LQR form looks for massive coordinates, and its target's anchor with
+        ``relative_form(..., anchor="midpoint")``,
+        :func:`ltv_control.adapters.scaling.midpoint_offsets`).
     """
 
     v: Any
