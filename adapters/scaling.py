@@ -41,6 +41,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from ltv_control._exceptions import ArgumentError, DimensionError, PropertyError
+from ltv_control.adapters._checks import to_numpy64
 
 __all__ = [
     "ANCHORS",
@@ -59,8 +60,8 @@ __all__ = [
 ]
 
 FORMS = ("paper", "relative")
-"""A-LQR forms (``ALQRSteerer.fit(..., form=)``): ``"paper"`` (the default: arXiv 2604.19018 as
-published, ``Q = qI``, ``R = rI`` on raw states, ``β*_k = λ‖e_k‖``, the library default) and
+"""A-LQR forms (``ALQRSteerer.fit(..., form=)``): ``"paper"`` (the library default: arXiv 2604.19018
+as published, ``Q = qI``, ``R = rI`` on raw states, ``β*_k = λ‖e_k‖``) and
 ``"relative"`` (the CLI/demo default: normalised gains, massive coordinates out of the direction,
 ``β*_k = λ‖P_k e_k‖``, one-sided law)."""
 
@@ -112,12 +113,6 @@ class RelativeForm(NamedTuple):
     massive: np.ndarray
 
 
-def _np64(x: Any) -> np.ndarray:
-    if type(x).__module__.split(".")[0] == "torch":
-        return x.detach().to("cpu").double().numpy()
-    return np.asarray(x, dtype=np.float64)
-
-
 def state_scales(states: Any) -> np.ndarray:
     """Per-layer RMS state size ``σ_k = sqrt(mean_p ‖z_k^{(p)}‖² / n)``.
 
@@ -137,7 +132,7 @@ def state_scales(states: Any) -> np.ndarray:
     PropertyError
         Non-finite values, or a layer whose states are all zero (σ_k = 0).
     """
-    Z = _np64(states)
+    Z = to_numpy64(states)
     if Z.ndim != 3 or Z.shape[0] < 1:
         raise DimensionError(f"states: expected shape (P >= 1, T+1, n), found {Z.shape}")
     if not np.all(np.isfinite(Z)):
@@ -149,7 +144,7 @@ def state_scales(states: Any) -> np.ndarray:
 
 
 def _check_sigma(sigma: Any, T: int) -> np.ndarray:
-    s = _np64(sigma).reshape(-1)
+    s = to_numpy64(sigma).reshape(-1)
     if s.shape != (T + 1,):
         raise DimensionError(f"sigma: expected shape ({T + 1},) (one scale per state), found {s.shape}")
     if not np.all(np.isfinite(s)) or np.any(s <= 0):
@@ -192,43 +187,46 @@ def normalise_system(system: Any, sigma: Any) -> Any:
 
 
 def normalised_feedback_directions(system: Any, v: Any, sigma: Any, *, q: float, r: float,
-                                   qf: float) -> np.ndarray:
+                                   qf: float, layers: list[int] | None = None) -> np.ndarray:
     """``w_k = (σ_{k+1}/σ_k) K̃_k v_k`` with ``K̃`` the LQR gains of the normalised plant.
 
     Parameters
     ----------
-    system : LTVSystem
-        The linearised plant (``A`` (T, n, n); ``B`` None, or a per-layer 0/I mask stack).
+    system : LTVSystem or StreamedSystem
+        The linearised plant (``A`` (T, n, n), ``B`` None), or a stream of ``A_k`` in backward
+        order (rescaled on the fly, never stacked).
     v : array, shape (T, n)
         Feature directions.
     sigma : array, shape (T+1,)
-        Per-layer scales (:func:`state_scales`).
+        Per-layer scales (:func:`state_scales`; only their ratios matter).
     q, r, qf : float
         Relative weights ``Q = qI``, ``R = rI``, ``Q_f = q_f I`` of the normalised plant.
+    layers : list of int or None, default None
+        Controlled layers (``None``: all), as for
+        :func:`ltv_control.adapters.gains.feedback_gains`.
 
     Returns
     -------
     numpy.ndarray, shape (T, n), float64
     """
-    from ltv_control import finite_horizon_lqr
-    from ltv_control.setpoint import feedback_directions
+    from ltv_control.adapters.gains import StreamedSystem, feedback_gains
 
-    T = system.horizon
-    s = _check_sigma(sigma, T)
-    K, _ = finite_horizon_lqr(normalise_system(system, s), q, r, Qf=qf)
-    V = _np64(v)
-    if V.shape != (T, system.n_states):
-        raise DimensionError(f"v: expected shape ({T}, {system.n_states}), found {V.shape}")
-    w = _np64(feedback_directions(_np64(K), V))
-    return w * (s[1:] / s[:-1])[:, None]
+    s = _check_sigma(sigma, system.horizon)
+    ratio = s[:-1] / s[1:]
+    if isinstance(system, StreamedSystem):
+        scaled = _scaled_stream(system, ratio)
+    else:
+        scaled = normalise_system(system, s)
+    return feedback_gains(scaled, v, q=q, r=r, qf=qf, layers=layers) / ratio[:, None]
 
 
 def midpoint_offsets(v: Any, z_mid: Any) -> np.ndarray:
     """``c_k = v_kᵀ m_k``: the feature value of the midpoint ``m_k = ½(z̄_k^desired + z̄_k^undesired)``.
 
-    The relative form's target is ``β*_k = c_k + λ‖e_k‖``: a displacement of ``λ‖e_k‖`` from the
-    neutral point between the two classes, not from the origin of the residual stream (the
-    paper's ``β*_k = λ‖e_k‖`` is the special case ``c_k = 0``).
+    With ``relative_form(..., anchor="midpoint")`` the target is ``β*_k = c_k + λ‖e_k‖``: a
+    displacement of ``λ‖e_k‖`` from the neutral point between the two classes, not from the
+    origin of the residual stream (the default ``anchor="origin"`` is ``c_k = 0``, the paper's
+    ``β*_k = λ‖e_k‖``).
 
     Parameters
     ----------
@@ -240,7 +238,7 @@ def midpoint_offsets(v: Any, z_mid: Any) -> np.ndarray:
     -------
     numpy.ndarray, shape (T,), float64
     """
-    V, M = _np64(v), _np64(z_mid)
+    V, M = to_numpy64(v), to_numpy64(z_mid)
     if V.ndim != 2 or M.ndim != 2 or M.shape[1] != V.shape[1] or M.shape[0] < V.shape[0]:
         raise DimensionError(f"z_mid: expected shape ({V.shape[0]} or {V.shape[0] + 1}, "
                              f"{V.shape[-1]}) to match v {V.shape}, found {M.shape}")
@@ -265,7 +263,7 @@ def massive_dimensions(z_mean: Any, sigma: Any, *, threshold: float = MASSIVE_TH
     -------
     numpy.ndarray of bool, shape (K, n)
     """
-    M, s = _np64(z_mean), _np64(sigma).reshape(-1)
+    M, s = to_numpy64(z_mean), to_numpy64(sigma).reshape(-1)
     if M.ndim != 2 or s.shape != (M.shape[0],):
         raise DimensionError(f"sigma: expected shape ({M.shape[0]},) to match z_mean {M.shape}, found {s.shape}")
     return np.abs(M) > threshold * s[:, None]
@@ -276,7 +274,7 @@ def content_direction(e: Any, massive: Any, *, rel_tol: float = 1e-6) -> tuple[n
 
     Steps with ``‖ẽ_k‖ <= rel_tol·max_j ‖ẽ_j‖`` get ``v_k = 0`` and ``‖ẽ_k‖ = 0`` (no control).
     """
-    E = np.where(_np64(massive).astype(bool), 0.0, _np64(e))
+    E = np.where(to_numpy64(massive).astype(bool), 0.0, to_numpy64(e))
     norm = np.linalg.norm(E, axis=1)
     ok = norm > rel_tol * (norm.max() if norm.size else 0.0)
     v = np.where(ok[:, None], E / np.where(ok, norm, 1.0)[:, None], 0.0)
@@ -305,7 +303,7 @@ def relative_form(system: Any, setpoint: Any, *, q: float, r: float, qf: float,
 
     with ``P_k`` the projection that zeroes the massive coordinates
     (:func:`massive_dimensions`), ``K̃`` the LQR gains of ``Ã_k = (σ_k/σ_{k+1}) A_k``
-    (through :func:`ltv_control.adapters.gains.feedback_gains`, so a streamed system and a
+    (through :func:`normalised_feedback_directions`, so a streamed system and a
     restricted ``layers`` set work as for the paper's form) and the anchor ``c_k = 0``
     (``anchor="origin"``, the default: the paper's target on the content direction) or
     ``c_k = v_kᵀ m_k`` with ``m_k`` the midpoint of the two class means (``anchor="midpoint"``).
@@ -342,11 +340,9 @@ def relative_form(system: Any, setpoint: Any, *, q: float, r: float, qf: float,
     PropertyError
         The setpoint lacks ``act_norm`` or both ``z_mid`` and ``z_mean``.
     """
-    from ltv_control.adapters.gains import StreamedSystem, feedback_gains
-
     if anchor not in ANCHORS:
         raise ArgumentError(f"anchor: expected one of {ANCHORS}, found {anchor!r}")
-    e = _np64(setpoint.e)
+    e = to_numpy64(setpoint.e)
     T, n = e.shape
     scale = getattr(setpoint, "act_norm", None)
     mid = getattr(setpoint, "z_mid", None)
@@ -355,14 +351,9 @@ def relative_form(system: Any, setpoint: Any, *, q: float, r: float, qf: float,
         raise PropertyError("setpoint: the relative form needs act_norm and z_mean (measure it "
                             "with LLMPlant.setpoint)")
     s = _check_sigma(scale, T) / np.sqrt(n)
-    mid = _np64(mid)
+    mid = to_numpy64(mid)
     massive = massive_dimensions(mid[:T], s[:T], threshold=threshold)
     v, e_norm = content_direction(e, massive)
-    ratio = s[:-1] / s[1:]
-    if isinstance(system, StreamedSystem):
-        scaled = _scaled_stream(system, ratio)
-    else:
-        scaled = normalise_system(system, s)
-    w = feedback_gains(scaled, v, q=q, r=r, qf=qf, layers=layers) / ratio[:, None]
+    w = normalised_feedback_directions(system, v, s, q=q, r=r, qf=qf, layers=layers)
     offsets = midpoint_offsets(v, mid) if anchor == "midpoint" else np.zeros(T)
     return RelativeForm(v, e_norm, w, offsets, massive)
