@@ -574,9 +574,9 @@ def _fit_steerer(args, plant, desired: list[str], undesired: list[str], jac: lis
     """``<Steerer>.fit`` of ``--method`` with the options that apply to it."""
     cls = _steerer_class(args.method)
     common = {} if args.positions is None else {"positions": args.positions}
-    weights = {"q": args.q, "r": args.r, "qf": args.qf, "lam": args.lam}
-    if args.method != "alqr" and args.r is None:
-        weights["r"] = 1.0
+    weights = {"q": args.q, "qf": args.qf, "lam": args.lam}
+    if args.r is not None:  # unset: the steerer's own default (A-LQR: its form's)
+        weights["r"] = args.r
     if args.method == "alqr":
         return cls.fit(plant, desired, undesired, **weights, jacobian_prompts=jac,
                        layers=args.layers, max_tokens=args.max_tokens,

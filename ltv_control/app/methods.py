@@ -111,11 +111,19 @@ def _actadd_layers(settings: ExperimentSettings, horizon: int) -> list[int]:
     return layers
 
 
+def _lqr_weights(settings: ExperimentSettings) -> dict:
+    """``q``, ``qf`` and, when set, ``r`` (unset: each steerer's own default)."""
+    weights = {"q": settings.q, "qf": settings.qf}
+    if settings.r is not None:
+        weights["r"] = settings.r
+    return weights
+
+
 def _fit_alqr(fitted: FittedMethods, settings: ExperimentSettings) -> Any:
     from ltv_control.adapters import ALQRSteerer
 
-    return ALQRSteerer.from_system(fitted.system, fitted.setpoint, q=settings.q, r=settings.r,
-                                   qf=settings.qf, positions="last", form=settings.alqr_form)
+    return ALQRSteerer.from_system(fitted.system, fitted.setpoint, **_lqr_weights(settings),
+                                   positions="last", form=settings.alqr_form)
 
 
 def _fit_actadd(fitted: FittedMethods, settings: ExperimentSettings) -> Any:
@@ -134,17 +142,15 @@ def _fit_pid(fitted: FittedMethods, settings: ExperimentSettings) -> Any:
 def _fit_constrained(fitted: FittedMethods, settings: ExperimentSettings) -> Any:
     from ltv_control.adapters import ConstrainedSteerer
 
-    options = {"q": settings.q, "r": 1.0 if settings.r is None else settings.r, "qf": settings.qf,
-               **settings.constrained}
+    options = {**_lqr_weights(settings), **settings.constrained}
     return ConstrainedSteerer.from_system(fitted.system, fitted.setpoint, **options)
 
 
 def _fit_multi(fitted: FittedMethods, settings: ExperimentSettings) -> Any:
     from ltv_control.adapters import MultiConceptSteerer
 
-    return MultiConceptSteerer.from_system(fitted.system, fitted.concept_setpoints, q=settings.q,
-                                           r=1.0 if settings.r is None else settings.r,
-                                           qf=settings.qf, positions="last")
+    return MultiConceptSteerer.from_system(fitted.system, fitted.concept_setpoints,
+                                           **_lqr_weights(settings), positions="last")
 
 
 #: steerer name -> (methods that use it, fit function, log line)
