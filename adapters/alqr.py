@@ -16,7 +16,7 @@ from ltv_control._validation import public_api
 from ltv_control.adapters._checks import check_layer_indices, check_positions, check_prompts, check_scalar
 from ltv_control.adapters.laws import AffineLaw
 from ltv_control.adapters.relative_law import OneSidedLaw
-from ltv_control.adapters.scaling import FORMS, default_r
+from ltv_control.adapters.scaling import FORMS, default_r, relative_form
 from ltv_control.adapters.steerer import SteeringHandle, Steerer
 
 __all__ = ["ALQRSteerer", "check_form"]
@@ -127,7 +127,7 @@ class ALQRSteerer(Steerer):
 
     ``P_k`` zeroing the massive coordinates, ``K̃_k`` the LQR gains of the plant in per-layer
     normalised coordinates ``z̃_k = z_k/σ_k`` (``Q = qI``, ``R = rI``, ``Q_f = q_f I`` there),
-and the one-sided law (:class:`~ltv_control.adapters.relative_law.OneSidedLaw`) that never
+    and the one-sided law (:class:`~ltv_control.adapters.relative_law.OneSidedLaw`) that never
     pushes a prompt back from beyond the target.  The paper form is ``P_k = I``, ``σ_k = 1``
     and the two-sided law.
 
@@ -327,22 +327,17 @@ and the one-sided law (:class:`~ltv_control.adapters.relative_law.OneSidedLaw`) 
         positions = check_positions(positions)
         layers = check_layer_indices(layers, setpoint.horizon)
         if form == "relative":
-            from ltv_control.adapters.scaling import relative_form
-
             rel = relative_form(system, setpoint, q=q, r=r, qf=qf, layers=layers)
-            w = np.array(rel.w, dtype=np.float64)
+            tensors = {"w": np.array(rel.w, dtype=np.float64), "v": rel.v, "e_norm": rel.e_norm,
+                       "beta_offset": rel.offsets,
+                       "beta_star": rel.offsets + float(setpoint.lam) * rel.e_norm}
         else:
-            w = feedback_gains(system, setpoint.v, q=q, r=r, qf=qf, layers=layers)
+            tensors = {"w": feedback_gains(system, setpoint.v, q=q, r=r, qf=qf, layers=layers),
+                       "v": setpoint.v, "e_norm": setpoint.e_norm, "beta_star": setpoint.beta_star}
         if layers is not None:
-            off = np.ones(w.shape[0], dtype=bool)
+            off = np.ones(tensors["w"].shape[0], dtype=bool)
             off[layers] = False
-            w[off] = 0.0
-        if form == "relative":
-            lam = float(setpoint.lam)
-            tensors = {"w": w, "v": rel.v, "e_norm": rel.e_norm, "beta_offset": rel.offsets,
-                       "beta_star": rel.offsets + lam * rel.e_norm}
-        else:
-            tensors = {"w": w, "v": setpoint.v, "e_norm": setpoint.e_norm, "beta_star": setpoint.beta_star}
+            tensors["w"][off] = 0.0
         hyper = {"q": q, "r": r, "qf": qf, "lam": float(setpoint.lam), "form": form}
         return cls.from_setpoint_tensors(setpoint, tensors, hyperparameters=hyper, layers=layers,
                                          positions=positions)
