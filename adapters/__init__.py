@@ -27,6 +27,9 @@ _LAZY_EXPORTS: dict[str, str] = {
     "LinearityDiagnostics": "diagnostics",
     "subspace_similarity": "diagnostics",
     "plot_linearity": "diagnostics",
+    "input_nonlinearity": "diagnostics",
+    "choose_form": "form_choice",
+    "FormChoice": "form_choice",
     # steering (steerers, hooks, controller files)
     "Steerer": "steerer",
     "SteeringHandle": "hooks",

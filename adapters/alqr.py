@@ -14,6 +14,7 @@ from ltv_control.adapters.setpoint import measure_setpoint
 from ltv_control._exceptions import ArgumentError
 from ltv_control._validation import public_api
 from ltv_control.adapters._checks import check_layer_indices, check_positions, check_prompts, check_scalar
+from ltv_control.adapters.form_choice import AUTO_TOLERANCE, choose_form
 from ltv_control.adapters.laws import AffineLaw
 from ltv_control.adapters.relative_law import OneSidedLaw
 from ltv_control.adapters.scaling import FORMS, default_r, relative_form
@@ -25,13 +26,15 @@ _PAPER_TENSORS = ("w", "v", "e_norm", "beta_star")
 _PAPER_HYPER = ("q", "r", "qf", "lam")
 
 
-def check_form(form: Any) -> str:
+def check_form(form: Any, *, auto: bool = False) -> str:
     """``form`` if it is one of :data:`~ltv_control.adapters.scaling.FORMS` (``"paper"``,
-    ``"relative"``).
+    ``"relative"``), or ``"auto"`` where that is allowed.
 
     Parameters
     ----------
     form : str
+    auto : bool, default False
+        Also accept ``"auto"`` (chosen from the plant, :func:`~ltv_control.adapters.form_choice.choose_form`).
 
     Returns
     -------
@@ -42,8 +45,9 @@ def check_form(form: Any) -> str:
     ArgumentError
         Not one of the forms.
     """
-    if not isinstance(form, str) or form not in FORMS:
-        raise ArgumentError(f"form: expected one of {FORMS}, found {form!r}")
+    allowed = FORMS + ("auto",) if auto else FORMS
+    if not isinstance(form, str) or form not in allowed:
+        raise ArgumentError(f"form: expected one of {allowed}, found {form!r}")
     return form
 
 
@@ -52,7 +56,9 @@ class ALQRSteerer(Steerer):
 
     Build it with :meth:`fit` (or :meth:`load`).  Two forms (``form``): ``"paper"`` (the
     library default, arXiv 2604.19018 as published) and ``"relative"`` (the form that transfers
-    across model families, the CLI's default; see the Notes).
+    across model families; see the Notes).  ``form="auto"`` at fit time (the CLI's default)
+    keeps the paper form where the model's blocks answer its input linearly and takes the
+    relative form otherwise (:mod:`ltv_control.adapters.form_choice`).
 
     Parameters
     ----------
@@ -82,6 +88,9 @@ class ALQRSteerer(Steerer):
         ``relative_form(..., anchor="midpoint")`` tensors holds ``v_kᵀ m_k``.
     q, r, qf, lam : float
         Fit hyper-parameters.
+    form_choice : FormChoice or None
+        What ``form="auto"`` measured and chose (:func:`~ltv_control.adapters.form_choice.choose_form`);
+        None for a steerer built with an explicit form or loaded from a file.
     form : {"paper", "relative"}
         The A-LQR form.  :attr:`hyperparameters` and a saved file list ``form`` (and the tensor
         ``beta_offset``) only for the relative form, so a paper-form steerer and its file are
@@ -149,6 +158,7 @@ class ALQRSteerer(Steerer):
 
         hyper = dict(hyperparameters or {})
         self.form = check_form(hyper.pop("form", "paper"))
+        self.form_choice = None
         tensors = dict(tensors)
         if self.form == "relative":  # instance-level, like MultiConceptSteerer's
             self.tensor_names = _PAPER_TENSORS + ("beta_offset",)
@@ -186,6 +196,7 @@ class ALQRSteerer(Steerer):
         progress: bool = True,
         system: Any = None,
         form: str = "paper",
+        tolerance: float = AUTO_TOLERANCE,
     ) -> ALQRSteerer:
         """Fit an A-LQR steerer on ``plant`` from contrastive prompts.
 
@@ -216,10 +227,15 @@ class ALQRSteerer(Steerer):
             A linearization of this plant already computed (``A`` of shape ``(T, n, n)``,
             ``B = None``), e.g. by :meth:`LLMPlant.linearize` for another steerer; it is used
             instead of linearizing again and ``jacobian_prompts``/``max_tokens`` are ignored.
-        form : {"paper", "relative"}, default "paper"
+        form : {"paper", "relative", "auto"}, default "paper"
             ``"paper"``: arXiv 2604.19018 as published; ``"relative"``: normalised gains,
             massive coordinates out of ``v_k``, target ``λ‖P_k e_k‖``, one-sided law (see
-            :meth:`from_system` and the class Notes).
+            :meth:`from_system` and the class Notes); ``"auto"``: the paper form if the
+            blocks' median nonlinearity at its input, probed on the Jacobian prompts, is at
+            most ``tolerance``, else the relative form (:meth:`from_system`).
+        tolerance : float, default 0.1
+            ``τ`` of ``form="auto"``
+            (:data:`~ltv_control.adapters.form_choice.AUTO_TOLERANCE`); unused otherwise.
 
         Returns
         -------
@@ -234,23 +250,26 @@ class ALQRSteerer(Steerer):
         PropertyError
             Non-finite or out-of-range weights.
         """
-        form = check_form(form)
-        r = default_r(form, r)
-        for value, name, kw in ((q, "q", "nonnegative"), (r, "r", "positive"), (qf, "qf", "nonnegative")):
+        form = check_form(form, auto=True)
+        r_checked = default_r("paper" if form == "auto" else form, r)
+        for value, name, kw in ((q, "q", "nonnegative"), (r_checked, "r", "positive"),
+                                (qf, "qf", "nonnegative")):
             check_scalar(value, name, **{kw: True})  # fail before any forward pass
         positions = check_positions(positions)
         cls.check_hyperparameters(horizon=plant.horizon, state_dim=plant.state_dim,
-                                  q=q, r=r, qf=qf, lam=lam)
+                                  q=q, r=r_checked, qf=qf, lam=lam)
         check_layer_indices(layers, plant.horizon)
         setpoint = measure_setpoint(plant, desired, undesired, lam=lam, batch_size=batch_size)
+        desired = check_prompts(desired, "desired")
+        prompts = desired[:50] if jacobian_prompts is None else check_prompts(jacobian_prompts,
+                                                                              "jacobian_prompts")
         if system is None:
-            desired = check_prompts(desired, "desired")
-            prompts = desired[:50] if jacobian_prompts is None else check_prompts(jacobian_prompts,
-                                                                                  "jacobian_prompts")
             system = plant.linearize(prompts, max_tokens=max_tokens, batch_size=batch_size,
                                      progress=progress)
+        auto = {"plant": plant, "check_prompts": prompts, "tolerance": tolerance,
+                "max_tokens": max_tokens} if form == "auto" else {}
         return cls.from_system(system, setpoint, q=q, r=r, qf=qf, layers=layers, positions=positions,
-                               form=form)
+                               form=form, **auto)
 
     @classmethod
     @public_api
@@ -265,6 +284,10 @@ class ALQRSteerer(Steerer):
         layers: Sequence[int] | None = None,
         positions: str = "last",
         form: str = "paper",
+        plant: Any = None,
+        check_prompts: Sequence[str] | None = None,
+        tolerance: float = AUTO_TOLERANCE,
+        max_tokens: int = 24,
     ) -> ALQRSteerer:
         """The A-LQR steerer of a linearized plant and a setpoint: ``w_k = K_k v_k``.
 
@@ -287,6 +310,13 @@ class ALQRSteerer(Steerer):
         coordinates (found from the setpoint's ``z_mid``, else its ``z_mean``); ``w_k`` is
         zeroed off ``layers`` as for the paper form, and ``beta_offset`` is zero.
 
+        ``form="auto"`` builds the paper form, feeds its input at the unsteered states of
+        ``check_prompts`` to each block of ``plant`` in both signs and keeps it if the median
+        nonlinearity ``η_k`` is at most ``tolerance``; otherwise it returns the relative form
+        (:func:`ltv_control.adapters.form_choice.choose_form`).  The measurement is in the
+        returned steerer's :attr:`form_choice`; the steerer (and its file) is that of the
+        chosen form.
+
         Parameters
         ----------
         system : LTVSystem or StreamedSystem
@@ -301,8 +331,17 @@ class ALQRSteerer(Steerer):
         layers : list of int or None, default None
             Controlled layers (``None``: every layer with a direction).
         positions : {"last", "all"}, default "last"
-        form : {"paper", "relative"}, default "paper"
+        form : {"paper", "relative", "auto"}, default "paper"
             The A-LQR form (see above).
+        plant : LLMPlant or None, default None
+            The plant the system linearizes; needed by ``form="auto"`` only.
+        check_prompts : list of str or None, default None
+            Prompts whose states ``form="auto"`` probes (e.g. the Jacobian prompts); needed by
+            it only.
+        tolerance : float, default 0.1
+            ``τ`` of ``form="auto"``.
+        max_tokens : int, default 24
+            ``check_prompts`` keep their first ``max_tokens`` tokens (``form="auto"``).
 
         Returns
         -------
@@ -311,7 +350,8 @@ class ALQRSteerer(Steerer):
         Raises
         ------
         ArgumentError
-            Unknown ``form`` or ``positions``.
+            Unknown ``form`` or ``positions``; ``form="auto"`` without ``plant`` or
+            ``check_prompts``.
         DimensionError
             ``system`` does not match the setpoint (horizon, state size) or has an input matrix.
         PropertyError
@@ -320,7 +360,20 @@ class ALQRSteerer(Steerer):
         """
         from ltv_control.adapters.gains import feedback_gains
 
-        form = check_form(form)
+        form = check_form(form, auto=True)
+        if form == "auto":
+            if plant is None or check_prompts is None:
+                raise ArgumentError("form='auto': expected plant and check_prompts (the blocks "
+                                    "are probed at the paper law's input); use ALQRSteerer.fit "
+                                    "or pass them")
+            options = {"q": q, "r": r, "qf": qf, "layers": layers, "positions": positions}
+            paper = cls.from_system(system, setpoint, form="paper", **options)
+            choice = choose_form(plant, check_prompts, paper.layer_laws(), tolerance=tolerance,
+                                 max_tokens=max_tokens)
+            steerer = paper if choice.form == "paper" else \
+                cls.from_system(system, setpoint, form="relative", **options)
+            steerer.form_choice = choice
+            return steerer
         q = check_scalar(q, "q", nonnegative=True)
         r = check_scalar(default_r(form, r), "r", positive=True)
         qf = check_scalar(qf, "qf", nonnegative=True)

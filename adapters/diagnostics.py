@@ -25,6 +25,15 @@ Two questions decide whether an LTV model of the layers is worth controlling:
    an orthogonal ``Q`` (same dominant subspace with the same singular values) and 0
    when the two subspaces are orthogonal. A mean pairwise similarity near 1 supports
    averaging the Jacobians over prompts.
+
+3. **Does a controller's input stay in that range?** For a law ``u = g_k(z)`` (the steerer's
+   input at layer ``k``) the second central difference relative to the first,
+
+       η_k = ‖φ_k(z + u) − 2 φ_k(z) + φ_k(z − u)‖ / ‖φ_k(z + u) − φ_k(z − u)‖,
+
+   is the relative first-order error of question 1 at ``δ = u`` to leading order
+   (``φ(z ± u) = φ(z) ± J u + ½ h(u) + O(‖u‖³)`` gives ``η = ‖h‖ / (2‖J u‖) + O(‖u‖²)``)
+   and needs three block evaluations instead of a Jacobian (:func:`input_nonlinearity`).
 """
 
 from __future__ import annotations
@@ -47,6 +56,7 @@ __all__ = [
     "similarity_matrix",
     "default_rank",
     "linearity_diagnostics",
+    "input_nonlinearity",
     "plot_linearity",
 ]
 
@@ -273,6 +283,82 @@ def linearity_diagnostics(
         similarity_matrices=similarity,
         rank=m,
     )
+
+
+@public_api
+def input_nonlinearity(
+    plant: Any,
+    prompts: list[str],
+    laws: Any,
+    *,
+    max_tokens: int = 24,
+    batch_size: int = 8,
+    progress: bool = True,
+) -> np.ndarray:
+    """Per-layer nonlinearity ``η_k`` of each block's response to a controller's own input.
+
+    .. math::
+
+        \\eta_k = \\operatorname{mean}_p
+        \\frac{\\lVert \\varphi_k(z + u) - 2\\varphi_k(z) + \\varphi_k(z - u) \\rVert}
+             {\\lVert \\varphi_k(z + u) - \\varphi_k(z - u) \\rVert},
+        \\qquad z = z_k^{(p)},\\ u = g_k(z),
+
+    with ``z_k^{(p)}`` prompt ``p``'s unsteered last-token state at block ``k`` and ``g_k`` the
+    law of layer ``k`` (the input it would add there, open loop). To leading order ``η_k`` is
+    the relative error of the first-order prediction ``J_k u`` of the block's response
+    (module docstring, question 3); it is 0 for an affine block.
+
+    Parameters
+    ----------
+    plant : LLMPlant
+    prompts : list of str
+        Prompts whose states are probed (e.g. the Jacobian prompts of the linearization).
+    laws : dict of int to Law
+        ``layer -> law`` with ``law(z, state)`` returning the input at states ``z`` (B, n), e.g.
+        :meth:`ALQRSteerer.layer_laws`. Layers without a law are not probed.
+    max_tokens : int, default 24
+        Prompts keep their first ``max_tokens`` tokens.
+    batch_size : int, default 8
+    progress : bool, default True
+        Show a tqdm progress bar.
+
+    Returns
+    -------
+    numpy.ndarray, shape (T,), float64
+        ``η_k``, averaged over the prompts whose input at layer ``k`` is not zero; NaN where
+        there is no law or every prompt's input is zero.
+
+    Raises
+    ------
+    ArgumentError
+        ``laws`` is not a mapping of layer indices in ``[0, T)``.
+    """
+    import torch
+
+    if not isinstance(laws, dict) or not all(isinstance(k, int) and 0 <= k < plant.horizon
+                                              for k in laws):
+        raise ArgumentError(f"laws: expected a dict of layer indices in [0, {plant.horizon}) to "
+                            f"laws, found {type(laws).__name__}")
+    total = np.zeros(plant.horizon)
+    count = np.zeros(plant.horizon)
+    for local in plant.iter_local_models(prompts, layers=sorted(laws), max_tokens=max_tokens,
+                                         batch_size=batch_size, progress=progress,
+                                         jacobians=False):
+        z = local.inputs
+        law = laws[local.layer].to(z.device)
+        with torch.no_grad():
+            u = law(z.float(), {}).to(z.dtype)
+            size = u.double().norm(dim=-1)
+            keep = size > 0
+            if not bool(keep.any()):
+                continue
+            plus, base, minus = (local.evaluate(x).double() for x in (z + u, z, z - u))
+            eta = (plus - 2 * base + minus).norm(dim=-1) / (plus - minus).norm(dim=-1).clamp_min(1e-300)
+        total[local.layer] += float(eta[keep].sum())
+        count[local.layer] += int(keep.sum())
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(count > 0, total / np.maximum(count, 1), np.nan)
 
 
 @public_api

@@ -597,6 +597,7 @@ class LLMPlant:
         batch_size: int = 8,
         progress: bool = True,
         method: str = "auto",
+        jacobians: bool = True,
     ) -> Iterator[LocalModel]:
         """Yield, layer by layer (in the order given) and batch by batch, each block's local model.
 
@@ -629,11 +630,12 @@ class LLMPlant:
         encoded = self._token_ids(prompts, max_tokens)
         with self._run_guard():
             batches, methods = self._prepared_batches(encoded, batch_size, order, method)
-            bar = _progress(len(order) * len(batches), progress, "Jacobians")
+            bar = _progress(len(order) * len(batches), progress,
+                            "Jacobians" if jacobians else "block maps")
             try:
                 for k in order:
                     for batch, used in zip(batches, methods, strict=True):
-                        J = self._jacobians(k, batch, used).detach()
+                        J = self._jacobians(k, batch, used).detach() if jacobians else None
                         yield LocalModel(k, batch.index, J, self._last_inputs(k, batch),
                                          functools.partial(self._evaluate, k, batch, used))
                         bar.update(1)

@@ -3,11 +3,12 @@
 For each family (SmolLM2-135M-Instruct, the embedded model; Gemma-3-270M, a base model from its
 GGUF file) this runs the demo twice, as a user would, in fresh processes:
 
-* ``ltv-control demo --model M --alqr-form relative --methods unsteered,actadd,pid,alqr``
-  (the app's defaults: q = 0.1, r = 1, qf = 0.1, λ ∈ {0.5, 1, 1.5}, ActAdd coeff ∈ {2, 4, 6, 8}
-  at layer ⌊T/3⌋, 64 fitting pairs, 48 held-out raw prompts, 20 greedy tokens, KV cache on);
-* ``ltv-control demo --model M --alqr-form paper --methods unsteered,alqr`` (the paper's form,
-  same data and sweep);
+* ``ltv-control demo --model M --methods unsteered,actadd,pid,alqr`` (the app's defaults:
+  ``--alqr-form auto``, q = 0.1, r the chosen form's, qf = 0.1, λ ∈ {0.5, 1, 1.5}, ActAdd
+  coeff ∈ {2, 4, 6, 8} at layer ⌊T/3⌋, 64 fitting pairs, 48 held-out prompts, 20 greedy
+  tokens, KV cache on); its ``details.json`` notes say which form ``auto`` chose;
+* ``ltv-control demo --model M --alqr-form OTHER --methods unsteered,alqr`` with the form
+  ``auto`` did not choose (same data and sweep);
 
 then reads both ``report.json`` files and prints, per family, every point (positive rate,
 perplexity of the continuations under the unsteered model, distinct-2), the gain of each
@@ -29,13 +30,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 from ltv_control.atomic import atomic_save_figure, atomic_write_text
 
-RUNS = {"relative": "unsteered,actadd,pid,alqr", "paper": "unsteered,alqr"}
+DEFAULT_METHODS = "unsteered,actadd,pid,alqr"
+FORM_METHODS = "unsteered,alqr"
+FORMS = ("paper", "relative")
+_CHOICE = re.compile(r"A-LQR form auto -> (paper|relative)")
 LABELS = {"smollm2": "SmolLM2-135M-Instruct", "gemma3": "Gemma-3-270M (base)"}
 
 
@@ -47,32 +52,48 @@ def _gemma_path() -> str:
     return str(package.assemble(cache_dir() / "gguf" / package.MODEL_NAME))
 
 
-def _run_demo(family: str, form: str, out: Path) -> None:
-    cmd = [sys.executable, "-m", "ltv_control.app.cli", "demo", "--alqr-form", form,
-           "--methods", RUNS[form], "--no-bound", "--quiet", "--force", "--out", str(out)]
+def _run_demo(family: str, form: str | None, out: Path) -> None:
+    """The demo with the app's defaults (``form`` None) or one A-LQR form."""
+    options = ["--methods", DEFAULT_METHODS] if form is None else \
+        ["--alqr-form", form, "--methods", FORM_METHODS]
+    cmd = [sys.executable, "-m", "ltv_control.app.cli", "demo", *options, "--no-bound", "--quiet",
+           "--force", "--out", str(out)]
     if family == "gemma3":
         cmd += ["--model", _gemma_path()]
     print("running:", " ".join(cmd), file=sys.stderr, flush=True)
     subprocess.run(cmd, check=True)
 
 
-def family_points(relative: dict, paper: dict) -> dict:
-    """Every point of one family, labelled, with the A-LQR points' gains and ActAdd comparison."""
+def chosen_form(notes: list[str]) -> str:
+    """The form ``--alqr-form auto`` chose, from the demo's ``details.json`` notes."""
+    for note in notes:
+        found = _CHOICE.search(note)
+        if found:
+            return found.group(1)
+    raise ValueError("the default demo's notes do not say which A-LQR form auto chose")
+
+
+def family_points(default: dict, other: dict, chosen: str, note: str = "") -> dict:
+    """Every point of one family, labelled, with the A-LQR points' gains and ActAdd comparison.
+
+    ``default`` is the report of the demo with the app's defaults (its A-LQR is the ``chosen``
+    form), ``other`` that of the other form."""
     from ltv_control.app.experiment import claim_check
 
-    unsteered = relative["methods"]["unsteered"]
-    names = {"actadd": "ActAdd", "pid": "S-PID", "alqr": "A-LQR relative"}
-    sweep = [dict(p, label=names[p["method"]]) for p in relative["sweep"]]
-    sweep += [dict(p, method="alqr_paper", label="A-LQR paper") for p in paper["sweep"]
+    unsteered = default["methods"]["unsteered"]
+    second = next(form for form in FORMS if form != chosen)
+    names = {"actadd": "ActAdd", "pid": "S-PID", "alqr": f"A-LQR {chosen}"}
+    sweep = [dict(p, label=names[p["method"]]) for p in default["sweep"]]
+    sweep += [dict(p, method=f"alqr_{second}", label=f"A-LQR {second}") for p in other["sweep"]
               if p["method"] == "alqr"]
     for point in sweep:
-        if point["method"] in ("alqr", "alqr_paper"):
+        if point["method"].startswith("alqr"):
             check = claim_check(sweep, method=point["method"], lam=point["lam"])
             point["gain"] = point["positive_rate"] - unsteered["positive_rate"]
             point["actadd_perplexity"] = check.get("baseline_perplexity")
             point["extrapolated"] = check.get("extrapolated")
     keys = ("positive_rate", "perplexity", "distinct2")
-    return {"unsteered": {k: unsteered[k] for k in keys},
+    return {"unsteered": {k: unsteered[k] for k in keys}, "chosen_form": chosen, "choice_note": note,
             "points": [{k: p.get(k) for k in ("label", "method", "lam", *keys, "gain",
                                              "actadd_perplexity", "extrapolated")} for p in sweep]}
 
@@ -82,14 +103,16 @@ def markdown(result: dict) -> str:
     for family, data in result.items():
         u = data["unsteered"]
         lines += [f"**{LABELS[family]}** (unsteered: positive rate {u['positive_rate']:.2f}, "
-                  f"perplexity {u['perplexity']:.2f}, distinct-2 {u['distinct2']:.2f})", "",
+                  f"perplexity {u['perplexity']:.2f}, distinct-2 {u['distinct2']:.2f}; the "
+                  f"default `--alqr-form auto` chose the {data['chosen_form']} form)", "",
                   "| method | λ / coeff | positive rate | gain | perplexity | ActAdd at that rate "
                   "| distinct-2 |", "|---|---|---|---|---|---|---|"]
         for p in data["points"]:
             gain = "" if p["gain"] is None else f"{p['gain']:+.2f}"
             ref = "" if p["actadd_perplexity"] is None else (
                 f"{p['actadd_perplexity']:.2f}" + (" (outside its range)" if p["extrapolated"] else ""))
-            lines.append(f"| {p['label']} | {p['lam']:g} | {p['positive_rate']:.2f} | {gain} | "
+            label = p["label"] + (" (default)" if p["label"] == f"A-LQR {data['chosen_form']}" else "")
+            lines.append(f"| {label} | {p['lam']:g} | {p['positive_rate']:.2f} | {gain} | "
                          f"{p['perplexity']:.2f} | {ref} | {p['distinct2']:.2f} |")
         lines.append("")
     return "\n".join(lines)
@@ -141,13 +164,19 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     result = {}
     for family in args.families:
-        reports = {}
-        for form in RUNS:
-            folder = out / f"{family}-{form}"
-            if not (args.reuse and (folder / "report.json").is_file()):
-                _run_demo(family, form, folder)
-            reports[form] = json.loads((folder / "report.json").read_text())
-        result[family] = family_points(reports["relative"], reports["paper"])
+        folder = out / f"{family}-default"
+        if not (args.reuse and (folder / "report.json").is_file()):
+            _run_demo(family, None, folder)
+        default = json.loads((folder / "report.json").read_text())
+        notes = json.loads((folder / "details.json").read_text()).get("notes", [])
+        chosen = chosen_form(notes)
+        second = next(form for form in FORMS if form != chosen)
+        folder = out / f"{family}-{second}"
+        if not (args.reuse and (folder / "report.json").is_file()):
+            _run_demo(family, second, folder)
+        other = json.loads((folder / "report.json").read_text())
+        note = next(n for n in notes if _CHOICE.search(n))
+        result[family] = family_points(default, other, chosen, note)
     atomic_write_text(out / "tradeoff.json", json.dumps(result, indent=2) + "\n")
     table = markdown(result)
     atomic_write_text(out / "tradeoff.md", table)

@@ -327,8 +327,32 @@ def test_fit_relative_form_is_stored_and_demo_settings_take_it(tiny_dirs, tmp_pa
 
     assert demo_settings(args).alqr_form == "relative"
     assert demo_settings(build_parser().parse_args(["demo", "--alqr-form", "paper"])).alqr_form == "paper"
-    # the app's default is the relative form (one set of defaults for both families)
-    assert ExperimentSettings().alqr_form == "relative"
-    assert demo_settings(build_parser().parse_args(["demo"])).alqr_form == "relative"
+    # the app's default is the automatic choice (one set of defaults for both families)
+    assert ExperimentSettings().alqr_form == "auto"
+    assert demo_settings(build_parser().parse_args(["demo"])).alqr_form == "auto"
+    assert build_parser().parse_args(["fit", "--method", "alqr", "--out", "x"]).form == "auto"
     with pytest.raises(Exception, match="alqr_form"):
         ExperimentSettings(alqr_form="Paper")
+
+
+def test_fit_chooses_the_form_and_says_so_in_a_fresh_process(tiny_dirs, tmp_path):
+    """``ltv-control fit --method alqr`` (default ``--form auto``) as a user runs it: the choice
+    and its measurement are reported, and the file holds the chosen form."""
+    import json
+
+    from ltv_control.adapters import Steerer
+
+    a, data = str(tiny_dirs["a"]), tiny_dirs["data"]
+    ctrl = tmp_path / "auto.safetensors"
+    base = [sys.executable, "-m", "ltv_control.app.cli", "fit", "--method", "alqr", "--model", a,
+            "--desired", str(data / "d.txt"), "--undesired", str(data / "u.txt"),
+            "--jacobian-prompts", str(data / "j.txt"), "--n-jacobian", "1", "--max-tokens", "6",
+            "--out", str(ctrl)]
+    done = subprocess.run(base + ["--json"], capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    payload = json.loads(done.stdout)
+    assert payload["form"] in ("paper", "relative") and payload["form_nonlinearity_median"] >= 0
+    assert f"A-LQR form auto -> {payload['form']}" in done.stderr
+    assert Steerer.load(ctrl).form == payload["form"]
+    expected = "paper" if payload["form_nonlinearity_median"] <= 0.1 else "relative"
+    assert payload["form"] == expected

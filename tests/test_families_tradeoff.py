@@ -38,7 +38,8 @@ def _reports():
 
 def test_points_gains_and_actadd_interpolation(tradeoff):
     relative, paper = _reports()
-    data = tradeoff.family_points(relative, paper)
+    data = tradeoff.family_points(relative, paper, "relative")
+    assert data["chosen_form"] == "relative"
     assert data["unsteered"] == {"positive_rate": 0.5, "perplexity": 3.0, "distinct2": 0.8}
     by = {(p["label"], p["lam"]): p for p in data["points"]}
     assert set(by) == {("ActAdd", 2.0), ("ActAdd", 4.0), ("S-PID", 1.0), ("A-LQR relative", 0.5),
@@ -55,17 +56,27 @@ def test_points_gains_and_actadd_interpolation(tradeoff):
     assert by[("ActAdd", 2.0)]["gain"] is None and by[("S-PID", 1.0)]["gain"] is None
 
 
+def test_chosen_form_is_read_from_the_notes(tradeoff):
+    note = "A-LQR form auto -> paper: the blocks' median nonlinearity at the paper law's input is 0.030 <= 0.1"
+    assert tradeoff.chosen_form(["bound figure skipped", note]) == "paper"
+    with pytest.raises(ValueError, match="auto"):
+        tradeoff.chosen_form(["nothing here"])
+
+
 def test_reuse_writes_json_table_and_figure(tradeoff, tmp_path, capsys):
     relative, paper = _reports()
+    note = "A-LQR form auto -> relative: the blocks' median nonlinearity at the paper law's input is 0.600 > 0.1"
     for family in ("smollm2", "gemma3"):
-        for form, report in (("relative", relative), ("paper", paper)):
-            folder = tmp_path / f"{family}-{form}"
+        for name, report in (("default", relative), ("paper", paper)):
+            folder = tmp_path / f"{family}-{name}"
             folder.mkdir()
             (folder / "report.json").write_text(json.dumps(report))
+        (tmp_path / f"{family}-default" / "details.json").write_text(json.dumps({"notes": [note]}))
     assert tradeoff.main(["--out", str(tmp_path), "--reuse"]) == 0
     saved = json.loads((tmp_path / "tradeoff.json").read_text())
-    assert set(saved) == {"smollm2", "gemma3"}
+    assert set(saved) == {"smollm2", "gemma3"} and saved["gemma3"]["chosen_form"] == "relative"
     table = (tmp_path / "tradeoff.md").read_text()
-    assert "| A-LQR relative | 1 | 0.90 | +0.40 | 5.00 | 4.50 (outside its range) | 0.70 |" in table
+    assert "| A-LQR relative (default) | 1 | 0.90 | +0.40 | 5.00 | 4.50 (outside its range) | 0.70 |" in table
+    assert "| A-LQR paper | 1 | 0.00 |" in table
     assert (tmp_path / "tradeoff.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "A-LQR paper" in capsys.readouterr().out

@@ -483,7 +483,8 @@ def test_input_weight_defaults_to_the_forms_own():
 @pytest.mark.slow
 def test_demo_on_gemma_steers_with_the_default_form_where_the_paper_form_collapses(gemma, tmp_path):
     """``ltv-control demo --model gemma.gguf --quick`` in fresh processes, as a user runs it: the
-    default (relative) form raises the positive rate and stays fluent; the paper form does not."""
+    default (auto, which chooses the relative form here) raises the positive rate and stays
+    fluent; the paper form does not."""
     import json
     import subprocess
 
@@ -499,7 +500,9 @@ def test_demo_on_gemma_steers_with_the_default_form_where_the_paper_form_collaps
         assert done.returncode == 0, done.stderr[-2000:]
         reports[form] = json.loads(done.stdout)
     default, paper = reports["default"], reports["paper"]
-    assert default["settings"]["alqr_form"] == "relative" and paper["settings"]["alqr_form"] == "paper"
+    assert default["settings"]["alqr_form"] == "auto" and paper["settings"]["alqr_form"] == "paper"
+    notes = json.loads((tmp_path / "default" / "details.json").read_text())["notes"]
+    assert any("A-LQR form auto -> relative" in note for note in notes), notes  # Gemma: relative
     unsteered, relative, collapsed = (default["methods"]["unsteered"], default["methods"]["alqr"],
                                       paper["methods"]["alqr"])
     for key in ("positive_rate", "perplexity", "distinct2"):  # same data and seed (not the timing)
@@ -508,3 +511,24 @@ def test_demo_on_gemma_steers_with_the_default_form_where_the_paper_form_collaps
     assert relative["distinct2"] >= 0.5 and relative["perplexity"] < 3 * unsteered["perplexity"]
     assert collapsed["positive_rate"] <= unsteered["positive_rate"] - 0.2
     assert collapsed["perplexity"] > 10 * unsteered["perplexity"]
+
+
+@pytest.mark.slow
+def test_auto_form_keeps_the_paper_form_on_smollm2_and_not_on_gemma(gemma, tmp_path):
+    """``ltv-control fit --method alqr`` (default ``--form auto``) in fresh processes on both real
+    families: SmolLM2's blocks answer the paper law's input almost linearly (median η about
+    0.03), Gemma-3's do not (0.5-0.8); the tolerance 0.1 lies between with room on both sides."""
+    import json
+    import subprocess
+
+    chosen = {}
+    for name, model in (("smollm2", None), ("gemma", str(gemma[0]))):
+        out = tmp_path / f"{name}.safetensors"
+        cmd = [sys.executable, "-m", "ltv_control.app.cli", "fit", "--method", "alqr",
+               "--n-jacobian", "2", "--n-fit", "64", "--out", str(out), "--quiet", "--json"]
+        cmd += [] if model is None else ["--model", model]
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+        assert done.returncode == 0, done.stderr[-2000:]
+        chosen[name] = json.loads(done.stdout)
+    assert chosen["smollm2"]["form"] == "paper" and chosen["smollm2"]["form_nonlinearity_median"] < 0.05
+    assert chosen["gemma"]["form"] == "relative" and chosen["gemma"]["form_nonlinearity_median"] > 0.3

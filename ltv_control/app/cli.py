@@ -177,10 +177,12 @@ def _eval_options(p: argparse.ArgumentParser, *, quick: bool) -> None:
     p.add_argument("--r", type=_pos_float,
                    help="A-LQR input weight r (default: the form's, 0.1 relative / 1.0 paper)")
     p.add_argument("--qf", type=_nonneg_float, help="A-LQR terminal weight qf")
-    p.add_argument("--alqr-form", choices=("paper", "relative"),
-                   help="A-LQR form: relative (default; normalised gains, massive coordinates "
-                        "out of the direction, one-sided law: works on both SmolLM2 and "
-                        "Gemma-3, docs/transfer.md) or paper (arXiv 2604.19018 as published)")
+    p.add_argument("--alqr-form", choices=("auto", "paper", "relative"),
+                   help="A-LQR form: auto (default; the paper form where the model's blocks "
+                        "answer its input linearly, else the relative form: works on both "
+                        "SmolLM2 and Gemma-3, docs/transfer.md), relative (normalised gains, "
+                        "massive coordinates out of the direction, one-sided law) or paper "
+                        "(arXiv 2604.19018 as published)")
     p.add_argument("--coeff", type=_float, help="ActAdd coefficient")
     p.add_argument("--actadd-layers", type=_int_list, help="ActAdd layers, e.g. 10")
     p.add_argument("--sweep-alqr", type=_float_list,
@@ -262,9 +264,11 @@ def _add_fit(sub) -> None:
                    help="input weight (default: the A-LQR form's, 0.1 relative / 1.0 paper; "
                         "1.0 for the other methods)")
     p.add_argument("--qf", type=_nonneg_float, default=0.1, help="terminal weight (default: 0.1)")
-    p.add_argument("--form", choices=("relative", "paper"), default="relative",
-                   help="A-LQR form (default: relative, which works on both SmolLM2 and Gemma-3, "
-                        "docs/transfer.md; paper: arXiv 2604.19018 as published)")
+    p.add_argument("--form", choices=("auto", "relative", "paper"), default="auto",
+                   help="A-LQR form (default: auto, the paper form where the model's blocks "
+                        "answer its input linearly, else the relative form, which works on "
+                        "both SmolLM2 and Gemma-3, docs/transfer.md; paper: arXiv 2604.19018 "
+                        "as published)")
     p.add_argument("--lam", type=_float, default=1.0, help="setpoint scale λ (default: 1.0)")
     p.add_argument("--coeff", type=_float, default=4.0, help="ActAdd coefficient (default: 4)")
     p.add_argument("--layers", type=_int_list,
@@ -602,10 +606,17 @@ def _cmd_fit(args) -> int:
     plant = LLMPlant(model, tokenizer)
     _log(args, f"fitting {args.method} on {len(desired)} desired / {len(undesired)} undesired")
     steerer = _fit_steerer(args, plant, desired, undesired, jac)
+    choice = getattr(steerer, "form_choice", None)
+    if choice is not None:
+        _log(args, choice.describe())
     steerer.save(args.out)
     payload = {"path": str(args.out), "method": args.method, "num_layers": plant.horizon,
                "hidden_size": plant.state_dim, "n_desired": len(desired),
                "n_undesired": len(undesired)}
+    if args.method == "alqr":
+        payload["form"] = steerer.form
+        if choice is not None:
+            payload["form_nonlinearity_median"] = choice.median
     _emit(args, payload, f"wrote {args.method} controller to {args.out}")
     return 0
 

@@ -119,34 +119,44 @@ def _lqr_weights(settings: ExperimentSettings) -> dict:
     return weights
 
 
-def _fit_alqr(fitted: FittedMethods, settings: ExperimentSettings) -> Any:
+def _fit_alqr(fitted: FittedMethods, settings: ExperimentSettings, plant: Any,
+              task: SentimentTask) -> Any:
     from ltv_control.adapters import ALQRSteerer
 
-    return ALQRSteerer.from_system(fitted.system, fitted.setpoint, **_lqr_weights(settings),
-                                   positions="last", form=settings.alqr_form)
+    auto = {"plant": plant, "check_prompts": list(task.jacobian_prompts),
+            "max_tokens": settings.max_jacobian_tokens} if settings.alqr_form == "auto" else {}
+    steerer = ALQRSteerer.from_system(fitted.system, fitted.setpoint, **_lqr_weights(settings),
+                                      positions="last", form=settings.alqr_form, **auto)
+    if steerer.form_choice is not None:
+        fitted.notes.append(steerer.form_choice.describe())
+    return steerer
 
 
-def _fit_actadd(fitted: FittedMethods, settings: ExperimentSettings) -> Any:
+def _fit_actadd(fitted: FittedMethods, settings: ExperimentSettings, plant: Any,
+                task: SentimentTask) -> Any:
     from ltv_control.adapters import ActAddSteerer
 
     return ActAddSteerer.from_setpoint(fitted.setpoint, layers=fitted.actadd_layers,
                                        coeff=settings.actadd_coeff, positions="all")
 
 
-def _fit_pid(fitted: FittedMethods, settings: ExperimentSettings) -> Any:
+def _fit_pid(fitted: FittedMethods, settings: ExperimentSettings, plant: Any,
+             task: SentimentTask) -> Any:
     from ltv_control.adapters import PIDSteerer
 
     return PIDSteerer.from_setpoint(fitted.setpoint, positions="last", **settings.pid)
 
 
-def _fit_constrained(fitted: FittedMethods, settings: ExperimentSettings) -> Any:
+def _fit_constrained(fitted: FittedMethods, settings: ExperimentSettings, plant: Any,
+                     task: SentimentTask) -> Any:
     from ltv_control.adapters import ConstrainedSteerer
 
     options = {**_lqr_weights(settings), **settings.constrained}
     return ConstrainedSteerer.from_system(fitted.system, fitted.setpoint, **options)
 
 
-def _fit_multi(fitted: FittedMethods, settings: ExperimentSettings) -> Any:
+def _fit_multi(fitted: FittedMethods, settings: ExperimentSettings, plant: Any,
+               task: SentimentTask) -> Any:
     from ltv_control.adapters import MultiConceptSteerer
 
     return MultiConceptSteerer.from_system(fitted.system, fitted.concept_setpoints,
@@ -232,7 +242,10 @@ def fit_methods(plant: Any, task: SentimentTask, settings: ExperimentSettings, *
         _log(log, message)
         began = time.perf_counter()
         try:
-            fitted.steerers[name] = fit(fitted, settings)
+            fitted.steerers[name] = fit(fitted, settings, plant, task)
+            choice = getattr(fitted.steerers[name], "form_choice", None)
+            if choice is not None:
+                _log(log, choice.describe())
         except Exception as exc:
             if name != "constrained":
                 raise

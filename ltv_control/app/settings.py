@@ -40,11 +40,12 @@ class ExperimentSettings:
         None (the default) is the A-LQR form's own default (0.1 relative, 1.0 paper,
         ``ltv_control.adapters.scaling.DEFAULT_R``) and 1.0 for the constrained and the
         multi-concept steerers.
-    alqr_form : {"relative", "paper"}
-        A-LQR form of ``alqr`` / ``alqr_plus`` (``ALQRSteerer.from_system(form=)``): the
-        relative form (default: normalised gains, massive coordinates out of the direction,
-        one-sided law; one set of defaults for SmolLM2 and Gemma-3, docs/transfer.md) or the
-        paper's as published.
+    alqr_form : {"auto", "relative", "paper"}
+        A-LQR form of ``alqr`` / ``alqr_plus`` (``ALQRSteerer.from_system(form=)``): ``auto``
+        (default: the paper's form where the model's blocks answer its input linearly, the
+        relative form otherwise, decided on the Jacobian prompts; one set of defaults for
+        SmolLM2 and Gemma-3, docs/transfer.md), the relative form (normalised gains, massive
+        coordinates out of the direction, one-sided law) or the paper's as published.
     max_jacobian_tokens : int
         Jacobian prompts are cut to this many tokens.
     actadd_layers : tuple of int or None
@@ -69,7 +70,7 @@ class ExperimentSettings:
     r: float | None = None
     qf: float = 0.1
     lam: float = 1.0
-    alqr_form: str = "relative"
+    alqr_form: str = "auto"
     max_jacobian_tokens: int = 12
     actadd_layers: tuple[int, ...] | None = None
     actadd_coeff: float = 4.0
@@ -94,8 +95,9 @@ class ExperimentSettings:
         for name in ("q", "qf"):
             if not (isinstance(getattr(self, name), (int, float)) and getattr(self, name) >= 0):
                 raise PropertyError(f"{name} must be a float >= 0, found {getattr(self, name)!r}")
-        if self.alqr_form not in ("paper", "relative"):
-            raise PropertyError(f"alqr_form must be 'paper' or 'relative', found {self.alqr_form!r}")
+        if self.alqr_form not in ("auto", "paper", "relative"):
+            raise PropertyError("alqr_form must be 'auto', 'paper' or 'relative', found "
+                                f"{self.alqr_form!r}")
         if self.r is not None and not (isinstance(self.r, (int, float)) and self.r > 0):
             raise PropertyError(f"r must be a float > 0, found {self.r!r}")
         for key, grid in self.sweep.items():
