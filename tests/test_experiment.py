@@ -72,7 +72,11 @@ def test_fit_methods_shares_one_setpoint_and_one_linearization(tiny_fit):
     assert fitted.system.A.shape == (plant.horizon, plant.state_dim, plant.state_dim)
     assert fitted.actadd_layers == [plant.horizon // 3]
     assert fitted.steering(model, "unsteered", None) is None
-    assert fitted.notes == []
+    # the default alqr_form "auto" probes the blocks once and says what it chose (a tiny
+    # random Llama answers the paper law's small input almost linearly: the paper form)
+    choice = fitted.steerers["alqr"].form_choice
+    assert choice.form == fitted.steerers["alqr"].form == "paper"
+    assert fitted.notes == [choice.describe()]
 
 
 def test_steered_beta_profiles_differ_from_the_unsteered_one(tiny_fit):

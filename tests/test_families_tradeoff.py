@@ -80,3 +80,21 @@ def test_reuse_writes_json_table_and_figure(tradeoff, tmp_path, capsys):
     assert "| A-LQR paper | 1 | 0.00 |" in table
     assert (tmp_path / "tradeoff.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "A-LQR paper" in capsys.readouterr().out
+
+
+def test_families_benchmark_draws_the_form_check(tmp_path):
+    """benchmarks/families.py --figure: η_k per family against the tolerance (synthetic data;
+    layers without an input (None) are left out)."""
+    spec = importlib.util.spec_from_file_location(
+        "ltv_families_under_test", BENCH.parent / "families.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    families = [{"family": "a", "horizon": 3, "form_check": {"nonlinearity": [None, 0.02, 0.04],
+                                                             "median": 0.03, "tolerance": 0.1,
+                                                             "form": "paper"}},
+                {"family": "b", "horizon": 2, "form_check": {"nonlinearity": [0.5, 0.9],
+                                                             "median": 0.7, "tolerance": 0.1,
+                                                             "form": "relative"}}]
+    path = tmp_path / "check.png"
+    module.plot_form_check(families, str(path))
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
