@@ -62,7 +62,9 @@ __all__ = [
 FORMS = ("paper", "relative")
 """A-LQR forms (``ALQRSteerer.fit(..., form=)``): ``"paper"`` (the library default: arXiv 2604.19018
 as published, ``Q = qI``, ``R = rI`` on raw states, ``β*_k = λ‖e_k‖``) and
-``"relative"`` (the CLI/demo default: normalised gains, massive coordinates out of the direction,
+``"relative"`` (chosen by the CLI/demo default ``auto`` where the paper form's input leaves the
+blocks' linear range, :mod:`ltv_control.adapters.form_choice`: normalised gains, massive
+coordinates out of the direction,
 ``β*_k = λ‖P_k e_k‖``, one-sided law)."""
 
 
