@@ -14,13 +14,15 @@ from ltv_control.adapters.setpoint import measure_setpoint
 from ltv_control._exceptions import ArgumentError
 from ltv_control._validation import public_api
 from ltv_control.adapters._checks import check_layer_indices, check_positions, check_prompts, check_scalar
-from ltv_control.adapters.form_choice import AUTO_TOLERANCE, choose_form
+from ltv_control.adapters.form_choice import AUTO_TOLERANCE, check_tolerance, choose_form
 from ltv_control.adapters.laws import AffineLaw
 from ltv_control.adapters.relative_law import OneSidedLaw
 from ltv_control.adapters.scaling import FORMS, default_r, relative_form
 from ltv_control.adapters.steerer import SteeringHandle, Steerer
 
 __all__ = ["ALQRSteerer", "check_form"]
+
+_check_prompt_list = check_prompts  # from_system's argument ``check_prompts`` shadows the checker
 
 _PAPER_TENSORS = ("w", "v", "e_norm", "beta_star")
 _PAPER_HYPER = ("q", "r", "qf", "lam")
@@ -251,6 +253,8 @@ class ALQRSteerer(Steerer):
             Non-finite or out-of-range weights.
         """
         form = check_form(form, auto=True)
+        if form == "auto":
+            check_tolerance(tolerance)  # fail before any forward pass
         r_checked = default_r("paper" if form == "auto" else form, r)
         for value, name, kw in ((q, "q", "nonnegative"), (r_checked, "r", "positive"),
                                 (qf, "qf", "nonnegative")):
@@ -366,6 +370,8 @@ class ALQRSteerer(Steerer):
                 raise ArgumentError("form='auto': expected plant and check_prompts (the blocks "
                                     "are probed at the paper law's input); use ALQRSteerer.fit "
                                     "or pass them")
+            check_prompts = _check_prompt_list(check_prompts, "check_prompts")
+            check_tolerance(tolerance)
             options = {"q": q, "r": r, "qf": qf, "layers": layers, "positions": positions}
             paper = cls.from_system(system, setpoint, form="paper", **options)
             choice = choose_form(plant, check_prompts, paper.layer_laws(), tolerance=tolerance,

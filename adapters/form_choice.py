@@ -39,7 +39,7 @@ import numpy as np
 from ltv_control._exceptions import ArgumentError
 from ltv_control.adapters.diagnostics import input_nonlinearity
 
-__all__ = ["AUTO_TOLERANCE", "FormChoice", "choose_form"]
+__all__ = ["AUTO_TOLERANCE", "FormChoice", "check_tolerance", "choose_form"]
 
 AUTO_TOLERANCE = 0.1
 """Largest median nonlinearity ``η`` (:func:`choose_form`) at which the paper form is kept: the
@@ -73,6 +73,19 @@ class FormChoice(NamedTuple):
                 f"law's input is {self.median:.3f} {relation} {self.tolerance:g}")
 
 
+def check_tolerance(tolerance: Any) -> float:
+    """``tolerance`` as a float if it is a non-negative number (``inf`` allowed: always paper).
+
+    Raises
+    ------
+    ArgumentError
+        Not a number, a bool, NaN or negative.
+    """
+    if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) or not tolerance >= 0:
+        raise ArgumentError(f"tolerance: expected a non-negative number, found {tolerance!r}")
+    return float(tolerance)
+
+
 def choose_form(plant: Any, prompts: Sequence[str], paper_laws: Mapping[int, Any], *,
                 tolerance: float = AUTO_TOLERANCE, max_tokens: int = 24, batch_size: int = 8,
                 progress: bool = False) -> FormChoice:
@@ -104,11 +117,10 @@ def choose_form(plant: Any, prompts: Sequence[str], paper_laws: Mapping[int, Any
     ArgumentError
         ``tolerance`` is not a non-negative number.
     """
-    if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) or not tolerance >= 0:
-        raise ArgumentError(f"tolerance: expected a non-negative number, found {tolerance!r}")
+    tolerance = check_tolerance(tolerance)
     eta = input_nonlinearity(plant, list(prompts), dict(paper_laws), max_tokens=max_tokens,
                              batch_size=batch_size, progress=progress)
     finite = eta[np.isfinite(eta)]
     median = float(np.median(finite)) if finite.size else float("nan")
     form = "paper" if not finite.size or median <= tolerance else "relative"
-    return FormChoice(form, eta, median, float(tolerance))
+    return FormChoice(form, eta, median, tolerance)

@@ -145,7 +145,8 @@ def plot(result: dict, path: Path) -> None:
         ax.set_xlabel("perplexity of the continuations (unsteered model, log scale)")
         ax.set_ylabel("positive rate (VADER)")
         ax.set_ylim(-0.03, 1.03)
-        ax.set_title(LABELS[family])
+        ax.set_title(f"{LABELS[family]}\ndefault --alqr-form auto: {data.get('chosen_form', '?')} form",
+                     fontsize=10)
         ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     atomic_save_figure(fig, path, dpi=120)

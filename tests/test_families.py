@@ -110,3 +110,35 @@ def test_full_sequence_replay_agrees_with_cached(family_plant):
     cached = dict(plant.iter_jacobians(PROMPTS, reduce="none", layers=[0], progress=False, method="cached"))
     full = dict(plant.iter_jacobians(PROMPTS, reduce="none", layers=[0], progress=False, method="full"))
     assert _rel(cached[0], full[0]) < (1e-5 if rms_float32 else 1e-12)
+
+
+def test_block_evaluations_without_jacobians_and_the_auto_form(family_plant):
+    """iter_local_models(jacobians=False) evaluates the same block maps; η of an input measured
+    with them equals the first-order error from the Jacobians to leading order; form="auto"
+    fits and picks one of the two forms on every family."""
+    from ltv_control.adapters import ALQRSteerer, AffineLaw
+    from ltv_control.adapters.diagnostics import input_nonlinearity
+    from ltv_control.adapters.scaling import FORMS
+
+    name, plant = family_plant
+    full = {m.layer: m for m in plant.iter_local_models(PROMPTS[:2], progress=False)}
+    laws, first_order = {}, {}
+    for m in plant.iter_local_models(PROMPTS[:2], progress=False, jacobians=False):
+        assert m.jacobians is None
+        ref = full[m.layer]
+        assert torch.equal(m.inputs, ref.inputs)
+        assert torch.equal(m.evaluate(m.inputs), ref.evaluate(ref.inputs))
+        u = 1e-2 * m.inputs.norm(dim=-1).mean() * torch.ones_like(m.inputs[0]) / m.inputs.shape[-1] ** 0.5
+        u = u.float().double()  # the law computes in float32
+        laws[m.layer] = AffineLaw(U=u.float(), V=torch.zeros_like(u).float(), b=torch.tensor(1.0))
+        actual = ref.evaluate(ref.inputs + u) - ref.evaluate(ref.inputs)
+        predicted = ref.jacobians @ u
+        first_order[m.layer] = ((actual - predicted).norm(dim=-1) / actual.norm(dim=-1)).mean().item()
+    eta = input_nonlinearity(plant, PROMPTS[:2], laws, progress=False)
+    for k, error in first_order.items():
+        # measured within 0.5 % where the error is above roundoff (abs: blocks that are affine
+        # along this input to 1e-14 on some families)
+        assert eta[k] == pytest.approx(error, rel=0.05, abs=1e-6), (name, k, eta[k], error)
+    steerer = ALQRSteerer.fit(plant, PROMPTS[:2], ["Bye now", "xyz ghi?"], form="auto",
+                              progress=False, max_tokens=6)
+    assert steerer.form in FORMS and steerer.form_choice.form == steerer.form, name

@@ -165,3 +165,28 @@ def test_fit_auto_picks_by_the_tolerance_and_saves_the_chosen_form(tmp_path):
         Steerer.load(lax.save(tmp_path / "x.safetensors")).__class__(
             {n: getattr(lax, n) for n in lax.tensor_names}, state_dim=32, horizon=3,
             hyperparameters={"form": "auto"})  # a file never holds "auto"
+
+
+def test_auto_refuses_bad_tolerance_and_prompts_before_any_forward_pass():
+    from ltv_control import DimensionError
+    from ltv_control.adapters import ALQRSteerer
+    from ltv_control.adapters.form_choice import check_tolerance
+
+    class NoPlant:  # any forward pass would fail on this object
+        horizon, state_dim = 3, 4
+
+    for bad in (-1.0, float("nan"), "0.1", None):
+        with pytest.raises(ArgumentError, match="tolerance"):
+            ALQRSteerer.fit(NoPlant(), ["good"], ["bad"], form="auto", tolerance=bad)
+    assert check_tolerance(float("inf")) == float("inf") and check_tolerance(0) == 0.0
+    import ltv_control as lc
+    from ltv_control.adapters.setpoint import Setpoint
+
+    T, n = 3, 4
+    e = np.ones((T, n))
+    sp = Setpoint(v=e / 2.0, e=e, e_norm=np.full(T, 2.0), beta_star=np.full(T, 2.0))
+    system = lc.LTVSystem(np.stack([np.eye(n)] * T))
+    with pytest.raises(DimensionError, match="check_prompts"):
+        ALQRSteerer.from_system(system, sp, form="auto", plant=NoPlant(), check_prompts=[])
+    with pytest.raises(ArgumentError, match="check_prompts"):
+        ALQRSteerer.from_system(system, sp, form="auto", plant=NoPlant(), check_prompts="one prompt")
