@@ -228,7 +228,8 @@ class ALQRSteerer(Steerer):
         system : LTVSystem or None, default None
             A linearization of this plant already computed (``A`` of shape ``(T, n, n)``,
             ``B = None``), e.g. by :meth:`LLMPlant.linearize` for another steerer; it is used
-            instead of linearizing again and ``jacobian_prompts``/``max_tokens`` are ignored.
+            instead of linearizing again and ``jacobian_prompts``/``max_tokens`` serve only
+            the ``form="auto"`` check.
         form : {"paper", "relative", "auto"}, default "paper"
             ``"paper"``: arXiv 2604.19018 as published; ``"relative"``: normalised gains,
             massive coordinates out of ``v_k``, target ``λ‖P_k e_k‖``, one-sided law (see
