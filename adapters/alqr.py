@@ -14,7 +14,7 @@ from ltv_control.adapters.setpoint import measure_setpoint
 from ltv_control._exceptions import ArgumentError
 from ltv_control._validation import public_api
 from ltv_control.adapters._checks import check_layer_indices, check_positions, check_prompts, check_scalar
-from ltv_control.adapters.form_choice import AUTO_TOLERANCE, check_tolerance, choose_form
+from ltv_control.adapters.form_choice import AUTO_TOLERANCE, FORM_OPTIONS, check_tolerance, choose_form
 from ltv_control.adapters.laws import AffineLaw
 from ltv_control.adapters.relative_law import OneSidedLaw
 from ltv_control.adapters.scaling import FORMS, default_r, relative_form
@@ -47,7 +47,7 @@ def check_form(form: Any, *, auto: bool = False) -> str:
     ArgumentError
         Not one of the forms.
     """
-    allowed = FORMS + ("auto",) if auto else FORMS
+    allowed = FORM_OPTIONS if auto else FORMS
     if not isinstance(form, str) or form not in allowed:
         raise ArgumentError(f"form: expected one of {allowed}, found {form!r}")
     return form

@@ -357,8 +357,7 @@ def input_nonlinearity(
             eta = (plus - 2 * base + minus).norm(dim=-1) / (plus - minus).norm(dim=-1).clamp_min(1e-300)
         total[local.layer] += float(eta[keep].sum())
         count[local.layer] += int(keep.sum())
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(count > 0, total / np.maximum(count, 1), np.nan)
+    return np.where(count > 0, total / np.maximum(count, 1), np.nan)
 
 
 @public_api

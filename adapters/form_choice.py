@@ -38,8 +38,14 @@ import numpy as np
 
 from ltv_control._exceptions import ArgumentError
 from ltv_control.adapters.diagnostics import input_nonlinearity
+from ltv_control.adapters.scaling import FORMS
 
-__all__ = ["AUTO_TOLERANCE", "FormChoice", "check_tolerance", "choose_form"]
+__all__ = ["AUTO_TOLERANCE", "FORM_OPTIONS", "FormChoice", "check_tolerance", "choose_form"]
+
+FORM_OPTIONS = FORMS + ("auto",)
+"""What ``ALQRSteerer.fit/from_system(form=)``, ``ExperimentSettings.alqr_form`` and the CLI's
+``--alqr-form``/``--form`` accept: a form of :data:`~ltv_control.adapters.scaling.FORMS`, or
+``"auto"`` (:func:`choose_form`)."""
 
 AUTO_TOLERANCE = 0.1
 """Largest median nonlinearity ``η`` (:func:`choose_form`) at which the paper form is kept: the

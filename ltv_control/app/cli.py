@@ -74,6 +74,13 @@ def _float_list(text: str) -> list[float]:
     return [_float(t) for t in text.split(",") if t.strip()]
 
 
+def _form_options() -> tuple[str, ...]:
+    """The A-LQR forms ``--alqr-form``/``--form`` accept (``FORM_OPTIONS``; torch-free import)."""
+    from ltv_control.adapters.form_choice import FORM_OPTIONS
+
+    return FORM_OPTIONS
+
+
 def _int_list(text: str) -> list[int]:
     try:
         return [int(t) for t in text.split(",") if t.strip()]
@@ -177,7 +184,7 @@ def _eval_options(p: argparse.ArgumentParser, *, quick: bool) -> None:
     p.add_argument("--r", type=_pos_float,
                    help="A-LQR input weight r (default: the form's, 0.1 relative / 1.0 paper)")
     p.add_argument("--qf", type=_nonneg_float, help="A-LQR terminal weight qf")
-    p.add_argument("--alqr-form", choices=("auto", "paper", "relative"),
+    p.add_argument("--alqr-form", choices=_form_options(),
                    help="A-LQR form: auto (default; the paper form where the model's blocks "
                         "answer its input linearly, else the relative form: works on both "
                         "SmolLM2 and Gemma-3, docs/transfer.md), relative (normalised gains, "
@@ -264,7 +271,7 @@ def _add_fit(sub) -> None:
                    help="input weight (default: the A-LQR form's, 0.1 relative / 1.0 paper; "
                         "1.0 for the other methods)")
     p.add_argument("--qf", type=_nonneg_float, default=0.1, help="terminal weight (default: 0.1)")
-    p.add_argument("--form", choices=("auto", "relative", "paper"), default="auto",
+    p.add_argument("--form", choices=_form_options(), default="auto",
                    help="A-LQR form (default: auto, the paper form where the model's blocks "
                         "answer its input linearly, else the relative form, which works on "
                         "both SmolLM2 and Gemma-3, docs/transfer.md; paper: arXiv 2604.19018 "

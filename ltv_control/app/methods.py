@@ -242,10 +242,10 @@ def fit_methods(plant: Any, task: SentimentTask, settings: ExperimentSettings, *
         _log(log, message)
         began = time.perf_counter()
         try:
+            noted = len(fitted.notes)
             fitted.steerers[name] = fit(fitted, settings, plant, task)
-            choice = getattr(fitted.steerers[name], "form_choice", None)
-            if choice is not None:
-                _log(log, choice.describe())
+            for note in fitted.notes[noted:]:  # what the fit measured and chose (A-LQR's form)
+                _log(log, note)
         except Exception as exc:
             if name != "constrained":
                 raise

@@ -95,9 +95,10 @@ class ExperimentSettings:
         for name in ("q", "qf"):
             if not (isinstance(getattr(self, name), (int, float)) and getattr(self, name) >= 0):
                 raise PropertyError(f"{name} must be a float >= 0, found {getattr(self, name)!r}")
-        if self.alqr_form not in ("auto", "paper", "relative"):
-            raise PropertyError("alqr_form must be 'auto', 'paper' or 'relative', found "
-                                f"{self.alqr_form!r}")
+        from ltv_control.adapters.form_choice import FORM_OPTIONS
+
+        if self.alqr_form not in FORM_OPTIONS:
+            raise PropertyError(f"alqr_form must be one of {FORM_OPTIONS}, found {self.alqr_form!r}")
         if self.r is not None and not (isinstance(self.r, (int, float)) and self.r > 0):
             raise PropertyError(f"r must be a float > 0, found {self.r!r}")
         for key, grid in self.sweep.items():
